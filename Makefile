@@ -1,0 +1,32 @@
+# The README's two commands. Each creates .venv on a fresh machine and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	touch $@
+
+demo: $(VENV)/.installed-test
+	$(BIN)/zoo train configs/digits/cnn.yaml --workdir $(DEMO_DIR)/digits_cnn
+	$(BIN)/zoo eval $(DEMO_DIR)/digits_cnn
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) runs

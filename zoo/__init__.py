@@ -1,0 +1,16 @@
+"""zoo: five families of JAX models as init/apply pairs, one training loop, Orbax checkpoints."""
+
+from zoo.config import Config, load as load_config
+from zoo.data import DataSpec, Dataset, list_datasets, load_dataset
+from zoo.errors import CheckpointError, ConfigError, DataError, ModelError, RunError, ZooError
+from zoo.evaluate import evaluate
+from zoo.models import Model, build, list_models, param_count
+from zoo.training import fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "Config", "ConfigError", "DataError", "DataSpec", "Dataset", "Model",
+    "ModelError", "RunError", "ZooError", "build", "evaluate", "fit", "list_datasets", "list_models",
+    "load_config", "load_dataset", "param_count",
+]

@@ -1,0 +1,152 @@
+"""The command line: parse arguments, call the library, print. Bad input: one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from zoo.errors import ZooError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage dump becomes one line, exit 2
+        raise ZooError(f"{message} (see `{self.prog} --help`)")
+
+
+def _parse_shape(text: str) -> tuple:
+    try:
+        shape = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ZooError(f"--input-shape '{text}' must be integers separated by commas, e.g. 8,8,1") from None
+    if not shape or min(shape) < 1:
+        raise ZooError(f"--input-shape '{text}' must be positive integers, e.g. 8,8,1")
+    return shape
+
+
+def cmd_list(args) -> int:
+    from zoo import models
+
+    shape = _parse_shape(args.input_shape)
+    kind = "tokens" if args.tokens else None
+    rows = []
+    for name in models.list_models(args.pattern):
+        entry = models.get_entry(name)
+        try:
+            model = models.build(name, args.num_classes, vocab_size=args.vocab_size)
+            count = f"{models.param_count(model, shape, 'int32' if kind else 'float32'):,}"
+        except Exception:  # noqa: BLE001 - a model that cannot take this shape shows "-"
+            count = "-"
+        rows.append((name, entry.family, count, entry.description))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "family", "params", "description"), r)) for r in rows], indent=2))
+        return 0
+    print(f"parameters for input {shape}, {args.num_classes} classes")
+    print(_table(("model", "family", "params", "description"), rows, right=(2,)))
+    return 0
+
+
+def _table(header, rows, right=()) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda row: "  ".join(str(v).rjust(w) if i in right else str(v).ljust(w)  # noqa: E731
+                                for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _progress(prefix=""):
+    from zoo.metrics import Progress
+
+    return Progress(prefix=prefix)
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from zoo import config as config_lib
+    from zoo.training import fit
+
+    config = config_lib.load(args.config, args.set or [])
+    workdir = Path(args.workdir or Path("runs") / config.name)
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    result = fit(config, workdir, _progress())
+    if result.get("stopped"):
+        print(f"stopped by {result['stopped']} at step {result['step']}; rerun the same command to resume "
+              f"from {workdir}", file=sys.stderr)
+        return 130
+    final = result["final"]
+    print(f"{config.name}: {result['model']} ({result['params']:,} params) step {result['final_step']} "
+          f"test accuracy {final['accuracy']:.4f} loss {final['loss']:.4f}  run dir {workdir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from zoo.evaluate import evaluate
+
+    result = evaluate(args.run_dir, step=args.step, best=args.best)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    recorded = result.get("recorded") or {}
+    rows = [(result["model"], result["dataset"], result["step"], f"{result['test']['accuracy']:.4f}",
+             f"{result['test']['loss']:.4f}",
+             f"{recorded['accuracy']:.4f}" if "accuracy" in recorded else "-")]
+    print(_table(("model", "dataset", "step", "test accuracy", "test loss", "recorded accuracy"), rows,
+                 right=(2, 3, 4, 5)))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="every model with family, parameter count and description")
+    p.add_argument("pattern", nargs="?", default="*", help="glob over names, e.g. 'resnet*'")
+    p.add_argument("--input-shape", default="8,8,1", help="one example's shape (default 8,8,1)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--tokens", action="store_true", help="inputs are token ids")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a config (resumes if the run directory has checkpoints)")
+    p.add_argument("config", help="a YAML config, e.g. configs/digits/cnn.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
+    p.add_argument("--workdir", help="run directory (default runs/<config name>)")
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on the test set")
+    p.add_argument("run_dir")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--step", type=int, help="a checkpointed step (default: the latest)")
+    group.add_argument("--best", action="store_true", help="the best step by the run's metric")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # Orbax logs through absl at WARNING for routine events (read-only managers and the like).
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def main(argv=None) -> int:
+    _quiet_libraries()
+    try:
+        args = make_parser().parse_args(argv)
+        return args.func(args)
+    except ZooError as error:
+        print(f"zoo: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The typed config: YAML (safe) in, a frozen, validated `Config` out; dotted overrides; clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from zoo.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    shift: int = 0  # augmentation: random shift of up to this many pixels/steps (0: none)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    hparams: dict = dataclasses.field(default_factory=dict)  # checked against the model by zoo.models.build
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = False
+    weight_decay: float = 0.0  # decoupled for adamw, added to the gradient otherwise
+    schedule: Literal["constant", "cosine", "warmup_cosine", "step"] = "cosine"
+    warmup_steps: int = 0
+    decay_boundaries: tuple[float, ...] = (0.5, 0.75)  # "step": fractions of the run where lr drops
+    decay_factor: float = 0.1
+    clip_norm: float | None = None  # global-norm clipping
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int | None = None  # give steps or epochs
+    epochs: int | None = None
+    eval_every: int = 0  # steps between test evaluations (0: at checkpoints and at the end)
+    log_every: int = 50
+    label_smoothing: float = 0.0
+    steps_per_call: int = 1  # training steps per jitted call (lax.scan); pays for small models
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 500  # steps between checkpoints; one is always written at the end
+    keep: int = 2  # latest N
+    keep_best: int = 1  # best K by `metric`
+    metric: Literal["accuracy", "loss"] = "accuracy"
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict:
+        raw = dataclasses.asdict(self)
+        raw["model"] = {"name": self.model.name, **self.model.hparams}
+        return json.loads(json.dumps(raw))  # tuples to lists: the YAML/JSON form
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.train.steps if self.train.steps else self.train.epochs * steps_per_epoch
+
+
+# Ranges: (field path) -> (test, what it must be).
+_RANGES = {
+    "seed": (lambda v: v >= 0, "at least 0"),
+    "data.batch_size": (lambda v: v >= 1, "at least 1"),
+    "data.eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "data.shift": (lambda v: v >= 0, "at least 0"),
+    "optimizer.learning_rate": (lambda v: v > 0, "greater than 0"),
+    "optimizer.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optimizer.weight_decay": (lambda v: v >= 0, "at least 0"),
+    "optimizer.warmup_steps": (lambda v: v >= 0, "at least 0"),
+    "optimizer.decay_boundaries": (lambda v: all(0 < b < 1 for b in v), "fractions in (0, 1)"),
+    "optimizer.decay_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "optimizer.clip_norm": (lambda v: v is None or v > 0, "greater than 0 (or null)"),
+    "train.steps": (lambda v: v is None or v >= 1, "at least 1 (or null)"),
+    "train.epochs": (lambda v: v is None or v >= 1, "at least 1 (or null)"),
+    "train.eval_every": (lambda v: v >= 0, "at least 0"),
+    "train.log_every": (lambda v: v >= 1, "at least 1"),
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.steps_per_call": (lambda v: v >= 1, "at least 1"),
+    "checkpoint.every": (lambda v: v >= 1, "at least 1"),
+    "checkpoint.keep": (lambda v: v >= 1, "at least 1"),
+    "checkpoint.keep_best": (lambda v: v >= 0, "at least 0"),
+}
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            dict: "a mapping", type(None): "null"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp, path: str) -> Any:
+    """Returns `value` as type `tp`, or raises ConfigError naming the key and what it must be."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{path}: '{value}' is not valid{hint}; choose {_type_name(tp)}")
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, raw: Any, path: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {raw!r}")
+    if cls is ModelConfig:
+        name = raw.get("name", ModelConfig.name)
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}.name: expected a string, got {name!r}")
+        return ModelConfig(name, {k: v for k, v in raw.items() if k != "name"})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key '{where}': {hint}valid keys: {', '.join(fields)}")
+    values = {}
+    for name, field in fields.items():
+        key_path = f"{path}.{name}" if path else name
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], key_path)
+        else:
+            values[name] = _coerce(raw[name], tp, key_path)
+        if key_path in _RANGES:
+            test, must = _RANGES[key_path]
+            if not test(values[name]):
+                raise ConfigError(f"{key_path}: {values[name]!r} is out of range; it must be {must}")
+    return cls(**values)
+
+
+def from_dict(raw: dict) -> Config:
+    config = _build(Config, raw, "")
+    if (config.train.steps is None) == (config.train.epochs is None):
+        raise ConfigError("train: give exactly one of train.steps or train.epochs")
+    return config
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Reads a YAML mapping with yaml.safe_load; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist: check the path (configs live in configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.constructor.ConstructorError as error:
+        raise ConfigError(f"{path}: YAML tag {error.problem.split()[-1] if error.problem else ''} is not "
+                          "allowed (configs hold plain values only)") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{where}: {getattr(error, 'problem', error)}") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise ConfigError(f"{path}: cannot read the file ({error})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Applies `a.b=value` strings (values parsed as YAML) to a raw config mapping."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value, e.g. optimizer.learning_rate=3e-4")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    return from_dict(apply_overrides(load_yaml(path), list(overrides)))

@@ -1,0 +1,27 @@
+"""Errors a user can cause. The CLI catches `ZooError` once and prints one line; exit status 2."""
+
+
+class ZooError(Exception):
+    """Bad input: a message that names the problem and the fix."""
+
+    exit_code = 2
+
+
+class ConfigError(ZooError):
+    """A config file, key, type or value is wrong."""
+
+
+class ModelError(ZooError):
+    """An unknown model, a bad hyperparameter, or input the model cannot take."""
+
+
+class DataError(ZooError):
+    """An unknown dataset, or data of the wrong shape or kind."""
+
+
+class CheckpointError(ZooError):
+    """A checkpoint is missing, damaged, or belongs to something else."""
+
+
+class RunError(ZooError):
+    """A run directory cannot be used (locked by another writer, or training diverged)."""

@@ -1,0 +1,98 @@
+"""Where metrics go: a JSON-lines file in the run directory, and a progress display for people."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+
+class JsonlWriter:
+    """Appends one JSON object per line; each line is flushed so a killed run loses nothing written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past `step` (a resumed run rewrites them); atomic by rename."""
+        if not self.path.exists():
+            return
+        kept = [line for line in read_jsonl(self.path) if line.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(tmp, self.path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    return records
+
+
+def format_metrics(metrics: dict) -> str:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}" if abs(value) < 1000 and not math.isnan(value) else f"{value:.4g}"
+        parts.append(f"{key} {value}")
+    return "  ".join(parts)
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain log lines otherwise (files, CI)."""
+
+    def __init__(self, stream=None, interactive: bool | None = None, prefix: str = ""):
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self.prefix = prefix
+        self._bar = None
+
+    def start(self, total: int, initial: int = 0) -> None:
+        if self.interactive:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, file=self.stream, desc=self.prefix or None,
+                             dynamic_ncols=True, leave=False)
+        self._total = total
+
+    def update(self, step: int, metrics: dict | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            if metrics:
+                self._bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else v
+                                       for k, v in metrics.items()}, refresh=False)
+
+    def log(self, message: str) -> None:
+        text = f"{self.prefix} {message}".strip() if self.prefix else message
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Silent(Progress):
+    """Reports nothing (library use, tests)."""
+
+    def __init__(self):
+        super().__init__(interactive=False)
+
+    def start(self, total: int, initial: int = 0) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass

@@ -1,0 +1,148 @@
+"""ResNet family: CIFAR-style resnet20..110 and ImageNet-style resnet18..152 (torchvision v1.5 layout).
+
+Both are rank-generic: 1-D convs for signals (and embedded tokens), 2-D for images. Every shortcut
+that changes shape is a 1x1 conv + BatchNorm projection (option B of He et al. 2016), also in the
+CIFAR nets, where the paper used zero-padding (option A): it costs ~2.8k parameters in resnet20 and
+keeps one block type for both styles.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from zoo.models import Entry
+from zoo.models.cnn import as_features
+
+# torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
+CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv_bn(x, features: int, kernel: int, train: bool, strides: int = 1, zero_scale: bool = False):
+    """Bias-free conv ('same'-style symmetric padding, like torchvision) then BatchNorm."""
+    nd = x.ndim - 2
+    pad = kernel // 2
+    x = nn.Conv(
+        features, (kernel,) * nd, (strides,) * nd, padding=((pad, pad),) * nd,
+        use_bias=False, kernel_init=CONV_INIT,
+    )(x)
+    # Zero-init of a block's last BN scale makes each block start as the identity (Goyal et al. 2017).
+    scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, scale_init=scale_init)(x)
+
+
+def shortcut(x, features: int, strides: int, train: bool):
+    """Identity, or a 1x1 conv + BN projection when the block changes channels or resolution."""
+    if strides == 1 and x.shape[-1] == features:
+        return x
+    return conv_bn(x, features, 1, train, strides)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; output channels = features."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = nn.relu(conv_bn(x, self.features, 3, train, self.strides))
+        y = conv_bn(y, self.features, 3, train, zero_scale=True)
+        return nn.relu(y + shortcut(x, self.features, self.strides, train))
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        out = self.features * 4
+        y = nn.relu(conv_bn(x, self.features, 1, train))
+        y = nn.relu(conv_bn(y, self.features, 3, train, self.strides))
+        y = conv_bn(y, out, 1, train, zero_scale=True)
+        return nn.relu(y + shortcut(x, out, self.strides, train))
+
+
+def stages(x, stage_sizes, width: int, block_cls, train: bool):
+    """Stage i has width * 2**i channels; every stage but the first halves the resolution."""
+    for i, size in enumerate(stage_sizes):
+        for j in range(size):
+            strides = 2 if i > 0 and j == 0 else 1
+            x = block_cls(width * 2**i, strides)(x, train)
+    return x.mean(axis=tuple(range(1, x.ndim - 1)))  # global average pooling
+
+
+def depth_name(stage_sizes, layers_per_block: int) -> str:
+    """'resnet<depth>': conv layers in the blocks plus the stem and the classifier."""
+    return f"resnet{layers_per_block * sum(stage_sizes) + 2}"
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016, section 4.2: 3x3 stem, 3 stages of basic blocks at 16/32/64 channels."""
+
+    num_classes: int
+    vocab_size: int | None = None
+    stage_sizes: tuple = (3, 3, 3)
+    width: int = 16
+    embed_dim: int = 64
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        model = depth_name(self.stage_sizes, 2)
+        x = as_features(x, self.vocab_size, self.embed_dim, model)
+        x = nn.relu(conv_bn(x, self.width, 3, train))
+        x = stages(x, self.stage_sizes, self.width, BasicBlock, train)
+        return nn.Dense(self.num_classes)(x)
+
+
+class ResNet(nn.Module):
+    """ImageNet ResNet: 7x7/2 stem + 3x3/2 max-pool (or a 3x3/1 stem with small_input), 4 stages."""
+
+    num_classes: int
+    vocab_size: int | None = None
+    stage_sizes: tuple = (2, 2, 2, 2)
+    bottleneck: bool = False
+    width: int = 64
+    small_input: bool = False
+    embed_dim: int = 64
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        block_cls = BottleneckBlock if self.bottleneck else BasicBlock
+        model = depth_name(self.stage_sizes, 3 if self.bottleneck else 2)
+        x = as_features(x, self.vocab_size, self.embed_dim, model)
+        x = self._stem(x, train)
+        x = stages(x, self.stage_sizes, self.width, block_cls, train)
+        return nn.Dense(self.num_classes)(x)
+
+    def _stem(self, x, train: bool):
+        if self.small_input:
+            return nn.relu(conv_bn(x, self.width, 3, train))
+        nd = x.ndim - 2
+        x = nn.relu(conv_bn(x, self.width, 7, train, strides=2))
+        return nn.max_pool(x, (3,) * nd, (2,) * nd, padding=((1, 1),) * nd)
+
+
+def _cifar(depth: int) -> Entry:
+    blocks = (depth - 2) // 6
+    description = f"CIFAR ResNet-{depth} (3 stages x {blocks} basic blocks, 16/32/64 channels)"
+    return Entry(f"resnet{depth}", "resnet", description, CifarResNet, {"stage_sizes": (blocks,) * 3})
+
+
+def _imagenet(depth: int, stage_sizes: tuple, bottleneck: bool) -> Entry:
+    block = "bottleneck" if bottleneck else "basic"
+    description = f"ImageNet ResNet-{depth} ({block} blocks {stage_sizes}; small_input for tiny images)"
+    defaults = {"stage_sizes": stage_sizes, "bottleneck": bottleneck}
+    return Entry(f"resnet{depth}", "resnet", description, ResNet, defaults)
+
+
+ENTRIES = [
+    *(_cifar(depth) for depth in (20, 32, 44, 56, 110)),
+    _imagenet(18, (2, 2, 2, 2), False),
+    _imagenet(34, (3, 4, 6, 3), False),
+    _imagenet(50, (3, 4, 6, 3), True),
+    _imagenet(101, (3, 4, 23, 3), True),
+    _imagenet(152, (3, 8, 36, 3), True),
+]

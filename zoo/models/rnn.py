@@ -1,0 +1,72 @@
+"""RNN family: stacked simple/LSTM/GRU layers (optionally bidirectional) classifying from the last state."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from zoo.models import Entry
+from zoo.models.mlp import check_choice, embed_tokens, input_kind
+
+CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+
+
+def last_hidden(carry):
+    """The hidden state in a cell's carry (an LSTM carries (c, h); the others just h)."""
+    return carry[1] if isinstance(carry, tuple) else carry
+
+
+class RNN(nn.Module):
+    """Reads images row by row, signals step by step, tokens through an embedding."""
+
+    num_classes: int
+    vocab_size: int | None = None
+    cell: str = "simple"
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    embed_dim: int = 64
+
+    def __post_init__(self):
+        check_choice("cell", self.cell, tuple(CELLS))
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self._as_sequence(x)
+        for layer in range(self.num_layers):
+            if layer:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            carry, x = self._layer()(x)
+        if self.bidirectional:
+            state = jnp.concatenate([last_hidden(c) for c in carry], axis=-1)
+        else:
+            state = last_hidden(carry)
+        return nn.Dense(self.num_classes)(state)
+
+    def _as_sequence(self, x):
+        model = "rnn" if self.cell == "simple" else self.cell
+        kind = input_kind(x, model)
+        if kind == "tokens":
+            return embed_tokens(x, self.vocab_size, self.embed_dim, model)
+        if kind == "image":
+            return x.reshape(*x.shape[:2], -1)  # (B, H, W, C) -> rows (B, H, W*C)
+        return x
+
+    def _layer(self):
+        def make():
+            return nn.RNN(CELLS[self.cell](self.hidden_size), return_carry=True)
+
+        if self.bidirectional:
+            return nn.Bidirectional(make(), make(), return_carry=True)
+        return make()
+
+
+ENTRIES = [
+    Entry("rnn", "rnn", "recurrent classifier (simple|lstm|gru cells) over rows, steps or tokens", RNN, {}),
+    Entry("lstm", "rnn", "LSTM classifier from the last hidden state", RNN, {"cell": "lstm"}),
+    Entry("gru", "rnn", "GRU classifier from the last hidden state", RNN, {"cell": "gru"}),
+]

@@ -1,0 +1,92 @@
+"""Transformer family: a pre-LayerNorm encoder classifier over tokens, signal patches or image patches (ViT)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from zoo.errors import ModelError
+from zoo.models import Entry
+from zoo.models.mlp import check_choice, describe, embed_tokens, input_kind
+
+
+class EncoderBlock(nn.Module):
+    """x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        y = nn.LayerNorm()(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train
+        )(y, y)
+        x = x + drop(y)
+        y = nn.gelu(nn.Dense(self.mlp_dim)(nn.LayerNorm()(x)))
+        y = nn.Dense(x.shape[-1])(drop(y))
+        return x + drop(y)
+
+
+class Transformer(nn.Module):
+    """Embeds the input into `width`-wide tokens, adds learned positions, encodes, pools, classifies."""
+
+    num_classes: int
+    vocab_size: int | None = None
+    width: int = 64
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int | None = None
+    dropout: float = 0.0
+    patch_size: int = 1
+    pool: str = "mean"
+
+    def __post_init__(self):
+        check_choice("pool", self.pool, ("cls", "mean"))
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self._tokens(x)
+        if self.pool == "cls":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
+        # Learned positions fix the sequence length at init, as in ViT.
+        positions = self.param("pos_embedding", nn.initializers.normal(0.02), (1, *x.shape[1:]))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x + positions)
+        for _ in range(self.depth):
+            x = EncoderBlock(self.num_heads, self.mlp_dim or 4 * self.width, self.dropout)(x, train)
+        x = nn.LayerNorm()(x)
+        x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        return nn.Dense(self.num_classes)(x)
+
+    def _tokens(self, x):
+        """(B, N, width): token embeddings, or non-overlapping patches through a strided conv."""
+        if input_kind(x, "transformer") == "tokens":
+            return embed_tokens(x, self.vocab_size, self.width, "transformer")
+        spatial = x.shape[1:-1]
+        if min(spatial) < self.patch_size:
+            raise ModelError(
+                f"model 'transformer' with patch_size {self.patch_size} cannot split input "
+                f"{describe(x)} into patches; use a patch_size of at most {min(spatial)}"
+            )
+        patch = (self.patch_size,) * len(spatial)
+        x = nn.Conv(self.width, patch, strides=patch, padding="VALID", name="patch_embed")(x)
+        return x.reshape(x.shape[0], -1, self.width)
+
+
+ENTRIES = [
+    Entry("transformer", "transformer", "pre-LN encoder over tokens, signal or image patches", Transformer, {}),
+    Entry(
+        "vit_tiny", "transformer", "ViT-Ti/16 (Dosovitskiy et al. 2021) for 224x224 images", Transformer,
+        {"width": 192, "depth": 12, "num_heads": 3, "mlp_dim": 768, "patch_size": 16, "pool": "cls"},
+    ),
+    Entry(
+        "vit_digits", "transformer", "small ViT for 8x8 digits: 2x2 patches, width 64, depth 2", Transformer,
+        {"width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128, "patch_size": 2},
+    ),
+]

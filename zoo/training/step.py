@@ -1,0 +1,116 @@
+"""The jitted train and eval steps, data-parallel over a mesh of all devices (params replicated)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zoo.training.state import TrainState
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process; batches are split along its 'data' axis."""
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+    """Shards the batch axis; `leading_axes` stacked step axes in front of it stay whole."""
+    return NamedSharding(mesh, P(*([None] * leading_axes), "data"))
+
+
+def put_batch(mesh: Mesh, array: np.ndarray, leading_axes: int = 0) -> jax.Array:
+    """Places a global batch (identical on every process) on the mesh; each process gives its rows."""
+    sharding = batch_sharding(mesh, leading_axes)
+    if jax.process_count() == 1:
+        return jax.device_put(array, sharding)
+    rows = array.shape[leading_axes] // jax.process_count()
+    start = jax.process_index() * rows
+    local = np.take(array, np.arange(start, start + rows), axis=leading_axes)
+    return jax.make_array_from_process_local_data(sharding, local, array.shape)
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step_fn(model, tx, num_classes: int, label_smoothing: float = 0.0):
+    """One step: forward, backward, optimizer update. Pure; returns (state, metrics)."""
+
+    def loss_fn(params, state: TrainState, x, y):
+        variables = {"params": params, **state.model_state}
+        rng = jax.random.fold_in(state.rng, state.step)
+        logits, model_state = model.apply(variables, x, train=True, rng=rng)
+        loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
+        return loss, (logits, model_state)
+
+    def step(state: TrainState, x, y):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (logits, model_state)), grads = grad_fn(state.params, state, x, y)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+def multi_step_fn(step):
+    """K steps in one call: `lax.scan` over batches stacked on a leading axis; metrics are stacked."""
+
+    def multi(state, xs, ys):
+        return jax.lax.scan(lambda carry, batch: step(carry, *batch), state, (xs, ys))
+
+    return multi
+
+
+def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1):
+    """The jitted step (K > 1: K steps per call); the state is donated and stays replicated."""
+    step = train_step_fn(model, tx, num_classes, label_smoothing)
+    fn, leading = (step, 0) if steps_per_call == 1 else (multi_step_fn(step), 1)
+    data = batch_sharding(mesh, leading)
+    return jax.jit(fn, in_shardings=(replicated(mesh), data, data),
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+
+
+def eval_step_fn(model, num_classes: int):
+    """Sums of loss and correct predictions over the real (mask 1) rows of a padded batch."""
+
+    def step(params, model_state, x, y, mask):
+        logits, _ = model.apply({"params": params, **model_state}, x, train=False)
+        loss = cross_entropy(logits, y, num_classes)
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+    return step
+
+
+def jit_eval_step(model, num_classes, mesh: Mesh):
+    data = batch_sharding(mesh)
+    return jax.jit(eval_step_fn(model, num_classes),
+                   in_shardings=(replicated(mesh), replicated(mesh), data, data, data),
+                   out_shardings=replicated(mesh))
+
+
+def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int) -> dict:
+    """Test loss and accuracy over all of (x, y), batch by batch, in float64 on the host."""
+    from zoo.data import eval_batches
+
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    for xb, yb, mask in eval_batches(x, y, batch_size):
+        sums = eval_step(params, model_state, put_batch(mesh, xb), put_batch(mesh, yb),
+                         put_batch(mesh, mask))
+        for key, value in jax.device_get(sums).items():
+            totals[key] += float(value)
+    return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
