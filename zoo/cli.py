@@ -73,9 +73,11 @@ def cmd_train(args) -> int:
         jax.distributed.initialize()
     result = fit(config, workdir, _progress())
     if result.get("stopped"):
-        print(f"stopped by {result['stopped']} at step {result['step']}; rerun the same command to resume "
-              f"from {workdir}", file=sys.stderr)
-        return 130
+        print(f"zoo: stopped by {result['stopped']} at step {result['step']}, checkpoint written; rerun the "
+              f"same command to resume from {workdir}", file=sys.stderr)
+        import signal
+
+        return 128 + signal.Signals[result["stopped"]]
     final = result["final"]
     print(f"{config.name}: {result['model']} ({result['params']:,} params) step {result['final_step']} "
           f"test accuracy {final['accuracy']:.4f} loss {final['loss']:.4f}  run dir {workdir}")
@@ -95,6 +97,33 @@ def cmd_eval(args) -> int:
              f"{recorded['accuracy']:.4f}" if "accuracy" in recorded else "-")]
     print(_table(("model", "dataset", "step", "test accuracy", "test loss", "recorded accuracy"), rows,
                  right=(2, 3, 4, 5)))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import shlex
+    from pathlib import Path
+
+    from zoo import bench
+
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()] if args.workloads else list(bench.WORKLOADS)
+    dispatch = "dispatch" in names or not args.workloads
+    names = [n for n in names if n != "dispatch"]
+    unknown = [n for n in names if n not in bench.WORKLOADS]
+    if unknown:
+        raise ZooError(f"unknown workload '{unknown[0]}': choose from {', '.join([*bench.WORKLOADS, 'dispatch'])}")
+    rounds = args.rounds or (3 if args.quick else 9)
+    report = bench.run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
+                                 log=lambda line: print(line, file=sys.stderr))
+    program = sys.argv[0]
+    command = shlex.join(["python", program, *sys.argv[1:]] if program.endswith(".py")
+                         else ["zoo", *sys.argv[1:]])
+    print(bench.text_table(*bench.table_rows(report)))
+    print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
+          f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
+    if args.out:
+        md, js = bench.write_outputs(report, command, Path(args.out))
+        print(f"wrote {md} and {js}")
     return 0
 
 
@@ -125,14 +154,24 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--best", action="store_true", help="the best step by the run's metric")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="time a training step of each family: zoo vs plain Flax vs PyTorch")
+    p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,dispatch")
+    p.add_argument("--quick", action="store_true", help="3 short rounds instead of 9")
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
+    p.add_argument("--out", default="benchmarks", help="where RESULTS.md and results.json go ('' for none)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def _quiet_libraries() -> None:
-    # Orbax logs through absl at WARNING for routine events (read-only managers and the like).
+    # Orbax logs through absl at WARNING for routine events (read-only managers and the like), and
+    # logs tracebacks of the failures it then raises (we report those in one line); asyncio logs
+    # TensorStore read errors a second time.
     import logging
 
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def main(argv=None) -> int:
@@ -143,6 +182,9 @@ def main(argv=None) -> int:
     except ZooError as error:
         print(f"zoo: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a path that cannot be read or written: no traceback either
+        print(f"zoo: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -83,6 +84,9 @@ class Config:
 
 # Ranges: (field path) -> (test, what it must be).
 _RANGES = {
+    # The name is the default run directory runs/<name>: one plain path component, no way out.
+    "name": (lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None,
+             "letters, digits, '_', '.' or '-', starting with a letter or digit (it names runs/<name>)"),
     "seed": (lambda v: v >= 0, "at least 0"),
     "data.batch_size": (lambda v: v >= 1, "at least 1"),
     "data.eval_batch_size": (lambda v: v >= 1, "at least 1"),

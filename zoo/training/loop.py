@@ -21,7 +21,7 @@ from zoo import models
 from zoo.config import Config, from_dict
 from zoo.data import BatchIterator, Dataset, check_inputs, load_dataset
 from zoo.data.batching import Position
-from zoo.errors import CheckpointError, ConfigError, RunError
+from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError
 from zoo.metrics import JsonlWriter, Progress, Silent
 from zoo.training import optim, state as state_lib, step as step_lib
 
@@ -61,13 +61,17 @@ class Run:
         return create(sample)
 
 
-def build_run(config: Config, dataset: Dataset | None = None) -> Run:
+def build_run(config: Config, dataset: Dataset | None = None, training: bool = True) -> Run:
+    """Builds and checks everything a config names (data, model, optimizer) without writing anything.
+
+    `training=False` (evaluation) skips the checks only training needs, such as the batch splitting
+    over this machine's devices (a run trained elsewhere evaluates anywhere)."""
     dataset = dataset or load_dataset(config.data.name)
     check_inputs(dataset.spec, dataset.x_train[:1])
     spec = dataset.spec
     model = models.build(config.model.name, spec.num_classes, spec.vocab_size, **config.model.hparams)
     devices = jax.device_count()
-    if config.data.batch_size % devices:
+    if training and config.data.batch_size % devices:
         raise ConfigError(f"data.batch_size {config.data.batch_size} does not split over {devices} devices: "
                           f"use a multiple of {devices}")
     if config.data.batch_size > spec.train_size:
@@ -76,7 +80,9 @@ def build_run(config: Config, dataset: Dataset | None = None) -> Run:
     steps_per_epoch = spec.train_size // config.data.batch_size
     total_steps = config.total_steps(steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, total_steps)
-    return Run(config, dataset, model, tx, step_lib.make_mesh(), total_steps, steps_per_epoch)
+    run = Run(config, dataset, model, tx, step_lib.make_mesh(), total_steps, steps_per_epoch)
+    run.abstract_state()  # traces init: a model that cannot take this data fails here
+    return run
 
 
 def checkpoints_for(run_dir: Path, config: Config, read_only: bool = False) -> ckpt.Checkpoints:
@@ -90,14 +96,13 @@ def checkpoints_for(run_dir: Path, config: Config, read_only: bool = False) -> c
 def run_lock(run_dir: Path):
     """One writer per run directory. flock dies with its process, so a killed run leaves no lock."""
     path = run_dir / LOCK_FILE
-    handle = path.open("a+")
+    handle = path.open("a")  # never written: an existing lock file stays untouched
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise RunError(f"run directory '{run_dir}' is in use by another `zoo train` (pid in {path}); "
-                       "wait for it or use another --workdir") from None
-    handle.seek(0), handle.truncate(), handle.write(str(os.getpid())), handle.flush()
+        raise RunError(f"run directory '{run_dir}' is in use by another `zoo train` (it holds the lock "
+                       f"on {path}): wait for it to finish or use another --workdir") from None
     try:
         yield
     finally:
@@ -107,7 +112,8 @@ def run_lock(run_dir: Path):
 
 @contextlib.contextmanager
 def stop_requests():
-    """Turns SIGTERM and Ctrl-C into a flag checked between steps (main thread only)."""
+    """Turns SIGTERM and Ctrl-C into a flag checked between steps (main thread only); a second
+    signal acts at once (checkpoints are atomic, so that is safe too)."""
     requested = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield requested
@@ -115,6 +121,7 @@ def stop_requests():
 
     def handler(signum, _frame):
         requested["signal"] = signal.Signals(signum).name
+        signal.signal(signum, previous[signum])
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -147,6 +154,16 @@ def _diff_keys(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
+def _write_json_once(path: Path, data) -> None:
+    """Writes `data` unless the file already holds it (a resumed run leaves its files untouched)."""
+    try:
+        if json.loads(path.read_text()) == data:
+            return
+    except (OSError, json.JSONDecodeError):
+        pass
+    _write_json_atomic(path, data)
+
+
 def _write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -154,13 +171,25 @@ def _write_json_atomic(path: Path, data) -> None:
 
 
 def restore_latest_good(checkpoints: ckpt.Checkpoints, run: Run, progress: Progress):
-    """The newest step that restores and verifies; damaged newer steps are reported and skipped."""
-    for step in reversed(checkpoints.steps()):
+    """The newest step that restores and verifies. Damaged newer steps are reported and set aside
+    (a resumed run will write those step numbers again); if every step is damaged, refuses."""
+    damaged = []
+    for step in reversed(checkpoints.listed_steps()):
         try:
             state, meta = checkpoints.restore(step, run.abstract_state())
-            return step, state, meta
-        except CheckpointError as error:
-            progress.log(f"skipping damaged checkpoint: {error}")
+        except DamagedCheckpointError as error:
+            progress.log(f"skipping: {error}")
+            damaged.append(step)
+            continue
+        if damaged:
+            where = checkpoints.set_aside(damaged)
+            progress.log(f"falling back to step {step}, the newest good checkpoint; damaged step(s) "
+                         f"{', '.join(map(str, damaged))} moved to {where}")
+        return step, state, meta
+    if damaged:
+        raise CheckpointError(f"every checkpoint in '{checkpoints.directory}' is damaged (steps "
+                              f"{', '.join(map(str, sorted(damaged)))}): move that directory aside to "
+                              "start over, or use another --workdir")
     return None, None, None
 
 
@@ -189,27 +218,29 @@ def fit(config: Config, workdir: str | Path, progress: Progress | None = None,
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the run's summary."""
     progress = progress or Silent()
     run_dir = Path(workdir)
+    run = build_run(config, dataset)  # bad input is refused before anything is written
+    _check_same_config(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = build_run(config, dataset)
     with run_lock(run_dir):
-        _check_same_config(run_dir, config)
-        _write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
         return _train(run, run_dir, progress)
 
 
 def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     config, spec, mesh = run.config, run.spec, run.mesh
     checkpoints = checkpoints_for(run_dir, config)
-    metrics_log = JsonlWriter(run_dir / METRICS_FILE)
     start_step, state, meta = restore_latest_good(checkpoints, run, progress)
+    _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
+    metrics_log = JsonlWriter(run_dir / METRICS_FILE)
     position = Position()
     if state is None:
         state, start_step = run.init_state(), 0
-        metrics_log.truncate_after(0)
     else:
         position = Position(**meta["position"])
-        metrics_log.truncate_after(start_step)
         progress.log(f"resuming from step {start_step}")
+        if meta.get("devices", jax.device_count()) != jax.device_count():
+            progress.log(f"note: step {start_step} was saved on {meta['devices']} devices, this run has "
+                         f"{jax.device_count()}: results will differ from an uninterrupted run in the last bits")
+    metrics_log.truncate_after(start_step)
     batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size,
                             config.seed, shift=config.data.shift, position=position)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
@@ -219,7 +250,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     steps = _Steps(run)
     param_count = models.count_params(state.params)
     meta_base = {"config": config.to_dict(), "spec": spec.to_json(), "model": config.model.name,
-                 "family": run.model.info.family, "param_count": param_count}
+                 "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count()}
     every_ckpt, every_eval = config.checkpoint.every, config.train.eval_every or config.checkpoint.every
     log_every, total = config.train.log_every, run.total_steps
 
@@ -256,13 +287,9 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
             now = time.perf_counter()
             train_seconds += now - last_sync
             timed_steps += train_metrics.pop("steps")
-            if not math.isfinite(train_metrics["loss"]):
-                bad = train_metrics.pop("first_bad_step")
-                checkpoints.wait()
-                raise RunError(f"training diverged: the loss is {train_metrics['loss']} at step {bad}; "
-                               f"the last good checkpoint (step {checkpoints.latest_step()}) is kept. "
-                               "Lower optimizer.learning_rate or set optimizer.clip_norm")
-            train_metrics.pop("first_bad_step", None)
+            bad_step = train_metrics.pop("first_bad_step")
+            if bad_step is not None:
+                raise _diverged("loss", bad_step, checkpoints)
             examples_per_sec = timed_steps * config.data.batch_size / max(train_seconds, 1e-9)
             record = {"step": step, "split": "train", **train_metrics,
                       "lr": float(optim.make_schedule(config.optimizer, total)(step - 1)),
@@ -271,6 +298,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
             progress.update(step, {"loss": train_metrics["loss"]})
             if at_eval or at_ckpt:
                 last_test = evaluate(state)
+                if not math.isfinite(last_test["loss"]):  # finite losses, but the last update was not
+                    raise _diverged("test loss", step, checkpoints)
                 metrics_log.write({"step": step, "split": "test", **last_test})
                 progress.log(f"step {step}/{total}  test accuracy {last_test['accuracy']:.4f}  "
                              f"loss {last_test['loss']:.4f}")
@@ -282,13 +311,19 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     progress.close()
     if stopped_by:
         checkpoints.close()
-        progress.log(f"stopped by {stopped_by} at step {step}; checkpoint written, rerun the same "
-                     "command to resume")
         return {"run_dir": str(run_dir), "stopped": stopped_by, "step": step}
     result = _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed_steps, start_step)
     checkpoints.close()
     _write_json_atomic(run_dir / RESULT_FILE, result)
     return result
+
+
+def _diverged(what: str, step: int, checkpoints: ckpt.Checkpoints) -> RunError:
+    checkpoints.wait()
+    last = checkpoints.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+    return RunError(f"training diverged: the {what} is not finite at step {step}; {kept}. "
+                    "Lower optimizer.learning_rate or set optimizer.clip_norm")
 
 
 def _next_multiple(step: int, every: int) -> int:

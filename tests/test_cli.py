@@ -1,0 +1,114 @@
+"""The command line end to end: list, train a tiny config, evaluate from the checkpoint alone."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoo import models
+from zoo.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+# zoo train {path} --workdir RUN
+name: tiny
+seed: 0
+data: {{name: digits, batch_size: 32}}
+model: {{name: mlp, hidden_sizes: [32]}}
+optimizer: {{name: adam, learning_rate: 3.0e-3, schedule: constant}}
+train: {{steps: 30, log_every: 10}}
+checkpoint: {{every: 10, keep: 2, keep_best: 1}}
+"""
+
+
+def zoo(*args, cwd=REPO):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "zoo.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(TINY.format(path=config))
+    run_dir = root / "run"
+    done = zoo("train", config, "--workdir", run_dir)
+    assert done.returncode == 0, done.stderr
+    return config, run_dir, done
+
+
+def test_list_names_every_registered_model(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in models.list_models():
+        assert f"\n{name} " in out
+
+
+def test_list_counts_parameters_for_the_given_shape(capsys):
+    assert main(["list", "resnet20", "--input-shape", "32,32,3"]) == 0
+    assert " 272,474 " in capsys.readouterr().out
+
+
+def test_train_prints_final_accuracy_and_writes_run_dir(trained):
+    _, run_dir, done = trained
+    assert "test accuracy" in done.stdout
+    assert {"config.json", "metrics.jsonl", "result.json", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_eval_reports_exactly_the_accuracy_recorded_at_save_time(trained):
+    _, run_dir, _ = trained
+    out = zoo("eval", run_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["step"] == 30
+    assert result["test"]["accuracy"] == result["recorded"]["accuracy"]
+    assert result["test"]["loss"] == pytest.approx(result["recorded"]["loss"], rel=1e-6)
+
+
+def test_eval_of_an_earlier_step_uses_that_step(trained):
+    _, run_dir, _ = trained
+    result = json.loads(zoo("eval", run_dir, "--step", 20, "--json").stdout)
+    assert result["step"] == 20 and result["test"]["accuracy"] == result["recorded"]["accuracy"]
+
+
+def test_eval_best_picks_the_highest_accuracy_step(trained):
+    _, run_dir, _ = trained
+    result = json.loads(zoo("eval", run_dir, "--best", "--json").stdout)
+    tests = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    kept = {int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()}
+    best = max((r["accuracy"], r["step"]) for r in tests if r["split"] == "test" and r["step"] in kept)
+    assert result["step"] == best[1]
+
+
+def test_eval_restores_from_the_checkpoint_alone(trained, tmp_path):
+    _, run_dir, _ = trained
+    alone = tmp_path / "moved"
+    alone.mkdir()
+    os.symlink(run_dir / "checkpoints", alone / "checkpoints")  # no config.json, no metrics beside it
+    result = json.loads(zoo("eval", alone, "--json").stdout)
+    assert result["test"]["accuracy"] == result["recorded"]["accuracy"]
+
+
+def test_rerunning_a_finished_train_command_resumes_without_training(trained):
+    config, run_dir, _ = trained
+    before = (run_dir / "metrics.jsonl").read_text()
+    again = zoo("train", config, "--workdir", run_dir)
+    assert again.returncode == 0 and "resuming from step 30" in again.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "configs/digits/cnn.yaml", "--set", "model.name=resnet21"], "unknown model 'resnet21'"),
+    (["train", "configs/digits/cnn.yaml", "--set", "optimizer.learnin_rate=0.1"], "unknown key"),
+    (["train", "configs/digits/cnn.yaml", "--set", "train.steps=many"], "train.steps: expected"),
+])
+def test_bad_input_ends_with_one_line_and_exit_2(args, message, tmp_path):
+    out = zoo(*args, "--workdir", tmp_path / "run")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,146 @@
+"""The training step and loop: determinism, optimizers, schedules, sharding, metrics."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from zoo import config as config_lib
+from zoo.data import BatchIterator
+from zoo.training import build_run, fit, optim, step as step_lib
+
+
+def tiny_config(**overrides):
+    raw = {"name": "tiny", "seed": 0, "data": {"name": "digits", "batch_size": 32},
+           "model": {"name": "mlp", "hidden_sizes": [32], "dropout": 0.1},
+           "train": {"steps": 20, "log_every": 10}, "checkpoint": {"every": 10}}
+    return config_lib.from_dict(config_lib.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
+
+
+def train_steps(config, count):
+    run = build_run(config)
+    state = run.init_state()
+    train_step = step_lib.jit_train_step(run.model, run.tx, 10, 0.0, run.mesh)
+    batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed)
+    for _ in range(count):
+        x, y = next(batches)
+        state, metrics = train_step(state, step_lib.put_batch(run.mesh, x), step_lib.put_batch(run.mesh, y))
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_same_seed_gives_identical_parameters():
+    first, _ = train_steps(tiny_config(), 3)
+    second, _ = train_steps(tiny_config(), 3)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_seed_gives_different_parameters():
+    first, _ = train_steps(tiny_config(), 1)
+    other, _ = train_steps(tiny_config(seed=1), 1)
+    assert not np.array_equal(jax.tree.leaves(first.params)[0], jax.tree.leaves(other.params)[0])
+
+
+def test_batchnorm_running_stats_are_updated_by_training():
+    config = tiny_config(**{"model.norm": "batch"})
+    run = build_run(config)
+    before = jax.device_get(run.init_state().model_state)
+    after, _ = train_steps(config, 2)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(before), jax.tree.leaves(after.model_state)))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_lowers_the_training_loss(name):
+    lr = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}[name]
+    config = tiny_config(**{"optimizer.name": name, "optimizer.learning_rate": lr,
+                            "optimizer.weight_decay": 1e-4, "optimizer.clip_norm": 1.0,
+                            "optimizer.schedule": "constant"})
+    _, first = train_steps(config, 1)
+    _, later = train_steps(config, 30)
+    assert np.isfinite(later["loss"]) and later["loss"] < first["loss"]
+
+
+def test_schedules_shape_the_learning_rate():
+    base = config_lib.OptimizerConfig(learning_rate=1.0, warmup_steps=10)
+    warm = optim.make_schedule(base.__class__(**{**base.__dict__, "schedule": "warmup_cosine"}), 100)
+    cosine = optim.make_schedule(base.__class__(**{**base.__dict__, "schedule": "cosine"}), 100)
+    steps = optim.make_schedule(base.__class__(**{**base.__dict__, "schedule": "step"}), 100)
+    assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1.0)
+    assert float(cosine(0)) == pytest.approx(1.0) and float(cosine(100)) == pytest.approx(0.0, abs=1e-6)
+    assert [float(steps(s)) for s in (0, 60, 80)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_label_smoothing_raises_the_loss_of_confident_predictions():
+    logits = np.array([[20.0, 0.0]])
+    plain = step_lib.cross_entropy(logits, np.array([0]), 2)
+    smooth = step_lib.cross_entropy(logits, np.array([0]), 2, label_smoothing=0.2)
+    assert float(smooth[0]) > float(plain[0])
+
+
+def test_fit_writes_metrics_checkpoints_and_result(tmp_path):
+    result = fit(tiny_config(), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [10, 20]
+    assert all({"loss", "accuracy", "examples_per_sec", "lr"} <= set(r) for r in train)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
+    assert result["final_step"] == 20 and 0.0 <= result["final"]["accuracy"] <= 1.0
+    assert json.loads((tmp_path / "result.json").read_text())["final"] == result["final"]
+
+
+def test_fit_with_epochs_runs_whole_epochs(tmp_path):
+    config = config_lib.from_dict({**tiny_config().to_dict(), "train": {"epochs": 1, "steps": None}})
+    assert fit(config, tmp_path)["final_step"] == 1437 // 32
+
+
+SHARDED = textwrap.dedent("""
+    import jax, json, numpy as np
+    from zoo import config as config_lib
+    from zoo.data import BatchIterator
+    from zoo.training import build_run, step as step_lib
+    config = config_lib.from_dict({"data": {"batch_size": 32}, "train": {"steps": 3},
+                                   "model": {"name": "mlp", "hidden_sizes": [16]}})
+    run = build_run(config)
+    state = run.init_state()
+    train_step = step_lib.jit_train_step(run.model, run.tx, 10, 0.0, run.mesh)
+    batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, 32, 0)
+    losses = []
+    for _ in range(3):
+        x, y = next(batches)
+        xd = step_lib.put_batch(run.mesh, x)
+        state, metrics = train_step(state, xd, step_lib.put_batch(run.mesh, y))
+        losses.append(float(metrics["loss"]))
+    print(json.dumps({"devices": jax.device_count(), "shards": len(xd.sharding.device_set),
+                      "losses": losses}))
+""")
+
+
+def run_with_devices(count):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_same_code_shards_the_batch_over_eight_devices():
+    eight, one = run_with_devices(8), run_with_devices(1)
+    assert (eight["devices"], eight["shards"]) == (8, 8)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+
+
+def test_adamw_matches_optax_reference():
+    cfg = config_lib.OptimizerConfig(name="adamw", learning_rate=0.1, weight_decay=0.01, schedule="constant")
+    params = {"w": np.ones(3, np.float32)}
+    grads = {"w": np.array([0.1, -0.2, 0.3], np.float32)}
+    ours = optim.make_optimizer(cfg, 10)
+    reference = optax.adamw(0.1, weight_decay=0.01)
+    mine, _ = ours.update(grads, ours.init(params), params)
+    theirs, _ = reference.update(grads, reference.init(params), params)
+    np.testing.assert_allclose(mine["w"], theirs["w"], rtol=1e-6)
