@@ -1,15 +1,17 @@
 """The one module that talks to Orbax: save and restore any pytree plus a JSON document.
 
 It knows nothing of models or train states. What Orbax 0.12 does not guarantee we add here:
-a CRC32 per array verified on restore, steps offered only when complete, atomic deletion of old
-steps (renamed aside, then removed), stale temporary directories cleaned, errors that name the
-step and the damage instead of TensorStore dumps.
+the shape, dtype and CRC32 of every array, checked on restore; steps offered only when committed;
+old steps renamed aside (atomic) before removal; stale temporary directories cleaned; damaged
+steps moved aside on request; errors that name the step and the damage instead of TensorStore dumps.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -19,22 +21,24 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from zoo.errors import CheckpointError
+from zoo.errors import CheckpointError, DamagedCheckpointError
 
 FORMAT_VERSION = 1
-_TRASH = "trash"  # old steps are renamed here (atomic), then removed
+TRASH, DAMAGED = "trash", "damaged"  # old steps are renamed into TRASH, then removed
+COMMITTED = "commit_success.txt"  # Orbax writes it before the step directory gets its final name
 _STATE, _META = "state", "meta"
 
 
-def _key_name(path) -> str:
-    return jax.tree_util.keystr(path)
+def describe_arrays(tree, with_crc: bool = True) -> dict[str, dict]:
+    """Shape, dtype and (optionally) the CRC32 of the bytes of every array, by its path in the tree."""
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree) if with_crc else tree)
+    return {jax.tree_util.keystr(path): {"shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype)),
+                                         **({"crc32": _crc(leaf)} if with_crc else {})}
+            for path, leaf in leaves}
 
 
-def checksums(tree) -> dict[str, int]:
-    """CRC32 of every array's bytes, keyed by its path in the tree."""
-    host = jax.device_get(tree)
-    return {_key_name(path): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
-            for path, leaf in jax.tree_util.tree_leaves_with_path(host)}
+def _crc(array) -> int:
+    return zlib.crc32(np.ascontiguousarray(array).tobytes())
 
 
 class Checkpoints:
@@ -60,7 +64,7 @@ class Checkpoints:
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             best_fn=best_fn,
             best_mode=mode,
-            todelete_subdir=_TRASH,
+            todelete_subdir=None if read_only else TRASH,
             enable_async_checkpointing=async_save,
             read_only=read_only,
             create=not read_only,
@@ -74,21 +78,26 @@ class Checkpoints:
     def _clean_stale(self) -> None:
         """Removes what a killed run left: temporary step directories and renamed-aside old steps."""
         for path in self.directory.iterdir():
-            if path.name == _TRASH or ".orbax-checkpoint-tmp" in path.name:
+            if path.name == TRASH or ".orbax-checkpoint-tmp" in path.name:
                 shutil.rmtree(path, ignore_errors=True)
 
     # Steps -----------------------------------------------------------------------------------
 
     def steps(self) -> list[int]:
         """Steps that are complete on disk (committed, not half-deleted), oldest first."""
-        return [step for step in sorted(self._manager.all_steps()) if self._is_complete(step)]
+        return [step for step in self.listed_steps() if self._is_complete(step)]
+
+    def listed_steps(self) -> list[int]:
+        """Every step directory Orbax lists, complete or not (for recovery), oldest first."""
+        return sorted(self._manager.all_steps())
 
     def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
 
     def _is_complete(self, step: int) -> bool:
         step_dir = self._step_dir(step)
-        return (step_dir / _META / "metadata").is_file() and (step_dir / _STATE).is_dir()
+        return all((step_dir / name).is_file() for name in (COMMITTED, f"{_META}/metadata",
+                                                             f"{_STATE}/{COMMITTED}"))
 
     def latest_step(self) -> int | None:
         steps = self.steps()
@@ -103,32 +112,40 @@ class Checkpoints:
                 continue
         if not scored:
             return None
-        return (max if self.mode == "max" else min)(scored, key=lambda item: (item[0], item[1]))[1]
+        return (max if self.mode == "max" else min)(scored)[1]
+
+    def set_aside(self, steps: list[int]) -> Path:
+        """Moves damaged or unfinished `steps` into damaged/ (kept for inspection, never offered)."""
+        target = self.directory / DAMAGED
+        target.mkdir(exist_ok=True)
+        for step in steps:
+            self._step_dir(step).rename(target / f"{step}-{time.time_ns()}")
+        self._manager.reload()
+        return target
 
     # Save ------------------------------------------------------------------------------------
 
     def save(self, step: int, tree: Any, meta: dict, metrics: dict) -> None:
         """Saves `tree` and `meta` (JSON) as `step`; `metrics` rank it for best-K retention."""
+        self.wait()  # one save in flight at a time; an earlier failure is raised here, not lost
         document = {**meta, "format": FORMAT_VERSION, "step": int(step), "metrics": metrics,
-                    "checksums": checksums(tree)}
-        self.check_errors()
-        self._manager.save(int(step), metrics=metrics, force=True, args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(tree), _META: ocp.args.JsonSave(document)}))
-        shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
-
-    def check_errors(self) -> None:
-        """Raises CheckpointError if an earlier asynchronous save failed (never swallowed)."""
+                    "arrays": describe_arrays(tree)}
         try:
-            self._manager.check_for_errors()
+            self._manager.save(int(step), metrics=metrics, force=True, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardSave(tree), _META: ocp.args.JsonSave(document)}))
         except Exception as error:  # noqa: BLE001
-            raise CheckpointError(f"saving a checkpoint in '{self.directory}' failed: {_short(error)}") from None
+            raise CheckpointError(f"saving step {step} in '{self.directory}' failed: "
+                                  f"{_short(error)}") from None
 
     def wait(self) -> None:
+        """Waits for the save in flight; raises CheckpointError if it failed (never swallowed)."""
         try:
             self._manager.wait_until_finished()
+            self._manager.check_for_errors()
         except Exception as error:  # noqa: BLE001
-            raise CheckpointError(f"saving a checkpoint in '{self.directory}' failed: {_short(error)}") from None
-        shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
+            raise CheckpointError(f"saving a checkpoint in '{self.directory}' failed: {_short(error)}; "
+                                  "the earlier checkpoints are intact") from None
+        shutil.rmtree(self.directory / TRASH, ignore_errors=True)  # no deletion is in flight now
 
     def close(self) -> None:
         self.wait()
@@ -141,8 +158,8 @@ class Checkpoints:
             have = ", ".join(map(str, self.steps())) or "none"
             raise CheckpointError(f"no checkpoint for step {step} in '{self.directory}' (steps: {have})")
         if not self._is_complete(step):
-            raise CheckpointError(f"checkpoint step {step} in '{self.directory}' is incomplete "
-                                  "(an interrupted write or deletion): use another step")
+            raise DamagedCheckpointError(f"checkpoint step {step} in '{self.directory}' is incomplete "
+                                         "(an interrupted write or deletion): use another step")
 
     def read_meta(self, step: int) -> dict:
         """The JSON document saved with `step`, checked for a readable, supported format."""
@@ -151,41 +168,57 @@ class Checkpoints:
         try:
             document = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"checkpoint step {step}: '{path}' is not valid JSON ({error}); "
-                                  "the checkpoint is damaged, use another step") from None
-        if not isinstance(document, dict) or not isinstance(document.get("format"), int):
-            raise CheckpointError(f"checkpoint step {step}: '{path}' lacks a format version; "
-                                  "it was not written by zoo")
-        if document["format"] > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint step {step} has format {document['format']}, newer than "
-                                  f"this zoo reads ({FORMAT_VERSION}): upgrade zoo")
+            raise DamagedCheckpointError(f"checkpoint step {step} is damaged: '{path}' is not valid JSON "
+                                         f"({error}); use another step") from None
+        version = document.get("format") if isinstance(document, dict) else None
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint step {step} has format {version}, newer than this zoo reads "
+                                  f"({FORMAT_VERSION}): upgrade zoo")
+        if not isinstance(version, int) or not _is_array_list(document.get("arrays")):
+            raise DamagedCheckpointError(f"checkpoint step {step} is damaged: '{path}' lacks the format "
+                                         "version or the array list zoo writes; use another step")
         return document
 
     def restore(self, step: int, abstract_tree: Any) -> tuple[Any, dict]:
         """Restores `step` into the structure, dtypes and shardings of `abstract_tree`, verified."""
         meta = self.read_meta(step)
+        _check_same_arrays(step, meta["arrays"], describe_arrays(abstract_tree, with_crc=False))
         try:
             restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardRestore(abstract_tree)}))[_STATE]
         except Exception as error:  # noqa: BLE001 - TensorStore/Orbax dumps become one line
-            raise CheckpointError(f"checkpoint step {step} in '{self.directory}' cannot be restored: "
-                                  f"{_short(error)}") from None
-        self.verify(step, restored, meta)
+            raise DamagedCheckpointError(f"checkpoint step {step} is damaged: its files in "
+                                         f"'{self._step_dir(step)}' cannot be read ({_short(error)}); "
+                                         "use another step") from None
+        bad = [name for name, array in describe_arrays(restored).items()
+               if array["crc32"] != meta["arrays"][name]["crc32"]]
+        if bad:
+            raise DamagedCheckpointError(f"checkpoint step {step} is damaged: checksum mismatch in "
+                                         f"{len(bad)} array(s), first {bad[0]}; use another step")
         return restored, meta
 
-    def verify(self, step: int, tree: Any, meta: dict) -> None:
-        expected = meta.get("checksums", {})
-        actual = checksums(tree)
-        if set(expected) != set(actual):
-            raise CheckpointError(f"checkpoint step {step} holds different arrays than expected: "
-                                  "it belongs to another model or config")
-        bad = [name for name, crc in actual.items() if expected[name] != crc]
-        if bad:
-            raise CheckpointError(f"checkpoint step {step} is corrupted: checksum mismatch in "
-                                  f"{len(bad)} array(s), first {bad[0]}; use another step")
+
+def _is_array_list(arrays) -> bool:
+    fields = {"shape", "dtype", "crc32"}
+    return isinstance(arrays, dict) and all(isinstance(a, dict) and fields <= set(a) for a in arrays.values())
 
 
-def _short(error: Exception, limit: int = 200) -> str:
-    """The first line of an exception, cut to `limit` characters (TensorStore messages run long)."""
+def _check_same_arrays(step: int, saved: dict, expected: dict) -> None:
+    """Raises CheckpointError naming the first array whose path, shape or dtype differs."""
+    describe = lambda arrays, name: (f"{arrays[name]['dtype']}{arrays[name]['shape']}"  # noqa: E731
+                                     if name in arrays else "missing")
+    for name in sorted(set(saved) | set(expected)):
+        have, want = describe(saved, name), describe(expected, name)
+        if have != want:
+            raise CheckpointError(f"checkpoint step {step} holds another model: array {name} is {have} "
+                                  f"there but the config builds {want}; evaluate or train it with the "
+                                  "config it was trained with, or use another --workdir")
+
+
+def _short(error: Exception, limit: int = 160) -> str:
+    """The first line of an exception without TensorStore's spec dump, cut to `limit` characters."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"\s*(\[tensorstore_spec|See full TensorStore details).*", "", text)
+    if re.match(r"[A-Z_]{4,}: ", text):  # TensorStore nests "CODE: context: ...: cause": keep the cause
+        text = ": ".join(text.split(": ")[-3:])
     return text if len(text) <= limit else text[:limit] + "..."

@@ -127,6 +127,27 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import shlex
+    from pathlib import Path
+
+    from zoo.compare import compare, load_compare
+
+    config = load_compare(args.config, args.set or [])
+    workdir = Path(args.workdir or Path("runs") / f"compare_{config.name}")
+    sets = [part for item in args.set or [] for part in ("--set", item)]
+    command = shlex.join(["zoo", "compare", args.config, "--workdir", str(workdir), *sets])
+    result = compare(config, workdir, _progress(), command=command)
+    if result.get("stopped"):
+        print(f"stopped by {result['stopped']} in {result['run_dir']}; rerun the same command to resume "
+              "(finished runs are reused)", file=sys.stderr)
+        return 130
+    print(result["table"])
+    print(f"{result['trained']} runs trained, {result['reused']} reused, {result['wall_seconds']:.0f} s; "
+          f"report: {Path(result['report_dir']) / 'report.md'}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -154,6 +175,12 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--best", action="store_true", help="the best step by the run's metric")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="train every model x seed of a compare config, then write a report")
+    p.add_argument("config", help="a compare YAML, e.g. configs/compare/digits.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. budget.steps=100")
+    p.add_argument("--workdir", help="where runs/ and report/ go (default runs/compare_<name>)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="time a training step of each family: zoo vs plain Flax vs PyTorch")
     p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,dispatch")

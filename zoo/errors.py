@@ -23,5 +23,9 @@ class CheckpointError(ZooError):
     """A checkpoint is missing, damaged, or belongs to something else."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint's files are unreadable, incomplete or fail their checksums: another step may do."""
+
+
 class RunError(ZooError):
     """A run directory cannot be used (locked by another writer, or training diverged)."""

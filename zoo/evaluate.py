@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+
+from zoo import checkpoint as ckpt
 from zoo.config import from_dict
 from zoo.errors import CheckpointError, ZooError
 from zoo.training import loop, step as step_lib
@@ -20,10 +23,10 @@ def resolve_step(checkpoints, step: int | None = None, best: bool = False) -> in
 
 
 def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False) -> dict:
-    """Test metrics of one checkpoint of `run_dir` (the latest, a given step, or the best)."""
-    from zoo import checkpoint as ckpt
-
+    """Test metrics of one checkpoint of `run_dir` (the latest, a given step, or the best). Reads only."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory '{run_dir}' does not exist: give one that `zoo train` wrote")
     if not (run_dir / "checkpoints").is_dir():
         raise CheckpointError(f"'{run_dir}' holds no checkpoints/: give a run directory written by "
                               "`zoo train`")
@@ -34,11 +37,9 @@ def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False) -
         config = from_dict(meta["config"])
     except (KeyError, TypeError, ZooError) as error:
         raise CheckpointError(f"checkpoint step {chosen}: its stored config is unusable ({error})") from None
-    run = loop.build_run(config)
+    run = loop.build_run(config, training=False)
     state, meta = reader.restore(chosen, run.abstract_state())
     eval_step = step_lib.jit_eval_step(run.model, run.spec.num_classes, run.mesh)
-    import jax
-
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
     metrics = step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state,
                                        run.dataset.x_test, run.dataset.y_test, eval_bs)

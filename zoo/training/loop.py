@@ -239,7 +239,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
         progress.log(f"resuming from step {start_step}")
         if meta.get("devices", jax.device_count()) != jax.device_count():
             progress.log(f"note: step {start_step} was saved on {meta['devices']} devices, this run has "
-                         f"{jax.device_count()}: results will differ from an uninterrupted run in the last bits")
+                         f"{jax.device_count()}: results will differ from an uninterrupted run in the "
+                         "last bits")
     metrics_log.truncate_after(start_step)
     batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size,
                             config.seed, shift=config.data.shift, position=position)
@@ -321,7 +322,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
 def _diverged(what: str, step: int, checkpoints: ckpt.Checkpoints) -> RunError:
     checkpoints.wait()
     last = checkpoints.latest_step()
-    kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+    kept = "no checkpoint was written" if last is None else f"the last good checkpoint (step {last}) is kept"
     return RunError(f"training diverged: the {what} is not finite at step {step}; {kept}. "
                     "Lower optimizer.learning_rate or set optimizer.clip_norm")
 

@@ -1,0 +1,154 @@
+"""Shared fixtures: tiny configs written into tmp_path, the CLI in-process or in a subprocess, and
+snapshots of a directory tree (to show that a refused command changed nothing on disk)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A config that trains in well under a second: every test starts from it and overrides a few keys.
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 360},
+    "model": {"name": "mlp", "hidden_sizes": [16]},
+    "optimizer": {"name": "adam", "learning_rate": 3e-3, "schedule": "cosine"},
+    "train": {"steps": 20, "log_every": 5},
+    "checkpoint": {"every": 10, "keep": 2, "keep_best": 1},
+}
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both_sections else value
+    return out
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> Path:
+    """One persistent XLA compilation cache for the session (in-process and subprocesses alike)."""
+    import jax
+
+    path = tmp_path_factory.mktemp("jax_cache")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(compile_cache):
+    """tiny_config(overrides=None) -> a validated `Config`: TINY with `overrides` merged in."""
+    from zoo.config import from_dict
+
+    return lambda overrides=None: from_dict(merged(TINY, overrides or {}))
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """write_config(overrides=None, replace=None, text=None, name='config.yaml') -> a YAML config in
+    tmp_path: TINY with `overrides` merged in and whole sections of `replace` put in place (or `text`)."""
+
+    def write(overrides: dict | None = None, replace: dict | None = None, text: str | None = None,
+              name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text if text is not None else yaml.safe_dump({**merged(TINY, overrides or {}),
+                                                                      **(replace or {})}))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli_env(compile_cache):
+    """cli_env(devices=1) -> the environment for a `zoo` subprocess on `devices` simulated CPU devices."""
+
+    def env(devices: int = 1) -> dict:
+        out = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+        out.pop("XLA_FLAGS", None)
+        if devices > 1:
+            out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        return out
+
+    return env
+
+
+@pytest.fixture
+def zoo_process(cli_env):
+    """zoo_process(*args, devices=1, wait=True) -> CompletedProcess (or Popen with wait=False) of
+    `python -m zoo.cli ARGS`, run in the repository root."""
+
+    def start(*args, devices: int = 1, wait: bool = True, timeout: float = 300):
+        command = [sys.executable, "-m", "zoo.cli", *map(str, args)]
+        if wait:
+            return subprocess.run(command, cwd=REPO, env=cli_env(devices), capture_output=True, text=True,
+                                  timeout=timeout)
+        return subprocess.Popen(command, cwd=REPO, env=cli_env(devices), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    return start
+
+
+@pytest.fixture
+def zoo_main(capfd, compile_cache):
+    """zoo_main(*args) -> (exit status, stdout, stderr) of the CLI run in this process."""
+    from zoo import cli
+
+    def run(*args):
+        capfd.readouterr()
+        status = cli.main([str(arg) for arg in args])
+        out, err = capfd.readouterr()
+        return status, out, err
+
+    return run
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and directory under `root` with its size, mtime and content hash."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        stat = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        tree[str(path.relative_to(root))] = (stat.st_size if path.is_file() else 0, stat.st_mtime_ns, digest)
+    return tree
+
+
+def _assert_one_line_error(stderr: str, *phrases: str) -> None:
+    """`stderr` is exactly one line 'zoo: error: ...' holding every phrase, with no traceback."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("zoo: error: "), lines[0]
+    assert "Traceback" not in stderr
+    for phrase in phrases:
+        assert phrase in lines[0], f"{phrase!r} not in {lines[0]!r}"
+
+
+@pytest.fixture
+def snapshot():
+    """snapshot(root) -> {relative path: (size, mtime_ns, sha256)} of every file and directory."""
+    return _snapshot
+
+
+@pytest.fixture
+def one_line_error():
+    """one_line_error(stderr, *phrases): asserts one line 'zoo: error: ...' holding the phrases."""
+    return _assert_one_line_error
