@@ -19,8 +19,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-test
-	$(BIN)/zoo train configs/digits/cnn.yaml --workdir $(DEMO_DIR)/digits_cnn
-	$(BIN)/zoo eval $(DEMO_DIR)/digits_cnn
+	$(BIN)/zoo compare configs/compare/digits.yaml --workdir $(DEMO_DIR)/compare_digits
+	$(BIN)/zoo eval $(DEMO_DIR)/compare_digits/runs/digits_cnn/seed0
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

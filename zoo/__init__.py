@@ -1,5 +1,6 @@
 """zoo: five families of JAX models as init/apply pairs, one training loop, Orbax checkpoints."""
 
+from zoo.compare import compare, load_compare
 from zoo.config import Config, load as load_config
 from zoo.data import DataSpec, Dataset, list_datasets, load_dataset
 from zoo.errors import CheckpointError, ConfigError, DataError, ModelError, RunError, ZooError
@@ -11,6 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "DataError", "DataSpec", "Dataset", "Model",
-    "ModelError", "RunError", "ZooError", "build", "evaluate", "fit", "list_datasets", "list_models",
-    "load_config", "load_dataset", "param_count",
+    "ModelError", "RunError", "ZooError", "build", "compare", "evaluate", "fit", "list_datasets", "list_models",
+    "load_compare", "load_config", "load_dataset", "param_count",
 ]
