@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from zoo.models import Entry
+from zoo.models.layers import Conv, avg_pool, max_pool  # noqa: F401  (max_pool: public here too)
 from zoo.models.mlp import ACTIVATIONS, check_choice, embed_tokens, input_kind
-
-
-def _pool(x, window: int, reduce, fill: float):
-    """Non-overlapping pooling over the spatial axes by reshape; axes of size 1 are left alone."""
-    spatial = x.shape[1:-1]
-    windows = [window if size > 1 else 1 for size in spatial]
-    pads = [(0, -size % w) for size, w in zip(spatial, windows)]
-    if any(after for _, after in pads):
-        # Padding the end matches padding='SAME' of nn.max_pool/avg_pool for stride == window.
-        x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
-    shape, axes = [x.shape[0]], []
-    for size, w in zip(x.shape[1:-1], windows):
-        shape += [size // w, w]
-        axes.append(len(shape) - 1)
-    return reduce(x.reshape(*shape, x.shape[-1]), axis=tuple(axes))
-
-
-def max_pool(x, window: int = 2):
-    """Max pooling with stride == window; reshape + max because nn.max_pool's backward is slow on CPU."""
-    return _pool(x, window, jnp.max, -jnp.inf)
-
-
-def avg_pool(x, window: int = 2):
-    """Average pooling with stride == window (zero padding counts, like nn.avg_pool)."""
-    return _pool(x, window, jnp.mean, 0.0)
 
 
 def as_features(x, vocab_size, embed_dim: int, model: str):
@@ -63,7 +38,7 @@ class CNN(nn.Module):
         x = as_features(x, self.vocab_size, self.embed_dim, "cnn")
         kernel = (self.kernel_size,) * (x.ndim - 2)
         for channels in self.features:
-            x = nn.Conv(channels, kernel, padding="SAME", use_bias=self.norm == "none")(x)
+            x = Conv(channels, kernel, padding="SAME", use_bias=self.norm == "none")(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
             x = nn.relu(x)
@@ -96,8 +71,8 @@ class LeNet5(nn.Module):
         pool = avg_pool if self.pooling == "avg" else max_pool
         x = as_features(x, self.vocab_size, self.embed_dim, "lenet5")
         kernel = (5,) * (x.ndim - 2)
-        x = pool(act(nn.Conv(6, kernel, padding="SAME")(x)))
-        x = pool(act(nn.Conv(16, kernel, padding="SAME")(x)))
+        x = pool(act(Conv(6, kernel, padding="SAME")(x)))
+        x = pool(act(Conv(16, kernel, padding="SAME")(x)))
         x = x.reshape(x.shape[0], -1)
         x = act(nn.Dense(120)(x))
         x = act(nn.Dense(84)(x))

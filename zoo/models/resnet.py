@@ -12,6 +12,7 @@ import flax.linen as nn
 
 from zoo.models import Entry
 from zoo.models.cnn import as_features
+from zoo.models.layers import Conv
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -21,7 +22,7 @@ def conv_bn(x, features: int, kernel: int, train: bool, strides: int = 1, zero_s
     """Bias-free conv ('same'-style symmetric padding, like torchvision) then BatchNorm."""
     nd = x.ndim - 2
     pad = kernel // 2
-    x = nn.Conv(
+    x = Conv(
         features, (kernel,) * nd, (strides,) * nd, padding=((pad, pad),) * nd,
         use_bias=False, kernel_init=CONV_INIT,
     )(x)

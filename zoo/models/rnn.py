@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from zoo.models import Entry
+from zoo.models import Entry, layers
 from zoo.models.mlp import check_choice, embed_tokens, input_kind
 
 CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
@@ -40,7 +40,7 @@ class RNN(nn.Module):
         for layer in range(self.num_layers):
             if layer:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-            carry, x = self._layer()(x)
+            carry, x = self._layer(layer)(x)
         if self.bidirectional:
             state = jnp.concatenate([last_hidden(c) for c in carry], axis=-1)
         else:
@@ -56,13 +56,16 @@ class RNN(nn.Module):
             return x.reshape(*x.shape[:2], -1)  # (B, H, W, C) -> rows (B, H, W*C)
         return x
 
-    def _layer(self):
-        def make():
+    def _layer(self, index: int):
+        def make(i):
+            if self.cell == "lstm":
+                # The fast LSTM keeps nn.RNN(nn.LSTMCell)'s variables, whose cells are LSTMCell_0, 1, ...
+                return layers.LSTM(self.hidden_size, name=f"LSTMCell_{i}")
             return nn.RNN(CELLS[self.cell](self.hidden_size), return_carry=True)
 
         if self.bidirectional:
-            return nn.Bidirectional(make(), make(), return_carry=True)
-        return make()
+            return nn.Bidirectional(make(2 * index), make(2 * index + 1), return_carry=True)
+        return make(index)
 
 
 ENTRIES = [

@@ -1,0 +1,731 @@
+"""Side-by-side speed of one training step: the zoo's jitted step, a plain Flax/optax step, PyTorch eager.
+
+Every framework trains the same workload (shapes, float32, Adam, cross-entropy) on one fixed batch.
+Timings are interleaved in rounds (the order rotates each round) so that a noisy, shared machine
+slows all columns alike; medians and ratios are reported. PyTorch is optional (the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+LEARNING_RATE = 1e-3
+FRAMEWORKS = ("zoo", "flax", "torch")
+LABELS = {"zoo": "zoo", "flax": "plain Flax", "torch": "PyTorch eager"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    model: str  # the zoo registry name
+    hparams: dict
+    batch: int
+    input_shape: tuple  # one example
+    num_classes: int = 10
+    analytic_flops: Callable | None = None  # when a scan hides the FLOPs from XLA's cost analysis
+
+
+def _lstm_flops(batch=64, steps=64, inputs=32, hidden=256, classes=10) -> float:
+    """Matmul FLOPs of forward + backward (3x the forward: the gradients wrt inputs and weights)."""
+    forward = steps * 2 * batch * (inputs + hidden) * 4 * hidden + 2 * batch * hidden * classes
+    return 3.0 * forward
+
+
+WORKLOADS = {
+    w.name: w for w in [
+        Workload("mlp", "MLP 784-512-512-10, batch 256", "mlp", {"hidden_sizes": (512, 512)}, 256, (784,)),
+        Workload("cnn", "CNN 2x conv3x3 (32, 64) + 2x2 max-pool + dense 128, 28x28x1, batch 128", "cnn",
+                 {"features": (32, 64), "hidden": 128}, 128, (28, 28, 1)),
+        Workload("resnet20", "ResNet-20 (CIFAR), 32x32x3, batch 128", "resnet20", {}, 128, (32, 32, 3)),
+        Workload("lstm", "LSTM hidden 256, seq 64, input 32, batch 64, last state", "lstm",
+                 {"hidden_size": 256}, 64, (64, 32), analytic_flops=_lstm_flops),
+        Workload("transformer", "Transformer encoder 4x256, 4 heads, MLP 1024, seq 128 (inputs of dim 256), "
+                 "batch 32", "transformer",
+                 {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024, "patch_size": 1, "pool": "mean"},
+                 32, (128, 256)),
+    ]
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain Flax: the straightforward linen formulation of each workload (the "before" column).
+
+
+class PlainMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = x.reshape(x.shape[0], -1)
+        for size in (512, 512):
+            x = nn.relu(nn.Dense(size)(x))
+        return nn.Dense(10)(x)
+
+
+class PlainCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        for channels in (32, 64):
+            x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME")(x))
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(x)
+
+
+class PlainBlock(nn.Module):
+    features: int
+    strides: int
+
+    @nn.compact
+    def __call__(self, x, train):
+        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+        s = (self.strides, self.strides)
+        y = nn.relu(bn()(nn.Conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), use_bias=False)(x)))
+        y = bn()(nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(y))
+        if x.shape[-1] != self.features or self.strides != 1:
+            x = bn()(nn.Conv(self.features, (1, 1), s, use_bias=False)(x))
+        return nn.relu(x + y)
+
+
+class PlainResNet20(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+        for i, width in enumerate((16, 32, 64)):
+            for j in range(3):
+                x = PlainBlock(width, 2 if i and not j else 1)(x, train)
+        return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+
+class PlainLSTM(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        (_, h), _ = nn.RNN(nn.LSTMCell(256), return_carry=True)(x)
+        return nn.Dense(10)(h)
+
+
+class PlainEncoderBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=4)(y, y)
+        y = nn.Dense(256)(nn.gelu(nn.Dense(1024)(nn.LayerNorm()(x))))
+        return x + y
+
+
+class PlainTransformer(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Dense(256)(x)
+        x = x + self.param("pos_embedding", nn.initializers.normal(0.02), (1, *x.shape[1:]))
+        for _ in range(4):
+            x = PlainEncoderBlock()(x)
+        return nn.Dense(10)(nn.LayerNorm()(x).mean(axis=1))
+
+
+PLAIN_FLAX = {"mlp": PlainMLP, "cnn": PlainCNN, "resnet20": PlainResNet20, "lstm": PlainLSTM,
+              "transformer": PlainTransformer}
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch eager: the same workloads (imported lazily: torch is an optional extra).
+
+
+def torch_available() -> bool:
+    # Before libgomp starts: with its default (spin, then sleep) two OpenMP threads on a 2-core machine
+    # shared with other processes wait out whole scheduler slices at every barrier; measured here under
+    # load, a PyTorch MLP step took 325 ms instead of 13 ms (PASSIVE). Set it yourself to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torch_model(name: str):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn as tnn
+
+    if name == "mlp":
+        return tnn.Sequential(tnn.Linear(784, 512), tnn.ReLU(), tnn.Linear(512, 512), tnn.ReLU(),
+                              tnn.Linear(512, 10))
+    if name == "cnn":
+        return tnn.Sequential(
+            tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Flatten(), tnn.Linear(64 * 7 * 7, 128), tnn.ReLU(), tnn.Linear(128, 10))
+    if name == "resnet20":
+        class Block(tnn.Module):
+            def __init__(self, cin, cout, stride):
+                super().__init__()
+                self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+                self.bn1 = tnn.BatchNorm2d(cout)
+                self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+                self.bn2 = tnn.BatchNorm2d(cout)
+                self.shortcut = tnn.Identity()
+                if stride != 1 or cin != cout:
+                    self.shortcut = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                   tnn.BatchNorm2d(cout))
+
+            def forward(self, x):
+                y = F.relu(self.bn1(self.conv1(x)))
+                return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+        layers, cin = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()], 16
+        for i, width in enumerate((16, 32, 64)):
+            for j in range(3):
+                layers.append(Block(cin, width, 2 if i and not j else 1))
+                cin = width
+        return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
+    if name == "lstm":
+        class LSTM(tnn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm = tnn.LSTM(32, 256, batch_first=True)
+                self.head = tnn.Linear(256, 10)
+
+            def forward(self, x):
+                _, (h, _) = self.lstm(x)
+                return self.head(h[-1])
+
+        return LSTM()
+    if name == "transformer":
+        class Transformer(tnn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = tnn.Linear(256, 256)
+                self.pos = tnn.Parameter(torch.randn(1, 128, 256) * 0.02)
+                # Flax's nn.gelu is the tanh approximation: the same here.
+                layer = lambda: tnn.TransformerEncoderLayer(  # noqa: E731
+                    256, 4, 1024, dropout=0.0, activation=lambda t: F.gelu(t, approximate="tanh"),
+                    batch_first=True, norm_first=True)
+                self.layers = tnn.ModuleList([layer() for _ in range(4)])
+                self.norm = tnn.LayerNorm(256)
+                self.head = tnn.Linear(256, 10)
+
+            def forward(self, x):
+                x = self.embed(x) + self.pos
+                for layer in self.layers:
+                    x = layer(x)
+                return self.head(self.norm(x).mean(dim=1))
+
+        return Transformer()
+    raise KeyError(name)
+
+
+def _torch_input(workload: Workload, x: np.ndarray):
+    import torch
+
+    if x.ndim == 4:  # NHWC -> NCHW, PyTorch's native layout
+        x = x.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runners: each gives `run(n)` (n steps, synchronized at the end), its compile time and its FLOPs.
+
+
+@dataclasses.dataclass
+class Runner:
+    run: Callable[[int], None]
+    compile_seconds: float | None = None
+    flops: float | None = None
+
+
+def _flops_of(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def _jax_runner(jitted, state, *args) -> Runner:
+    start = time.perf_counter()
+    compiled = jitted.lower(state, *args).compile()
+    compile_seconds = time.perf_counter() - start
+    holder = [state]
+
+    def run(n: int):
+        state = holder[0]
+        for _ in range(n):
+            state, metrics = compiled(state, *args)
+        jax.block_until_ready(metrics)
+        holder[0] = state
+
+    return Runner(run, compile_seconds, _flops_of(compiled))
+
+
+def batch(workload: Workload, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((workload.batch, *workload.input_shape), dtype=np.float32)
+    y = rng.integers(0, workload.num_classes, workload.batch).astype(np.int32)
+    return x, y
+
+
+def with_compute_dtype(model, dtype):
+    """Mixed precision: float32 variables and optimizer; the forward and backward passes in `dtype`."""
+    from zoo import models
+
+    def cast(tree):
+        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+    def apply(variables, x, train=False, rng=None):
+        out, state = model.apply(cast(variables), cast(x), train=train, rng=rng)
+        old = {k: v for k, v in variables.items() if k != "params"}
+        return out, jax.tree.map(lambda new, previous: new.astype(previous.dtype), state, old)
+
+    return models.Model(model.init, apply, model.info)
+
+
+def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=None) -> Runner:
+    """The zoo's own path: the registry's model, the training package's state, optimizer and jitted step."""
+    from zoo import models
+    from zoo.config import OptimizerConfig
+    from zoo.training import optim, state as state_lib, step as step_lib
+
+    model = models.build(workload.model, workload.num_classes, **workload.hparams)
+    if compute_dtype is not None and np.dtype(compute_dtype) != np.float32:
+        model = with_compute_dtype(model, compute_dtype)
+    tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
+    mesh = step_lib.make_mesh()
+    sample = x[0, :1] if steps_per_call > 1 else x[:1]
+    state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(sample)
+    jitted = step_lib.jit_train_step(model, tx, workload.num_classes, 0.0, mesh, steps_per_call)
+    leading = 1 if steps_per_call > 1 else 0
+    return _jax_runner(jitted, state, step_lib.put_batch(mesh, x, leading), step_lib.put_batch(mesh, y, leading))
+
+
+def plain_flax_runner(workload: Workload, x, y) -> Runner:
+    """A straightforward linen model and optax step: what a user writes first."""
+    module = PLAIN_FLAX[workload.name]()
+    variables = module.init(jax.random.key(0), x[:1])
+    params, extra = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    tx = optax.adam(LEARNING_RATE)
+
+    def step(state, x, y):
+        params, extra, opt_state = state
+
+        def loss_fn(params):
+            if extra:
+                logits, new_extra = module.apply({"params": params, **extra}, x, train=True, mutable=list(extra))
+            else:
+                logits, new_extra = module.apply({"params": params}, x, train=True), extra
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_extra
+
+        (loss, new_extra), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), new_extra, opt_state), loss
+
+    state = (params, extra, tx.init(params))
+    return _jax_runner(jax.jit(step, donate_argnums=0), state, jnp.asarray(x), jnp.asarray(y))
+
+
+def torch_runner(workload: Workload, x, y) -> Runner:
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = _torch_model(workload.name)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    tx, ty = _torch_input(workload, x), torch.from_numpy(y.astype(np.int64))
+
+    def run(n: int):
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(tx), ty)
+            loss.backward()
+            optimizer.step()
+        loss.item()
+
+    return Runner(run)
+
+
+RUNNERS = {"zoo": zoo_runner, "flax": plain_flax_runner, "torch": torch_runner}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurement.
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> list[float]:
+    """Achieved GFLOP/s of a float32 size x size jnp.dot, one sample per repeat."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+    dot = jax.jit(jnp.dot).lower(a, a).compile()
+    dot(a, a).block_until_ready()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        samples.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return samples
+
+
+def _timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds per step over n steps."""
+    start, cpu = time.perf_counter(), time.process_time()
+    run(n)
+    return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
+
+
+def measure_workload(workload: Workload, frameworks, rounds: int, round_seconds: float,
+                     ceiling_samples: list, log=print) -> dict:
+    """Builds every framework's step, warms it up, then times them interleaved; per-step medians."""
+    x, y = batch(workload)
+    runners = {}
+    for framework in frameworks:
+        runners[framework] = RUNNERS[framework](workload, x, y)
+        runners[framework].run(1)  # first real step: allocations, lazy initialization
+    # Steps per timed block, so that one block lasts about round_seconds.
+    counts = {f: max(1, round(round_seconds / _timed(r.run, 1)[0])) for f, r in runners.items()}
+    samples = {f: [] for f in frameworks}
+    cpu_samples = {f: [] for f in frameworks}
+    for i in range(rounds):
+        order = frameworks[i % len(frameworks):] + frameworks[:i % len(frameworks)]
+        for framework in order:
+            wall, cpu = _timed(runners[framework].run, counts[framework])
+            samples[framework].append(wall)
+            cpu_samples[framework].append(cpu)
+        ceiling_samples.extend(matmul_gflops(repeats=1))
+    flops = workload.analytic_flops() if workload.analytic_flops else runners[frameworks[0]].flops
+    result = {"workload": workload.name, "description": workload.description,
+              "flops_per_step": flops,
+              "flops_source": "analytic (matmuls x3)" if workload.analytic_flops else "XLA cost analysis",
+              "frameworks": {}}
+    for framework, runner in runners.items():
+        seconds = statistics.median(samples[framework])
+        result["frameworks"][framework] = {
+            "median_ms": seconds * 1e3,
+            "samples_ms": [s * 1e3 for s in samples[framework]],
+            "median_cpu_ms": statistics.median(cpu_samples[framework]) * 1e3,  # all threads
+            "steps_per_sample": counts[framework],
+            "compile_s": runner.compile_seconds,
+            "xla_flops": runner.flops,
+            "gflops_per_s": flops / seconds / 1e9 if flops else None,
+        }
+    log(f"  {workload.name}: " + ", ".join(
+        f"{f} {result['frameworks'][f]['median_ms']:.2f} ms" for f in frameworks))
+    return result
+
+
+def measure_dispatch(rounds: int, steps: tuple = (1, 10, 100), log=print) -> dict:
+    """Per-step time of a tiny MLP (dispatch-bound) with K steps per jitted call."""
+    tiny = Workload("tiny_mlp", "MLP 64-32-10, batch 32", "mlp", {"hidden_sizes": (32,)}, 32, (64,))
+    runners = {}
+    for k in steps:
+        x, y = batch(tiny)
+        if k > 1:
+            x, y = np.stack([x] * k), np.stack([y] * k)
+        runners[k] = zoo_runner(tiny, x, y, steps_per_call=k)
+        runners[k].run(1)
+    samples = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k in steps:
+            calls = max(1, 2000 // k)
+            samples[k].append(_timed(runners[k].run, calls)[0] / k)
+    per_step = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+    log("  tiny MLP per step: " + ", ".join(f"K={k} {us:.1f} us" for k, us in per_step.items()))
+    return {"description": tiny.description, "per_step_us": {str(k): v for k, v in per_step.items()}}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "jax": jax.__version__}
+    for package in ("jaxlib", "flax", "optax", "numpy", "torch"):
+        try:
+            versions[package] = __import__(package).__version__
+        except ImportError:
+            versions[package] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "jax_devices": [str(d) for d in jax.devices()], "versions": versions}
+
+
+def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = True, log=print) -> dict:
+    """Measures the named workloads (and the multi-step dispatch table); returns the JSON-able result."""
+    frameworks = ["zoo", "flax"]
+    threads = None
+    if torch_available():
+        import torch
+
+        threads = os.cpu_count()
+        torch.set_num_threads(threads)
+        frameworks.append("torch")
+    else:
+        log("PyTorch is not installed: only the zoo and plain Flax columns are measured. "
+            "Install the bench extra (pip install -e '.[bench]', i.e. torch==2.13.0) for the PyTorch column.")
+    load_start = os.getloadavg()
+    ceiling_samples = matmul_gflops()
+    results = []
+    for name in names:
+        results.append(measure_workload(WORKLOADS[name], frameworks, rounds, round_seconds, ceiling_samples, log))
+    ceiling_samples.extend(matmul_gflops())
+    ceiling = statistics.median(ceiling_samples)
+    for result in results:
+        for entry in result["frameworks"].values():
+            entry["fraction_of_matmul"] = entry["gflops_per_s"] / ceiling if entry["gflops_per_s"] else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "torch_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "rounds": rounds,
+        "matmul_ceiling_gflops": ceiling,
+        "matmul_samples_gflops": ceiling_samples,
+        "workloads": results,
+        "dispatch": measure_dispatch(max(3, rounds // 2), log=log) if dispatch else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def _ratio(result, a, b):
+    frameworks = result["frameworks"]
+    if a in frameworks and b in frameworks:
+        return frameworks[a]["median_ms"] / frameworks[b]["median_ms"]
+    return None
+
+
+def _fmt(value, spec, missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+def table_rows(report: dict) -> tuple[list, list]:
+    header = ["workload", "GFLOP/step", "zoo ms", "plain Flax ms", "PyTorch ms", "before: Flax/PyTorch",
+              "after: zoo/PyTorch", "zoo compile s", "Flax compile s", "zoo GFLOP/s (of matmul)",
+              "PyTorch GFLOP/s (of matmul)"]
+    rows = []
+    for result in report["workloads"]:
+        fw = result["frameworks"]
+        ms = lambda f: _fmt(fw.get(f, {}).get("median_ms"), ".2f")  # noqa: E731
+        rate = lambda f: "-" if f not in fw or fw[f]["gflops_per_s"] is None else (  # noqa: E731
+            f"{fw[f]['gflops_per_s']:.0f} ({fw[f]['fraction_of_matmul']:.0%})")
+        rows.append([
+            result["workload"], _fmt(result["flops_per_step"] and result["flops_per_step"] / 1e9, ".2f"),
+            ms("zoo"), ms("flax"), ms("torch"),
+            _fmt(_ratio(result, "flax", "torch"), ".2f"), _fmt(_ratio(result, "zoo", "torch"), ".2f"),
+            _fmt(fw["zoo"]["compile_s"], ".2f"), _fmt(fw["flax"]["compile_s"], ".2f"),
+            rate("zoo"), rate("torch"),
+        ])
+    return header, rows
+
+
+def text_table(header, rows) -> str:
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    line = lambda row: "  ".join(str(v).rjust(w) if i else str(v).ljust(w)  # noqa: E731
+                                 for i, (v, w) in enumerate(zip(row, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def markdown(report: dict, command: str) -> str:
+    header, rows = table_rows(report)
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    lines = [
+        "# Training-step benchmark: zoo vs plain Flax vs PyTorch eager",
+        "",
+        f"Written by `{command}` on {report['date']}.",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); JAX devices: {', '.join(m['jax_devices'])}",
+        f"- Versions: {versions}",
+        f"- PyTorch threads: {report['torch_threads']} (torch.set_num_threads = the machine's cores), "
+        f"OMP_WAIT_POLICY={report['omp_wait_policy']} (PASSIVE unless set: OpenMP's default spinning "
+        "collapses under other load); XLA uses every core by default." if report["torch_threads"]
+        else "- PyTorch: not installed.",
+        f"- Load average (1 min) at start / end: {report['load_average']['start'][0]:.1f} / "
+        f"{report['load_average']['end'][0]:.1f} on {m['cores']} cores: above {m['cores']}, other processes "
+        "competed for the cores and every column is slower (PyTorch's OpenMP threads suffer most).",
+        f"- float32 matmul ceiling (2048x2048 jnp.dot, median of {len(report['matmul_samples_gflops'])} "
+        f"samples through the run): {report['matmul_ceiling_gflops']:.0f} GFLOP/s",
+        f"- One step = forward + backward + Adam (lr {LEARNING_RATE}), float32, one fixed batch; median of "
+        f"{report['rounds']} interleaved rounds (the order rotates each round).",
+        "- **before**: a plain Flax Linen model (nn.max_pool, nn.RNN(nn.LSTMCell), "
+        "nn.MultiHeadDotProductAttention) with a plain optax step; **after**: the zoo's registry model "
+        "and its own jitted train step (zoo.training.step). Ratios below 1 mean faster than PyTorch.",
+        "- FLOPs: XLA's cost analysis of the zoo's compiled step; for the LSTM (a scan, which hides "
+        "them) 3x the forward matmul FLOPs. Compile: lower + compile of the first call.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    lines += ["", "Workloads:", ""]
+    lines += [f"- `{r['workload']}`: {r['description']}" for r in report["workloads"]]
+    if report.get("dispatch"):
+        d = report["dispatch"]
+        lines += ["", f"## Many steps per call ({d['description']}, dispatch-bound)", "",
+                  "| steps per jitted call (train.steps_per_call) | time per step |", "|---|---|"]
+        lines += [f"| {k} | {us:.1f} µs |" for k, us in d["per_step_us"].items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(report: dict, command: str, out_dir: str | Path) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "RESULTS.md", out_dir / "results.json"
+    md.write_text(markdown(report, command))
+    js.write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
+    return md, js
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: the same families scaled up to fill one large accelerator (sized for an H200), float32 and
+# bfloat16, achieved TFLOP/s against the matmul rate of the same run (scripts/benchmark_gpu.sh).
+
+
+def gpu_workloads(smoke: bool = False) -> dict:
+    """Scaled-up workloads; `smoke` shrinks them to check the code path on a CPU."""
+    s = (lambda big, small: small) if smoke else (lambda big, small: big)  # noqa: E731
+    lstm = dict(batch=s(512, 4), steps=s(128, 6), inputs=s(256, 8), hidden=s(1024, 16))
+    return {w.name: w for w in [
+        Workload("mlp", "MLP 4096-8192-8192-10", "mlp", {"hidden_sizes": (s(8192, 32),) * 2},
+                 s(8192, 8), (s(4096, 16),)),
+        Workload("cnn", "CNN conv3x3 (128, 256) + 2x2 max-pool + dense 1024, 64x64x3", "cnn",
+                 {"features": (s(128, 4), s(256, 8)), "hidden": s(1024, 8)}, s(512, 4), (s(64, 8), s(64, 8), 3)),
+        Workload("resnet50", "ResNet-50 (ImageNet layout), 224x224x3", "resnet50", {"width": s(64, 4)},
+                 s(256, 2), (s(224, 32), s(224, 32), 3), num_classes=1000),
+        Workload("lstm", "LSTM hidden 1024, seq 128, input 256, last state", "lstm",
+                 {"hidden_size": lstm["hidden"]}, lstm["batch"], (lstm["steps"], lstm["inputs"]),
+                 analytic_flops=lambda: _lstm_flops(classes=10, **lstm)),
+        Workload("transformer", "Transformer encoder 12x1024, 16 heads, MLP 4096, seq 512 (inputs of dim 1024)",
+                 "transformer", {"width": s(1024, 32), "depth": s(12, 2), "num_heads": s(16, 4),
+                                 "mlp_dim": s(4096, 64), "patch_size": 1, "pool": "mean"},
+                 s(64, 2), (s(512, 8), s(1024, 32))),
+    ]}
+
+
+def matmul_tflops(dtype, size: int, repeats: int = 10) -> float:
+    """Median TFLOP/s of a size x size jnp.dot in `dtype` (float32 at JAX's default precision)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)).astype(dtype)
+    dot = jax.jit(jnp.dot).lower(a, a).compile()
+    dot(a, a).block_until_ready()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        samples.append(2 * size**3 / (time.perf_counter() - start) / 1e12)
+    return statistics.median(samples)
+
+
+def run_gpu_benchmark(names, dtypes, budget_seconds: float, smoke: bool = False, log=print) -> dict:
+    start = time.perf_counter()
+    workloads = gpu_workloads(smoke)
+    device = jax.devices()[0]
+    rates = {d: matmul_tflops(d, 256 if smoke else 8192) for d in dtypes}
+    log("matmul: " + ", ".join(f"{d} {r:.1f} TFLOP/s" for d, r in rates.items()))
+    results = []
+    for name in names:
+        for dtype in dtypes:
+            if time.perf_counter() - start > budget_seconds:
+                log(f"  {name} {dtype}: skipped (time budget of {budget_seconds:.0f} s spent)")
+                results.append({"workload": name, "dtype": dtype, "skipped": True})
+                continue
+            workload = workloads[name]
+            x, y = batch(workload)
+            runner = zoo_runner(workload, x, y, compute_dtype=dtype)
+            runner.run(2)
+            count = max(1, round(0.5 / _timed(runner.run, 1)[0]))
+            seconds = statistics.median(_timed(runner.run, count)[0] for _ in range(5))
+            flops = workload.analytic_flops() if workload.analytic_flops else runner.flops
+            tflops = flops / seconds / 1e12 if flops else None
+            results.append({
+                "workload": name, "dtype": dtype, "description": workload.description,
+                "batch": workload.batch, "step_ms": seconds * 1e3, "compile_s": runner.compile_seconds,
+                "flops_per_step": flops, "tflops_per_s": tflops,
+                "fraction_of_matmul": tflops / rates[dtype] if tflops else None,
+            })
+            log(f"  {name} {dtype}: {seconds * 1e3:.2f} ms/step, "
+                f"{_fmt(tflops, '.1f')} TFLOP/s ({_fmt(tflops and tflops / rates[dtype], '.0%')} of matmul)")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": f"{device.platform} {getattr(device, 'device_kind', '')}".strip(),
+        "device_count": jax.device_count(), "machine": machine(), "smoke": smoke,
+        "matmul_tflops": rates, "results": results, "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def gpu_markdown(report: dict, command: str) -> str:
+    header = ["workload", "dtype", "batch", "step ms", "TFLOP/step", "TFLOP/s", "of matmul", "compile s"]
+    rows = [[r["workload"], r["dtype"], "-", "skipped", "-", "-", "-", "-"] if r.get("skipped") else
+            [r["workload"], r["dtype"], r["batch"], f"{r['step_ms']:.2f}",
+             _fmt(r["flops_per_step"] and r["flops_per_step"] / 1e12, ".3f"), _fmt(r["tflops_per_s"], ".1f"),
+             _fmt(r["fraction_of_matmul"], ".0%"), f"{r['compile_s']:.1f}"] for r in report["results"]]
+    rates = ", ".join(f"{d} {r:.1f} TFLOP/s" for d, r in report["matmul_tflops"].items())
+    lines = [
+        "# GPU training-step benchmark (the zoo's jitted step, scaled-up workloads)", "",
+        f"Written by `{command}` on {report['date']} in {report['wall_seconds']:.0f} s.", "",
+        f"- Device: {report['device']} ({report['device_count']} visible; one used); "
+        f"JAX {report['machine']['versions']['jax']}",
+        f"- Matmul rate measured in the same run (8192x8192 jnp.dot; float32 at JAX's default precision, "
+        f"which allows TF32 on this hardware): {rates}",
+        "- bfloat16: float32 variables and Adam; forward and backward in bfloat16 (params and inputs cast).",
+        "- FLOPs: XLA's cost analysis of the compiled step; the LSTM's (a scan) analytic, 3x forward matmuls.",
+        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+        *("| " + " | ".join(map(str, row)) + " |" for row in rows), "",
+        "Workloads:", "",
+        *(f"- `{name}`: {w.description}, batch {w.batch}" for name, w in gpu_workloads(report["smoke"]).items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def gpu_main(argv=None) -> int:
+    """Entry point of scripts/benchmark_gpu.sh."""
+    import argparse
+    import shlex
+
+    parser = argparse.ArgumentParser(prog="scripts/benchmark_gpu.sh", description=gpu_main.__doc__)
+    parser.add_argument("--workloads", default=",".join(gpu_workloads()), help="comma-separated subset")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--budget-s", type=float, default=400.0, help="stop starting new workloads after this")
+    parser.add_argument("--out", default="benchmarks/gpu", help="where RESULTS.md and results.json go")
+    parser.add_argument("--smoke", action="store_true", help="tiny workloads: check the script on a CPU")
+    args = parser.parse_args(argv)
+    if jax.default_backend() != "gpu" and not args.smoke:
+        print(f"no GPU visible to JAX (backend: {jax.default_backend()}); install a CUDA jax "
+              "(e.g. pip install 'jax[cuda12]') or pass --smoke to check the script on a CPU", file=sys.stderr)
+        return 2
+    names = [n for n in args.workloads.split(",") if n]
+    unknown = [n for n in names if n not in gpu_workloads()]
+    if unknown:
+        print(f"unknown workload {unknown[0]}: choose from {', '.join(gpu_workloads())}", file=sys.stderr)
+        return 2
+    dtypes = [jnp.dtype(d).name for d in args.dtypes.split(",") if d]
+    report = run_gpu_benchmark(names, dtypes, args.budget_s, smoke=args.smoke,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = shlex.join(["scripts/benchmark_gpu.sh", *(argv if argv is not None else sys.argv[1:])])
+    text = gpu_markdown(report, command)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RESULTS.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
+    print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
+    return 0

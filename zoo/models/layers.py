@@ -1,0 +1,238 @@
+"""Fast drop-in layers: the same maths and the same variables as the Flax layer each one replaces.
+
+Each is measured faster on CPU for the zoo's benchmark workloads (benchmarks/RESULTS.md), and
+tests/test_fast_layers.py checks outputs and gradients against the Flax formulation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# ---------------------------------------------------------------------------------------------------
+# Pooling
+
+
+def _pool(x, window: int, reduce, fill: float):
+    """Non-overlapping pooling over the spatial axes by reshape; axes of size 1 are left alone."""
+    spatial = x.shape[1:-1]
+    windows = [window if size > 1 else 1 for size in spatial]
+    pads = [(0, -size % w) for size, w in zip(spatial, windows)]
+    if any(after for _, after in pads):
+        # Padding the end matches padding='SAME' of nn.max_pool/avg_pool for stride == window.
+        x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
+    shape, axes = [x.shape[0]], []
+    for size, w in zip(x.shape[1:-1], windows):
+        shape += [size // w, w]
+        axes.append(len(shape) - 1)
+    return reduce(x.reshape(*shape, x.shape[-1]), axis=tuple(axes))
+
+
+def max_pool(x, window: int = 2):
+    """nn.max_pool with stride == window: reshape + max, because nn.max_pool's backward
+    (select-and-scatter) costs about a third of a small CNN's step on CPU."""
+    return _pool(x, window, jnp.max, -jnp.inf)
+
+
+def avg_pool(x, window: int = 2):
+    """nn.avg_pool with stride == window (zero padding counts, like nn.avg_pool)."""
+    return _pool(x, window, jnp.mean, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolution
+
+
+def _channels_last(ndim: int) -> jax.lax.ConvDimensionNumbers:
+    """The dimension numbers flax.linen.Conv uses: (N, *spatial, C) inputs, (*spatial, in, out) kernels."""
+    lhs = (0, ndim - 1, *range(1, ndim - 1))
+    return jax.lax.ConvDimensionNumbers(lhs, (ndim - 1, ndim - 2, *range(ndim - 2)), lhs)
+
+
+def _materialize(x):
+    """x, read from a buffer XLA cannot fuse x's producers into (the output of a conditional)."""
+    keep = jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))  # always true, but unknown at compile time
+    return jax.lax.cond(keep, lambda x: x, lambda x: x + 0, x)
+
+
+def _plain_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_channels_last(x.ndim))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
+    return _plain_conv(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, d_y):
+    x, kernel = residuals
+    # XLA computes the kernel's gradient as a convolution over activations transposed to
+    # (C, *spatial, N). Left to itself, it fuses the ops that produced x (BatchNorm, residual add,
+    # ReLU) into that transpose and recomputes them in a cache-hostile order, which cost more than
+    # the convolutions in ResNet-20; reading x from a materialized buffer makes it a plain transpose.
+    # (optimization_barrier does not do it: XLA's CPU pipeline removes barriers before fusion.)
+    # Other backends keep XLA's own choice: a conditional there would cost a device-to-host sync.
+    x = jax.lax.platform_dependent(x, cpu=_materialize, default=lambda x: x)
+    _, vjp = jax.vjp(lambda x, kernel: _plain_conv(x, kernel, strides, padding), x, kernel)
+    return vjp(d_y)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`jax.lax.conv_general_dilated` with a faster backward pass on CPU; for `nn.Conv(conv_general_dilated=...)`.
+
+    Channels-last, undilated, ungrouped convolutions (what nn.Conv builds) take the fast path (see
+    `_conv_bwd`); anything else goes to lax unchanged. The forward pass is XLA's own convolution.
+    """
+    ndim = lhs.ndim
+    plain = (
+        all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
+        and feature_group_count == 1 and not kwargs and precision is None
+        and tuple(dimension_numbers or ()) == tuple(_channels_last(ndim))
+    )
+    if not plain:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision,
+                                            **kwargs)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+
+
+# nn.Conv with the faster backward pass: same variables, same names (Conv_0, ...), same maths.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+# ---------------------------------------------------------------------------------------------------
+# LSTM
+
+
+def _kernel_init(init, shape):
+    return lambda key: {"kernel": init(key, shape)}
+
+
+def _kernel_bias_init(init, shape):
+    return lambda key: {"kernel": init(key, shape), "bias": jnp.zeros(shape[-1:])}
+
+
+def _lstm_cell(z, c):
+    """Gates from pre-activations z (B, 4H) in the order i, f, g, o; returns (c, h, activations)."""
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def lstm_recurrence(x, w_x, w_h, bias, c0, h0, unroll: int = 1):
+    """The LSTM over time-major inputs x (T, B, C); gates i, f, g, o side by side in w_x, w_h, bias.
+
+    Returns (hs (T, B, H), c_T, h_T). The custom VJP runs the backward recurrence for the gate
+    pre-activation gradients only; the gradients of both kernels, the bias and the inputs then come
+    from single (T*B)-row matmuls after the scan, instead of T small products accumulated through the
+    scan's carry. (Hoisting the forward's input projection out of the scan measured slower: XLA fuses
+    x_t W_x + h W_h + b inside the loop better than it reads a slice of a precomputed projection.)
+    """
+    (c, h), (hs, _, _) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
+    return hs, c, h
+
+
+def _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll):
+    def step(carry, x_t):
+        c, h = carry
+        c, h, gates = _lstm_cell(x_t @ w_x + h @ w_h + bias, c)
+        return (c, h), (h, c, gates)
+
+    return jax.lax.scan(step, (c0, h0), x, unroll=unroll)
+
+
+def _lstm_fwd(x, w_x, w_h, bias, c0, h0, unroll):
+    (c, h), (hs, cs, gates) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
+    return (hs, c, h), (x, w_x, w_h, c0, h0, hs, cs, gates)
+
+
+def _lstm_bwd(unroll, residuals, cotangents):
+    x, w_x, w_h, c0, h0, hs, cs, gates = residuals
+    d_hs, d_c, d_h = cotangents
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
+    w_h_t = w_h.T
+
+    def step(carry, inputs):
+        d_c, d_h = carry
+        d_h_t, c, c_before, gate = inputs
+        i, f, g, o = jnp.split(gate, 4, axis=-1)
+        d_h = d_h + d_h_t
+        tanh_c = jnp.tanh(c)
+        d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)
+        d_z = jnp.concatenate([
+            d_c * g * i * (1.0 - i),
+            d_c * c_before * f * (1.0 - f),
+            d_c * i * (1.0 - g * g),
+            d_h * tanh_c * o * (1.0 - o),
+        ], axis=-1)
+        return (d_c * f, d_z @ w_h_t), d_z
+
+    (d_c0, d_h0), d_z = jax.lax.scan(step, (d_c, d_h), (d_hs, cs, c_prev, gates), reverse=True,
+                                     unroll=unroll)
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T*B, n)
+    d_w_x = rows(x).T @ rows(d_z)
+    d_w_h = rows(h_prev).T @ rows(d_z)
+    d_x = d_z @ w_x.T
+    return d_x, d_w_x, d_w_h, rows(d_z).sum(0), d_c0, d_h0
+
+
+lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+class LSTM(nn.Module):
+    """`nn.RNN(nn.LSTMCell(features), return_carry=True)` over (B, T, C), with the cell's variables.
+
+    Faster: one matmul per step for all four gates, and a backward pass that computes the kernels'
+    gradients in one matmul each after the scan (see `lstm_recurrence`).
+    Accepts the keyword arguments nn.Bidirectional passes (`reverse`, `keep_order`, ...).
+    """
+
+    features: int
+    reverse: bool = False
+    keep_order: bool = False
+    unroll: int = 1
+    kernel_init: object = nn.initializers.lecun_normal()
+    recurrent_kernel_init: object = nn.initializers.orthogonal()
+
+    @nn.compact
+    def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
+                 return_carry=True, time_major=False, reverse=None, keep_order=None):
+        if seq_lengths is not None:
+            raise NotImplementedError("zoo.models.layers.LSTM does not take seq_lengths")
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        # nn.LSTMCell's variables, one Dense per gate: input kernels ii..io, recurrent hi..ho + bias.
+        shape_x, shape_h = (inputs.shape[-1], self.features), (self.features, self.features)
+        dense_x = [self.param(f"i{g}", _kernel_init(self.kernel_init, shape_x)) for g in "ifgo"]
+        dense_h = [self.param(f"h{g}", _kernel_bias_init(self.recurrent_kernel_init, shape_h)) for g in "ifgo"]
+        w_x = jnp.concatenate([d["kernel"] for d in dense_x], axis=1)
+        w_h = jnp.concatenate([d["kernel"] for d in dense_h], axis=1)
+        bias = jnp.concatenate([d["bias"] for d in dense_h])
+        x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # (T, B, C)
+        if reverse:
+            x = x[::-1]
+        if initial_carry is None:
+            c0 = h0 = jnp.zeros((*x.shape[1:-1], self.features), x.dtype)
+        else:
+            c0, h0 = initial_carry
+        hs, c, h = lstm_recurrence(x, w_x, w_h, bias, c0, h0, self.unroll)
+        if reverse and keep_order:
+            hs = hs[::-1]
+        outputs = hs if time_major else jnp.swapaxes(hs, 0, 1)
+        return ((c, h), outputs) if return_carry else outputs
