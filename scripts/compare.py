@@ -9,7 +9,8 @@ DIR/report/ gets report.md, results.csv, results.json, curves.png and tradeoff.p
 
 import sys
 
-from zoo.cli import main
+from zoo.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["compare", *sys.argv[1:]]))
+    sys.argv[1:1] = ["compare"]
+    run()

@@ -3,7 +3,8 @@
 
 import sys
 
-from zoo.cli import main
+from zoo.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.argv[1:1] = ["train"]
+    run()

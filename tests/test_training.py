@@ -144,3 +144,10 @@ def test_adamw_matches_optax_reference():
     mine, _ = ours.update(grads, ours.init(params), params)
     theirs, _ = reference.update(grads, reference.init(params), params)
     np.testing.assert_allclose(mine["w"], theirs["w"], rtol=1e-6)
+
+
+def test_steps_per_call_is_automatic_by_family_unless_set():
+    from zoo.training.loop import auto_steps_per_call
+
+    assert tiny_config().train.steps_per_call is None
+    assert (auto_steps_per_call("dnn"), auto_steps_per_call("cnn"), auto_steps_per_call("resnet")) == (10, 1, 1)

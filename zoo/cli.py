@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from zoo.errors import ZooError
@@ -217,5 +218,16 @@ def main(argv=None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script. After a refusal, exit at once: Orbax's and TensorStore's background
+    threads may still be unwinding a failed read, and interpreter teardown would let them print
+    tracebacks under our one-line message."""
+    code = main()
+    if code:
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,4 +1,4 @@
-"""Transformer family: a pre-LayerNorm encoder classifier over tokens, signal patches or image patches (ViT)."""
+"""Transformer family: a pre-LayerNorm encoder classifier over tokens, signal patches or image patches."""
 
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ class EncoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Embeds the input into `width`-wide tokens, adds learned positions, encodes, pools, classifies."""
+    """Embeds the input into `width`-wide tokens, adds learned positions, encodes, pools, classifies.
+
+    patch_size applies to images and signals; token ids are embedded one per position.
+    """
 
     num_classes: int
     vocab_size: int | None = None
@@ -80,7 +83,8 @@ class Transformer(nn.Module):
 
 
 ENTRIES = [
-    Entry("transformer", "transformer", "pre-LN encoder over tokens, signal or image patches", Transformer, {}),
+    Entry("transformer", "transformer", "pre-LN encoder over tokens, signal or image patches (ViT)",
+          Transformer, {}),
     Entry(
         "vit_tiny", "transformer", "ViT-Ti/16 (Dosovitskiy et al. 2021) for 224x224 images", Transformer,
         {"width": 192, "depth": 12, "num_heads": 3, "mlp_dim": 768, "patch_size": 16, "pool": "cls"},
