@@ -57,7 +57,7 @@ def _table(header, rows, right=()) -> str:
 def _progress(prefix=""):
     from zoo.metrics import Progress
 
-    return Progress(prefix=prefix)
+    return Progress(stream=err(), prefix=prefix)
 
 
 def cmd_train(args) -> int:
@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
     result = fit(config, workdir, _progress())
     if result.get("stopped"):
         print(f"zoo: stopped by {result['stopped']} at step {result['step']}, checkpoint written; rerun the "
-              f"same command to resume from {workdir}", file=sys.stderr)
+              f"same command to resume from {workdir}", file=err())
         import signal
 
         return 128 + signal.Signals[result["stopped"]]
@@ -115,7 +115,7 @@ def cmd_bench(args) -> int:
         raise ZooError(f"unknown workload '{unknown[0]}': choose from {', '.join([*bench.WORKLOADS, 'dispatch'])}")
     rounds = args.rounds or (3 if args.quick else 9)
     report = bench.run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
-                                 log=lambda line: print(line, file=sys.stderr))
+                                 log=lambda line: print(line, file=err()))
     program = sys.argv[0]
     command = shlex.join(["python", program, *sys.argv[1:]] if program.endswith(".py")
                          else ["zoo", *sys.argv[1:]])
@@ -141,7 +141,7 @@ def cmd_compare(args) -> int:
     result = compare(config, workdir, _progress(), command=command)
     if result.get("stopped"):
         print(f"stopped by {result['stopped']} in {result['run_dir']}; rerun the same command to resume "
-              "(finished runs are reused)", file=sys.stderr)
+              "(finished runs are reused)", file=err())
         return 130
     print(result["table"])
     print(f"{result['trained']} runs trained, {result['reused']} reused, {result['wall_seconds']:.0f} s; "
@@ -202,29 +202,61 @@ def _quiet_libraries() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+_STDERR = None  # set by run(): our own stderr, apart from the one libraries' threads write to
+
+
+def err():
+    """Where our messages and progress go."""
+    return _STDERR or sys.stderr
+
+
+def _refuse(message: str) -> None:
+    print(f"zoo: error: {message}", file=err(), flush=True)
+
+
 def main(argv=None) -> int:
     _quiet_libraries()
     try:
         args = make_parser().parse_args(argv)
         return args.func(args)
     except ZooError as error:
-        print(f"zoo: error: {error}", file=sys.stderr)
+        _refuse(str(error))
         return error.exit_code
     except OSError as error:  # a path that cannot be read or written: no traceback either
-        print(f"zoo: error: {error}", file=sys.stderr)
+        _refuse(str(error))
         return 2
     except KeyboardInterrupt:
-        print("zoo: interrupted", file=sys.stderr)
+        print("zoo: interrupted", file=err())
         return 130
 
 
+def _private_stderr() -> None:
+    """Gives our messages, progress and tracebacks a stderr of their own, and sends everything else
+    written to stderr to /dev/null: when a damaged checkpoint fails to read, TensorStore's threads
+    print tracebacks of Orbax's closed event loop at any moment, racing our one-line message.
+    ZOO_DEBUG=1 keeps the ordinary stderr."""
+    global _STDERR
+    import faulthandler
+    import traceback
+
+    if os.environ.get("ZOO_DEBUG"):
+        return
+    _STDERR = os.fdopen(os.dup(2), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = open(os.devnull, "w")
+    faulthandler.enable(file=_STDERR)
+    sys.excepthook = lambda kind, value, tb: traceback.print_exception(kind, value, tb, file=_STDERR)
+
+
 def run() -> None:
-    """The console script. After a refusal, exit at once: Orbax's and TensorStore's background
-    threads may still be unwinding a failed read, and interpreter teardown would let them print
-    tracebacks under our one-line message."""
+    """The console script. After a refusal, exit at once: Orbax's background threads may still be
+    unwinding a failed read, and interpreter teardown would wait for them."""
+    _private_stderr()
     code = main()
     if code:
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush(), err().flush()
         os._exit(code)
     sys.exit(code)
 
