@@ -365,17 +365,22 @@ RUNNERS = {"zoo": zoo_runner, "flax": plain_flax_runner, "torch": torch_runner}
 # Measurement.
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> list[float]:
-    """Achieved GFLOP/s of a float32 size x size jnp.dot, one sample per repeat."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+def matmul_rates(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> list[float]:
+    """Achieved FLOP/s of a size x size jnp.dot in `dtype`, one sample per repeat."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)).astype(dtype)
     dot = jax.jit(jnp.dot).lower(a, a).compile()
     dot(a, a).block_until_ready()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         dot(a, a).block_until_ready()
-        samples.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+        samples.append(2 * size**3 / (time.perf_counter() - start))
     return samples
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> list[float]:
+    """Achieved GFLOP/s of a float32 size x size jnp.dot, one sample per repeat."""
+    return [rate / 1e9 for rate in matmul_rates(size, repeats)]
 
 
 def _timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
@@ -623,15 +628,7 @@ def gpu_workloads(smoke: bool = False) -> dict:
 
 def matmul_tflops(dtype, size: int, repeats: int = 10) -> float:
     """Median TFLOP/s of a size x size jnp.dot in `dtype` (float32 at JAX's default precision)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)).astype(dtype)
-    dot = jax.jit(jnp.dot).lower(a, a).compile()
-    dot(a, a).block_until_ready()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dot(a, a).block_until_ready()
-        samples.append(2 * size**3 / (time.perf_counter() - start) / 1e12)
-    return statistics.median(samples)
+    return statistics.median(matmul_rates(size, repeats, dtype)) / 1e12
 
 
 def run_gpu_benchmark(names, dtypes, budget_seconds: float, smoke: bool = False, log=print) -> dict:
