@@ -66,22 +66,23 @@ def test_eval_reports_exactly_the_accuracy_recorded_at_save_time(trained):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["step"] == 30
-    assert result["test"]["accuracy"] == result["recorded"]["accuracy"]
-    assert result["test"]["loss"] == pytest.approx(result["recorded"]["loss"], rel=1e-6)
+    assert result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
+    assert result["test"]["loss"] == pytest.approx(result["recorded"]["test_loss"], rel=1e-6)
+    assert result["val"]["accuracy"] == result["recorded"]["val_accuracy"]
 
 
 def test_eval_of_an_earlier_step_uses_that_step(trained):
     _, run_dir, _ = trained
     result = json.loads(zoo("eval", run_dir, "--step", 20, "--json").stdout)
-    assert result["step"] == 20 and result["test"]["accuracy"] == result["recorded"]["accuracy"]
+    assert result["step"] == 20 and result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
 
 
-def test_eval_best_picks_the_highest_accuracy_step(trained):
+def test_eval_best_picks_the_highest_validation_accuracy_step(trained):
     _, run_dir, _ = trained
     result = json.loads(zoo("eval", run_dir, "--best", "--json").stdout)
-    tests = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     kept = {int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()}
-    best = max((r["accuracy"], r["step"]) for r in tests if r["split"] == "test" and r["step"] in kept)
+    best = max((r["accuracy"], r["step"]) for r in records if r["split"] == "val" and r["step"] in kept)
     assert result["step"] == best[1]
 
 
@@ -91,7 +92,7 @@ def test_eval_restores_from_the_checkpoint_alone(trained, tmp_path):
     alone.mkdir()
     os.symlink(run_dir / "checkpoints", alone / "checkpoints")  # no config.json, no metrics beside it
     result = json.loads(zoo("eval", alone, "--json").stdout)
-    assert result["test"]["accuracy"] == result["recorded"]["accuracy"]
+    assert result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
 
 
 def test_rerunning_a_finished_train_command_resumes_without_training(trained):

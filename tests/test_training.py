@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from zoo import config as config_lib
-from zoo.data import BatchIterator
+from zoo.data import BatchIterator, load_dataset, with_validation
 from zoo.training import build_run, fit, optim, step as step_lib
 
 
@@ -91,13 +91,15 @@ def test_fit_writes_metrics_checkpoints_and_result(tmp_path):
     assert [r["step"] for r in train] == [10, 20]
     assert all({"loss", "accuracy", "examples_per_sec", "lr"} <= set(r) for r in train)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
-    assert result["final_step"] == 20 and 0.0 <= result["final"]["accuracy"] <= 1.0
+    assert result["final_step"] == 20 and 0.0 <= result["final"]["test_accuracy"] <= 1.0
     assert json.loads((tmp_path / "result.json").read_text())["final"] == result["final"]
 
 
 def test_fit_with_epochs_runs_whole_epochs(tmp_path):
     config = config_lib.from_dict({**tiny_config().to_dict(), "train": {"epochs": 1, "steps": None}})
-    assert fit(config, tmp_path)["final_step"] == 1437 // 32
+    train_size = with_validation(load_dataset("digits"), config.data.validation, config.data.seed).spec.train_size
+    assert train_size == 1437 - 142  # 10% of each class held out for validation
+    assert fit(config, tmp_path)["final_step"] == train_size // 32
 
 
 SHARDED = textwrap.dedent("""

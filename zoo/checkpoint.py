@@ -56,7 +56,9 @@ class Checkpoints:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._clean_stale()
         # Without best_fn Orbax's best_step() silently means "latest" and writes no metrics.
-        best_fn = lambda metrics: float(metrics[metric])  # noqa: E731
+        # A step saved without the metric (no validation split) ranks last, never first.
+        missing = -float("inf") if mode == "max" else float("inf")
+        best_fn = lambda metrics: float(metrics.get(metric, missing))  # noqa: E731
         preserve = [policies.LatestN(n=keep)]
         if keep_best:
             preserve.append(policies.BestN(get_metric_fn=best_fn, reverse=(mode == "min"), n=keep_best))
@@ -103,16 +105,19 @@ class Checkpoints:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def best_step(self) -> int | None:
+    def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
+        """The complete step with the best `metric` (default: the one retention ranks by), or None
+        when no step recorded it."""
+        metric, mode = metric or self.metric, mode or self.mode
         scored = []
         for step in self.steps():
             try:
-                scored.append((float(self.read_meta(step)["metrics"][self.metric]), step))
+                scored.append((float(self.read_meta(step)["metrics"][metric]), step))
             except (CheckpointError, KeyError, TypeError, ValueError):
                 continue
         if not scored:
             return None
-        return (max if self.mode == "max" else min)(scored)[1]
+        return (max if mode == "max" else min)(scored)[1]
 
     def set_aside(self, steps: list[int]) -> Path:
         """Moves damaged or unfinished `steps` into damaged/ (kept for inspection, never offered)."""

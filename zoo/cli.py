@@ -80,8 +80,9 @@ def cmd_train(args) -> int:
 
         return 128 + signal.Signals[result["stopped"]]
     final = result["final"]
+    val = f"val accuracy {final['val_accuracy']:.4f}  " if "val_accuracy" in final else ""
     print(f"{config.name}: {result['model']} ({result['params']:,} params) step {result['final_step']} "
-          f"test accuracy {final['accuracy']:.4f} loss {final['loss']:.4f}  run dir {workdir}")
+          f"{val}test accuracy {final['test_accuracy']:.4f} loss {final['test_loss']:.4f}  run dir {workdir}")
     return 0
 
 
@@ -93,11 +94,13 @@ def cmd_eval(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     recorded = result.get("recorded") or {}
-    rows = [(result["model"], result["dataset"], result["step"], f"{result['test']['accuracy']:.4f}",
-             f"{result['test']['loss']:.4f}",
-             f"{recorded['accuracy']:.4f}" if "accuracy" in recorded else "-")]
-    print(_table(("model", "dataset", "step", "test accuracy", "test loss", "recorded accuracy"), rows,
-                 right=(2, 3, 4, 5)))
+    fmt = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
+    val = result.get("val") or {}
+    rows = [(result["model"], result["dataset"], result["step"], fmt(val.get("accuracy")),
+             fmt(result["test"]["accuracy"]), fmt(result["test"]["loss"]),
+             fmt(recorded.get("val_accuracy")), fmt(recorded.get("test_accuracy")))]
+    print(_table(("model", "dataset", "step", "val accuracy", "test accuracy", "test loss",
+                  "recorded val", "recorded test"), rows, right=(2, 3, 4, 5, 6, 7)))
     return 0
 
 

@@ -347,7 +347,7 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
         tag = f"[{index + 1}/{len(jobs)}] {job.config.name} seed {job.seed}"
         if job.finished is not None:
             result = job.finished
-            progress.log(f"{tag}: finished earlier, reused (test accuracy {result['final']['accuracy']:.4f})")
+            progress.log(f"{tag}: finished earlier, reused (test accuracy {result['final']['test_accuracy']:.4f})")
         else:
             progress.log(f"{tag}: training {job.config.model.name} in {job.run_dir}  "
                          f"ETA {_eta(jobs, index, seconds_per_step, run_seconds)}")
@@ -364,7 +364,7 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
             done_steps = result["steps"] - result.get("resumed_from", 0)
             if done_steps > 0:
                 seconds_per_step[job.config.name] = elapsed / done_steps
-            progress.log(f"{tag}: test accuracy {result['final']['accuracy']:.4f} in {_clock(elapsed)}  "
+            progress.log(f"{tag}: test accuracy {result['final']['test_accuracy']:.4f} in {_clock(elapsed)}  "
                          f"ETA {_eta(jobs, index + 1, seconds_per_step, run_seconds)}")
         rows.append(_row(config, job, result, flops[job.config.name], workdir, times.get(_time_key(job))))
 
@@ -422,9 +422,10 @@ def _row(config: CompareConfig, job: _Job, result: dict, flops: float | None, wo
         "examples_per_sec": result["examples_per_sec"],
         "train_seconds": result["train_seconds"],
         "wall_seconds": wall_seconds,
-        "final_accuracy": result["final"]["accuracy"],
-        "final_loss": result["final"]["loss"],
-        "best_accuracy": result["best_accuracy"],
+        "final_accuracy": result["final"]["test_accuracy"],
+        "final_loss": result["final"]["test_loss"],
+        "final_val_accuracy": result["final"].get("val_accuracy"),
+        "best_accuracy": result["best_accuracy"],  # test accuracy at the validation-best step
         "final_step": result["final_step"],
         "resumed_from": result.get("resumed_from", 0),
         "run_dir": run_dir,

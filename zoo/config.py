@@ -22,6 +22,8 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 500
     shift: int = 0  # augmentation: random shift of up to this many pixels/steps (0: none)
+    validation: float = 0.1  # fraction of train held out for selection (stratified); 0: none
+    seed: int = 0  # fixes the validation split (independent of the run's seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,8 @@ _RANGES = {
     "data.batch_size": (lambda v: v >= 1, "at least 1"),
     "data.eval_batch_size": (lambda v: v >= 1, "at least 1"),
     "data.shift": (lambda v: v >= 0, "at least 0"),
+    "data.validation": (lambda v: 0 <= v < 1, "in [0, 1): the fraction of train held out (0: none)"),
+    "data.seed": (lambda v: v >= 0, "at least 0"),
     "optimizer.learning_rate": (lambda v: v > 0, "greater than 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optimizer.weight_decay": (lambda v: v >= 0, "at least 0"),

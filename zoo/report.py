@@ -21,12 +21,12 @@ from zoo.metrics import read_jsonl
 COLUMNS = (
     "compare", "dataset", "config", "model", "family", "seed", "params", "flops_per_example", "batch_size",
     "steps", "compile_seconds", "ms_per_step", "examples_per_sec", "train_seconds", "wall_seconds", "final_accuracy",
-    "final_loss", "best_accuracy", "final_step", "resumed_from", "run_dir",
+    "final_loss", "final_val_accuracy", "best_accuracy", "final_step", "resumed_from", "run_dir",
 )
 # One row per model in report.md.
 TABLE_HEADER = (
     "model", "family", "params", "FLOPs/example", "compile (s)", "ms/step", "examples/s", "train time (s)",
-    "final test acc", "best test acc",
+    "final test acc", "test acc at best val",
 )
 FILES = ("report.md", "results.csv", "results.json", "curves.png", "tradeoff.png")
 
@@ -129,8 +129,8 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> s
     lines.append("")
     lines += [table, ""]
     lines += ["Columns: test accuracy as mean ± sample standard deviation over seeds. *final*: the last step's "
-              "checkpoint (what `zoo eval RUN_DIR` restores); *best*: the highest test accuracy at any "
-              "evaluation during training (chosen on the test set, so optimistic). FLOPs/example: XLA cost "
+              "checkpoint (what `zoo eval RUN_DIR` restores); *at best val*: test accuracy of the checkpoint "
+              "with the highest validation accuracy (selected on validation only, never on test). FLOPs/example: XLA cost "
               "analysis of the compiled inference forward pass (scans unrolled), divided by the batch size. "
               "ms/step, examples/s and train time exclude compilation and evaluation, and are means over seeds.",
               ""]

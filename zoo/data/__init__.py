@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from zoo.data.batching import BatchIterator, eval_batches
+from zoo.data.split import with_validation
 from zoo.errors import DataError
 
 KINDS = ("image", "signal", "tokens")
@@ -25,13 +26,20 @@ class DataSpec:
     vocab_size: int | None = None
     train_size: int = 0
     test_size: int = 0
+    val_size: int = 0
+    class_names: tuple | None = None  # one name per class where the source has them
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
+        out = {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
+        if self.class_names is not None:
+            out["class_names"] = list(self.class_names)
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "DataSpec":
-        return cls(**{**data, "input_shape": tuple(data["input_shape"])})
+        names = data.get("class_names")
+        return cls(**{**data, "input_shape": tuple(data["input_shape"]),
+                      "class_names": tuple(names) if names is not None else None})
 
     @property
     def dtype(self) -> str:
@@ -40,11 +48,20 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """Train, validation and test splits. A source without its own validation split gets one held out
+    of train by `with_validation` (selection reads validation only; test is reported, never chosen on)."""
+
     spec: DataSpec
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None and len(self.x_val) > 0
 
 
 def _loaders() -> dict[str, Callable[[], Dataset]]:
@@ -86,4 +103,4 @@ def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
 
 
 __all__ = ["BatchIterator", "DataSpec", "Dataset", "KINDS", "check_inputs", "eval_batches",
-           "list_datasets", "load_dataset"]
+           "list_datasets", "load_dataset", "with_validation"]

@@ -19,7 +19,7 @@ import numpy as np
 from zoo import checkpoint as ckpt
 from zoo import models
 from zoo.config import Config, from_dict
-from zoo.data import BatchIterator, Dataset, check_inputs, load_dataset
+from zoo.data import BatchIterator, Dataset, check_inputs, load_dataset, with_validation
 from zoo.data.batching import Position
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError
 from zoo.metrics import JsonlWriter, Progress, Silent
@@ -66,7 +66,7 @@ def build_run(config: Config, dataset: Dataset | None = None, training: bool = T
 
     `training=False` (evaluation) skips the checks only training needs, such as the batch splitting
     over this machine's devices (a run trained elsewhere evaluates anywhere)."""
-    dataset = dataset or load_dataset(config.data.name)
+    dataset = with_validation(dataset or load_dataset(config.data.name), config.data.validation, config.data.seed)
     check_inputs(dataset.spec, dataset.x_train[:1])
     spec = dataset.spec
     model = models.build(config.model.name, spec.num_classes, spec.vocab_size, **config.model.hparams)
@@ -85,11 +85,32 @@ def build_run(config: Config, dataset: Dataset | None = None, training: bool = T
     return run
 
 
-def checkpoints_for(run_dir: Path, config: Config, read_only: bool = False) -> ckpt.Checkpoints:
+def selection_metric(config: Config) -> tuple[str, str]:
+    """The checkpoint metric that ranks steps ('val_accuracy' or 'val_loss') and its direction:
+    selection reads the validation split only, never test."""
+    metric = config.checkpoint.metric
+    return f"val_{metric}", "max" if metric == "accuracy" else "min"
+
+
+def checkpoints_for(run_dir: Path, config: Config, read_only: bool = False,
+                    has_validation: bool = True) -> ckpt.Checkpoints:
     c = config.checkpoint
-    mode = "max" if c.metric == "accuracy" else "min"
-    return ckpt.Checkpoints(Path(run_dir) / "checkpoints", keep=c.keep, keep_best=c.keep_best,
-                            metric=c.metric, mode=mode, async_save=c.async_save, read_only=read_only)
+    metric, mode = selection_metric(config)
+    return ckpt.Checkpoints(Path(run_dir) / "checkpoints", keep=c.keep,
+                            keep_best=c.keep_best if has_validation else 0,
+                            metric=metric, mode=mode, async_save=c.async_save, read_only=read_only)
+
+
+def evaluate_splits(run: Run, evaluate_split, state) -> dict:
+    """Flat metrics of one state: val_loss/val_accuracy (when there is a validation split) and
+    test_loss/test_accuracy, as recorded in checkpoints and compared by `zoo eval`."""
+    metrics = {}
+    if run.dataset.has_validation:
+        metrics.update({f"val_{k}": v for k, v in
+                        evaluate_split(state, run.dataset.x_val, run.dataset.y_val).items()})
+    metrics.update({f"test_{k}": v for k, v in
+                    evaluate_split(state, run.dataset.x_test, run.dataset.y_test).items()})
+    return metrics
 
 
 @contextlib.contextmanager
@@ -232,7 +253,7 @@ def fit(config: Config, workdir: str | Path, progress: Progress | None = None,
 
 def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     config, spec, mesh = run.config, run.spec, run.mesh
-    checkpoints = checkpoints_for(run_dir, config)
+    checkpoints = checkpoints_for(run_dir, config, has_validation=run.dataset.has_validation)
     start_step, state, meta = restore_latest_good(checkpoints, run, progress)
     _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
     metrics_log = JsonlWriter(run_dir / METRICS_FILE)
@@ -251,8 +272,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                             config.seed, shift=config.data.shift, position=position)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
     eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh)
-    evaluate = lambda s: step_lib.evaluate_arrays(  # noqa: E731
-        eval_step, mesh, s.params, s.model_state, run.dataset.x_test, run.dataset.y_test, eval_bs)
+    evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
+        eval_step, mesh, s.params, s.model_state, x, y, eval_bs)
     steps = _Steps(run)
     param_count = models.count_params(state.params)
     meta_base = {"config": config.to_dict(), "spec": spec.to_json(), "model": config.model.name,
@@ -262,7 +283,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
 
     pending, timed_steps, train_seconds = [], 0, 0.0
     step, last_sync = start_step, time.perf_counter()
-    last_test = None
+    last_eval = None
     stopped_by = None
     progress.start(total, start_step)
     with stop_requests() as stop:
@@ -303,15 +324,19 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
             metrics_log.write(record)
             progress.update(step, {"loss": train_metrics["loss"]})
             if at_eval or at_ckpt:
-                last_test = evaluate(state)
-                if not math.isfinite(last_test["loss"]):  # finite losses, but the last update was not
-                    raise _diverged("test loss", step, checkpoints)
-                metrics_log.write({"step": step, "split": "test", **last_test})
-                progress.log(f"step {step}/{total}  test accuracy {last_test['accuracy']:.4f}  "
-                             f"loss {last_test['loss']:.4f}")
+                last_eval = evaluate_splits(run, evaluate_split, state)
+                if not math.isfinite(last_eval["test_loss"]):  # finite losses, but the last update was not
+                    raise _diverged("evaluation loss", step, checkpoints)
+                for split in ("val", "test"):
+                    if f"{split}_loss" in last_eval:
+                        metrics_log.write({"step": step, "split": split, "loss": last_eval[f"{split}_loss"],
+                                           "accuracy": last_eval[f"{split}_accuracy"]})
+                shown = "  ".join(f"{split} accuracy {last_eval[f'{split}_accuracy']:.4f}"
+                                  for split in ("val", "test") if f"{split}_accuracy" in last_eval)
+                progress.log(f"step {step}/{total}  {shown}  test loss {last_eval['test_loss']:.4f}")
             if at_ckpt:
                 checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(batches.position)},
-                                 last_test)
+                                 last_eval)
             last_sync = time.perf_counter()
     checkpoints.wait()
     progress.close()
@@ -357,11 +382,7 @@ def _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed
     final_step = checkpoints.latest_step()
     best_step = checkpoints.best_step()
     final_meta = checkpoints.read_meta(final_step)
-    best_meta = checkpoints.read_meta(best_step) if best_step is not None else final_meta
-    from zoo.metrics import read_jsonl
-
-    tests = [r for r in read_jsonl(run_dir / METRICS_FILE) if r.get("split") == "test"]
-    best_test = max(tests, key=lambda r: r["accuracy"]) if tests else final_meta["metrics"]
+    best_meta = checkpoints.read_meta(best_step) if best_step is not None else None
     return {
         "run_dir": str(run_dir),
         "name": config.name,
@@ -374,8 +395,10 @@ def _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed
         "resumed_from": start_step,
         "final_step": final_step,
         "final": final_meta["metrics"],
-        "best_checkpoint": {"step": best_step, **best_meta["metrics"]},
-        "best_accuracy": best_test["accuracy"],
+        # The validation-best step (None without a validation split): test there is reported, not chosen on.
+        "best_checkpoint": {"step": best_step, **best_meta["metrics"]} if best_meta else None,
+        "best_accuracy": best_meta["metrics"]["test_accuracy"] if best_meta else None,
+        "validation_size": run.spec.val_size,
         "compile_seconds": steps.compile_seconds,
         "train_seconds": train_seconds,
         "ms_per_step": 1000 * train_seconds / max(timed_steps, 1),
