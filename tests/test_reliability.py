@@ -194,12 +194,14 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_the_rerun_resumes(tmp
 
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, write_config, zoo_main):
-    config = write_config({"optimizer": {"name": "sgd", "learning_rate": 1e10, "momentum": 0.0,
+    # tanh keeps step 1's logits finite; at lr 1e36 step 2's overflow (found by scanning lr).
+    config = write_config({"model": {"activation": "tanh"},
+                           "optimizer": {"name": "sgd", "learning_rate": 1e36, "momentum": 0.0,
                                          "schedule": "constant"},
                            "train": {"log_every": 1}, "checkpoint": {"every": 1}})
     status, _, err = zoo_main("train", config, "--workdir", tmp_path / "run")
     assert status == 2
-    assert ("training diverged: the test loss is not finite at step 2; "
+    assert ("training diverged: the evaluation loss is not finite at step 2; "
             "the last good checkpoint (step 1) is kept") in err
     state, _ = restore(tmp_path / "run")
     assert int(state.step) == 1
