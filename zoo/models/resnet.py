@@ -43,12 +43,16 @@ def shortcut(conv: ModuleDef, x, features: int, strides: int, train: bool):
     return conv_bn(conv, x, features, 1, train, strides)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs; output channels = features."""
+class Block(nn.Module):
+    """What both blocks take: width, stride of the first strided conv, and the conv layer to use."""
 
     features: int
     strides: int = 1
     conv: ModuleDef = nn.Conv
+
+
+class BasicBlock(Block):
+    """Two 3x3 convs; output channels = features."""
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -57,12 +61,8 @@ class BasicBlock(nn.Module):
         return nn.relu(y + shortcut(self.conv, x, self.features, self.strides, train))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(Block):
     """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4."""
-
-    features: int
-    strides: int = 1
-    conv: ModuleDef = nn.Conv
 
     @nn.compact
     def __call__(self, x, train: bool):
