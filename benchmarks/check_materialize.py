@@ -67,8 +67,8 @@ def main() -> None:
         for name, run in runners.items():
             times[name].append(run(args.steps))
     fast, stock = statistics.median(times["fast"]), statistics.median(times["stock"])
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-          f"ResNet-20 train step, 32x32x3, batch {args.batch}, median of {args.rounds} rounds x {args.steps} steps")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, ResNet-20 train step, 32x32x3, "
+          f"batch {args.batch}, median of {args.rounds} rounds x {args.steps} steps")
     print(f"  fast conv (materialized input): {fast:8.1f} ms")
     print(f"  stock nn.Conv:                  {stock:8.1f} ms")
     print(f"  stock / fast: {stock / fast:.2f}  -> the trick {'still pays' if stock / fast > 1.05 else 'NO LONGER PAYS'}")

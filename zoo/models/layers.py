@@ -100,7 +100,9 @@ _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`jax.lax.conv_general_dilated` with a faster backward pass on CPU (any autodiff mode); for `nn.Conv(conv_general_dilated=...)`.
+    """`jax.lax.conv_general_dilated` with a faster backward pass on CPU; for `nn.Conv(conv_general_dilated=...)`.
+
+    Forward mode (jvp, jacfwd, Hessian-vector products) works too: the fast path is a custom JVP.
 
     Channels-last, undilated, ungrouped convolutions (what nn.Conv builds) take the fast path (see
     `_conv_jvp`); anything else goes to lax unchanged. The forward pass is XLA's own convolution.
