@@ -7,6 +7,8 @@ upgrade may change. This times one ResNet-20 training step (forward + backward +
 prints both and their ratio. Not a test: it prints numbers, it asserts nothing.
 
     python benchmarks/check_materialize.py [--batch 128] [--rounds 5] [--steps 5]
+
+(the project installed, e.g. `pip install -e .`, or with PYTHONPATH=. from the repository root)
 """
 
 from __future__ import annotations
