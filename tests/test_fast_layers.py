@@ -173,3 +173,28 @@ def test_fast_lstm_takes_an_initial_carry_and_time_major_inputs():
     expected = reference.apply(variables, x, initial_carry=carry)
     actual = fast.apply(fast_variables, x, initial_carry=carry, time_major=True)
     assert_trees_close(actual, expected)
+
+
+# --- forward mode -------------------------------------------------------------------------------
+
+
+def test_fast_conv_jvp_matches_nn_conv():
+    x = normal((2, 9, 9, 3))
+    variables = nn.Conv(4, (3, 3)).init(jax.random.key(1), x)
+    tangents = (jax.tree.map(lambda a: normal(a.shape, seed=2), variables), normal(x.shape, seed=3))
+
+    def jvp(module):
+        return jax.jvp(lambda v, x: module.apply(v, x), (variables, x), tangents)
+
+    assert_trees_close(jvp(layers.Conv(4, (3, 3))), jvp(nn.Conv(4, (3, 3))))
+
+
+def test_fast_lstm_jvp_matches_nn_rnn_of_lstm_cell():
+    x = normal((3, 7, 5))
+    variables = FlaxLSTM(6).init(jax.random.key(1), x)
+    tangents = (jax.tree.map(lambda a: normal(a.shape, seed=2), variables), normal(x.shape, seed=3))
+
+    def jvp(module):
+        return jax.jvp(lambda v, x: module.apply(v, x), (variables, x), tangents)
+
+    assert_trees_close(jvp(FastLSTM(6)), jvp(FlaxLSTM(6)))

@@ -242,7 +242,26 @@ def test_input_of_unsupported_rank_raises_model_error():
         model.init(key(0), jnp.zeros((2, 64)))
 
 
-def test_patches_larger_than_the_image_raise_model_error():
+def test_errors_name_the_registered_model_not_its_family():
     model = models.build("vit_tiny", NUM_CLASSES)
-    with pytest.raises(ModelError, match="patch_size 16"):
+    with pytest.raises(ModelError, match="model 'vit_tiny' with patch_size 16"):
         model.init(key(0), sample("image", SHAPES["image"]))
+
+
+def test_ill_typed_hyperparameter_raises_model_error_naming_the_key():
+    with pytest.raises(ModelError, match=r"model 'cnn': model\.features\[1\]: expected an integer"):
+        models.build("cnn", NUM_CLASSES, features=[4, "8"])
+
+
+def test_hyperparameter_lists_become_tuples_and_ints_become_floats():
+    hparams = models.build("mlp", NUM_CLASSES, hidden_sizes=[4, 5], dropout=0).info.hparams
+    assert hparams["hidden_sizes"] == (4, 5) and isinstance(hparams["dropout"], float)
+
+
+def test_exact_gelu_keeps_the_parameter_count_and_changes_the_logits():
+    x = sample("image", SHAPES["image"])
+    tanh_gelu = models.build("vit_digits", NUM_CLASSES)
+    exact_gelu = models.build("vit_digits", NUM_CLASSES, activation="gelu_exact")
+    variables = tanh_gelu.init(key(0), x)
+    assert models.count_params(exact_gelu.init(key(0), x)) == models.count_params(variables)
+    assert not np.allclose(tanh_gelu.apply(variables, x)[0], exact_gelu.apply(variables, x)[0], rtol=0, atol=1e-7)

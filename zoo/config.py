@@ -128,13 +128,13 @@ def _type_name(tp) -> str:
             dict: "a mapping", type(None): "null"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp, path: str) -> Any:
+def coerce(value: Any, tp, path: str) -> Any:
     """Returns `value` as type `tp`, or raises ConfigError naming the key and what it must be."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
-                return _coerce(value, option, path)
+                return coerce(value, option, path)
             except ConfigError:
                 continue
     elif origin is Literal:
@@ -145,7 +145,7 @@ def _coerce(value: Any, tp, path: str) -> Any:
         raise ConfigError(f"{path}: '{value}' is not valid{hint}; choose {_type_name(tp)}")
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
-            return tuple(_coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value))
+            return tuple(coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value))
     elif tp is type(None):
         if value is None:
             return None
@@ -197,7 +197,7 @@ def _build(cls, raw: Any, path: str):
         if dataclasses.is_dataclass(tp):
             values[name] = _build(tp, raw[name], key_path)
         else:
-            values[name] = _coerce(raw[name], tp, key_path)
+            values[name] = coerce(raw[name], tp, key_path)
         if key_path in _RANGES:
             test, must = _RANGES[key_path]
             if not test(values[name]):

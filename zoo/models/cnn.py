@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 
-from zoo.models import Entry
-from zoo.models.layers import Conv, avg_pool, max_pool  # noqa: F401  (max_pool: public here too)
-from zoo.models.mlp import ACTIVATIONS, check_choice, embed_tokens, input_kind
+from zoo.models import layers
+from zoo.models.common import ACTIVATIONS, Entry, as_features, check_choice
 
 
-def as_features(x, vocab_size, embed_dim: int, model: str):
-    """Images and signals pass through; token ids become an embedded 1-D sequence."""
-    if input_kind(x, model) == "tokens":
-        return embed_tokens(x, vocab_size, embed_dim, model)
-    return x
+def _flax_pool(pool, x, window: int = 2):
+    """Stock `nn.max_pool`/`nn.avg_pool` with the fast pools' windows (1 on axes of size 1)."""
+    windows = tuple(window if size > 1 else 1 for size in x.shape[1:-1])
+    return pool(x, windows, windows, padding="SAME")
+
+
+def pick_layers(fast: bool):
+    """(conv, max_pool, avg_pool): zoo's fast layers, or stock flax ones with the same maths."""
+    if fast:
+        return layers.Conv, layers.max_pool, layers.avg_pool
+    return nn.Conv, functools.partial(_flax_pool, nn.max_pool), functools.partial(_flax_pool, nn.avg_pool)
 
 
 class CNN(nn.Module):
@@ -21,13 +28,15 @@ class CNN(nn.Module):
 
     num_classes: int
     vocab_size: int | None = None
-    features: tuple = (32, 64)
+    model_name: str = "cnn"
+    features: tuple[int, ...] = (32, 64)
     kernel_size: int = 3
     pool: bool = True
     hidden: int = 128
     dropout: float = 0.0
     norm: str = "none"
     embed_dim: int = 64
+    fast_layers: bool = True
 
     def __post_init__(self):
         check_choice("norm", self.norm, ("none", "batch"))
@@ -35,10 +44,11 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = as_features(x, self.vocab_size, self.embed_dim, "cnn")
+        conv, max_pool, _ = pick_layers(self.fast_layers)
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
         kernel = (self.kernel_size,) * (x.ndim - 2)
         for channels in self.features:
-            x = Conv(channels, kernel, padding="SAME", use_bias=self.norm == "none")(x)
+            x = conv(channels, kernel, padding="SAME", use_bias=self.norm == "none")(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
             x = nn.relu(x)
@@ -56,9 +66,11 @@ class LeNet5(nn.Module):
 
     num_classes: int
     vocab_size: int | None = None
+    model_name: str = "lenet5"
     activation: str = "tanh"
     pooling: str = "avg"
     embed_dim: int = 32
+    fast_layers: bool = True
 
     def __post_init__(self):
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
@@ -67,12 +79,13 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        conv, max_pool, avg_pool = pick_layers(self.fast_layers)
         act = ACTIVATIONS[self.activation]
         pool = avg_pool if self.pooling == "avg" else max_pool
-        x = as_features(x, self.vocab_size, self.embed_dim, "lenet5")
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
         kernel = (5,) * (x.ndim - 2)
-        x = pool(act(Conv(6, kernel, padding="SAME")(x)))
-        x = pool(act(Conv(16, kernel, padding="SAME")(x)))
+        x = pool(act(conv(6, kernel, padding="SAME")(x)))
+        x = pool(act(conv(16, kernel, padding="SAME")(x)))
         x = x.reshape(x.shape[0], -1)
         x = act(nn.Dense(120)(x))
         x = act(nn.Dense(84)(x))

@@ -11,6 +11,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 # ---------------------------------------------------------------------------------------------------
 # Pooling
@@ -62,37 +63,49 @@ def _plain_conv(x, kernel, strides, padding):
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_channels_last(x.ndim))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _is_zero(tangent) -> bool:
+    return isinstance(tangent, SymbolicZero)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x, kernel, strides, padding):
     return _plain_conv(x, kernel, strides, padding)
 
 
-def _conv_fwd(x, kernel, strides, padding):
-    return _conv(x, kernel, strides, padding), (x, kernel)
+def _conv_jvp(strides, padding, primals, tangents):
+    """The convolution's tangent map, linear in (d_x, d_kernel); reverse mode is its transpose.
+
+    XLA computes the kernel's gradient (the transpose of `conv(x, d_kernel)`) as a convolution over
+    activations transposed to (C, *spatial, N). Left to itself, it fuses the ops that produced x
+    (BatchNorm, residual add, ReLU) into that transpose and recomputes them in a cache-hostile order,
+    which cost more than the convolutions in ResNet-20; reading x from a materialized buffer makes it
+    a plain transpose. (optimization_barrier does not do it: XLA's CPU pipeline removes barriers
+    before fusion.) Other backends keep XLA's own choice: a conditional there would cost a
+    device-to-host sync. benchmarks/check_materialize.py measures whether this still pays.
+    """
+    x, kernel = primals
+    d_x, d_kernel = tangents
+    y = _plain_conv(x, kernel, strides, padding)
+    terms = []
+    if not _is_zero(d_x):
+        terms.append(_plain_conv(d_x, kernel, strides, padding))
+    if not _is_zero(d_kernel):
+        x_read = jax.lax.platform_dependent(x, cpu=_materialize, default=lambda x: x)
+        terms.append(_plain_conv(x_read, d_kernel, strides, padding))
+    return y, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
 
 
-def _conv_bwd(strides, padding, residuals, d_y):
-    x, kernel = residuals
-    # XLA computes the kernel's gradient as a convolution over activations transposed to
-    # (C, *spatial, N). Left to itself, it fuses the ops that produced x (BatchNorm, residual add,
-    # ReLU) into that transpose and recomputes them in a cache-hostile order, which cost more than
-    # the convolutions in ResNet-20; reading x from a materialized buffer makes it a plain transpose.
-    # (optimization_barrier does not do it: XLA's CPU pipeline removes barriers before fusion.)
-    # Other backends keep XLA's own choice: a conditional there would cost a device-to-host sync.
-    x = jax.lax.platform_dependent(x, cpu=_materialize, default=lambda x: x)
-    _, vjp = jax.vjp(lambda x, kernel: _plain_conv(x, kernel, strides, padding), x, kernel)
-    return vjp(d_y)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`jax.lax.conv_general_dilated` with a faster backward pass on CPU; for `nn.Conv(conv_general_dilated=...)`.
 
+    Forward mode (jvp, jacfwd, Hessian-vector products) works too: the fast path is a custom JVP.
+
     Channels-last, undilated, ungrouped convolutions (what nn.Conv builds) take the fast path (see
-    `_conv_bwd`); anything else goes to lax unchanged. The forward pass is XLA's own convolution.
+    `_conv_jvp`); anything else goes to lax unchanged. The forward pass is XLA's own convolution.
     """
     ndim = lhs.ndim
     plain = (
@@ -133,15 +146,17 @@ def _lstm_cell(z, c):
     return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(6,))
 def lstm_recurrence(x, w_x, w_h, bias, c0, h0, unroll: int = 1):
     """The LSTM over time-major inputs x (T, B, C); gates i, f, g, o side by side in w_x, w_h, bias.
 
-    Returns (hs (T, B, H), c_T, h_T). The custom VJP runs the backward recurrence for the gate
-    pre-activation gradients only; the gradients of both kernels, the bias and the inputs then come
-    from single (T*B)-row matmuls after the scan, instead of T small products accumulated through the
-    scan's carry. (Hoisting the forward's input projection out of the scan measured slower: XLA fuses
-    x_t W_x + h W_h + b inside the loop better than it reads a slice of a precomputed projection.)
+    Returns (hs (T, B, H), c_T, h_T). The custom JVP (see `_lstm_jvp`) keeps only the recurrent part
+    of the tangent inside a scan, so reverse mode, its transpose, runs the backward recurrence for
+    the gate pre-activation gradients only; the gradients of both kernels, the bias and the inputs
+    then come from single (T*B)-row matmuls outside the scan, instead of T small products
+    accumulated through the scan's carry. (Hoisting the forward's input projection out of the scan
+    measured slower: XLA fuses x_t W_x + h W_h + b inside the loop better than it reads a slice of a
+    precomputed projection.)
     """
     (c, h), (hs, _, _) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
     return hs, c, h
@@ -156,43 +171,42 @@ def _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll):
     return jax.lax.scan(step, (c0, h0), x, unroll=unroll)
 
 
-def _lstm_fwd(x, w_x, w_h, bias, c0, h0, unroll):
+def _lstm_jvp(unroll, primals, tangents):
+    x, w_x, w_h, bias, c0, h0 = primals
+    d_x, d_w_x, d_w_h, d_bias, d_c0, d_h0 = tangents
     (c, h), (hs, cs, gates) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
-    return (hs, c, h), (x, w_x, w_h, c0, h0, hs, cs, gates)
-
-
-def _lstm_bwd(unroll, residuals, cotangents):
-    x, w_x, w_h, c0, h0, hs, cs, gates = residuals
-    d_hs, d_c, d_h = cotangents
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
-    w_h_t = w_h.T
+    # Tangents of the pre-activations z_t = x_t W_x + h_{t-1} W_h + b that do not flow through the
+    # recurrence: one (T*B)-row matmul each (transposed, the kernels' gradients).
+    d_z_in = [d_x @ w_x if not _is_zero(d_x) else None,
+              x @ d_w_x if not _is_zero(d_w_x) else None,
+              h_prev @ d_w_h if not _is_zero(d_w_h) else None,
+              d_bias if not _is_zero(d_bias) else None]
+    d_z_in = functools.reduce(jnp.add, [t for t in d_z_in if t is not None], jnp.zeros_like(gates))
+    # The cell's derivatives, computed for all steps at once: d_c_t = f_t d_c_{t-1} + sum of the
+    # first three blocks of (dz_coef_t * d_z_t), d_h_t = (last block) + dh_dc_t * d_c_t.
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    tanh_c = jnp.tanh(cs)
+    dz_coef = jnp.concatenate([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g),
+                               tanh_c * o * (1.0 - o)], axis=-1)
+    dh_dc = o * (1.0 - tanh_c * tanh_c)
 
     def step(carry, inputs):
         d_c, d_h = carry
-        d_h_t, c, c_before, gate = inputs
-        i, f, g, o = jnp.split(gate, 4, axis=-1)
-        d_h = d_h + d_h_t
-        tanh_c = jnp.tanh(c)
-        d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)
-        d_z = jnp.concatenate([
-            d_c * g * i * (1.0 - i),
-            d_c * c_before * f * (1.0 - f),
-            d_c * i * (1.0 - g * g),
-            d_h * tanh_c * o * (1.0 - o),
-        ], axis=-1)
-        return (d_c * f, d_z @ w_h_t), d_z
+        d_z_t, coef, f_t, dh_dc_t = inputs
+        parts = jnp.split(coef * (d_z_t + d_h @ w_h), 4, axis=-1)
+        d_c = f_t * d_c + parts[0] + parts[1] + parts[2]
+        d_h = parts[3] + dh_dc_t * d_c
+        return (d_c, d_h), d_h
 
-    (d_c0, d_h0), d_z = jax.lax.scan(step, (d_c, d_h), (d_hs, cs, c_prev, gates), reverse=True,
-                                     unroll=unroll)
-    h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T*B, n)
-    d_w_x = rows(x).T @ rows(d_z)
-    d_w_h = rows(h_prev).T @ rows(d_z)
-    d_x = d_z @ w_x.T
-    return d_x, d_w_x, d_w_h, rows(d_z).sum(0), d_c0, d_h0
+    d_c0 = jnp.zeros_like(c0) if _is_zero(d_c0) else d_c0
+    d_h0 = jnp.zeros_like(h0) if _is_zero(d_h0) else d_h0
+    (d_c, d_h), d_hs = jax.lax.scan(step, (d_c0, d_h0), (d_z_in, dz_coef, f, dh_dc), unroll=unroll)
+    return (hs, c, h), (d_hs, d_c, d_h)
 
 
-lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+lstm_recurrence.defjvp(_lstm_jvp, symbolic_zeros=True)
 
 
 class LSTM(nn.Module):

@@ -3,26 +3,31 @@
 Both are rank-generic: 1-D convs for signals (and embedded tokens), 2-D for images. Every shortcut
 that changes shape is a 1x1 conv + BatchNorm projection (option B of He et al. 2016), also in the
 CIFAR nets, where the paper used zero-padding (option A): it costs ~2.8k parameters in resnet20 and
-keeps one block type for both styles.
+keeps one block type for both styles. Blocks take their conv as an attribute (Flax's
+`examples/imagenet` pattern); `fast_layers` picks zoo's fast conv or `nn.Conv`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 
-from zoo.models import Entry
-from zoo.models.cnn import as_features
-from zoo.models.layers import Conv
+from zoo.models import layers
+from zoo.models.common import Entry, as_features
+
+ModuleDef = Any
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for every conv.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv_bn(x, features: int, kernel: int, train: bool, strides: int = 1, zero_scale: bool = False):
+def conv_bn(conv: ModuleDef, x, features: int, kernel: int, train: bool, strides: int = 1,
+            zero_scale: bool = False):
     """Bias-free conv ('same'-style symmetric padding, like torchvision) then BatchNorm."""
     nd = x.ndim - 2
     pad = kernel // 2
-    x = Conv(
+    x = conv(
         features, (kernel,) * nd, (strides,) * nd, padding=((pad, pad),) * nd,
         use_bias=False, kernel_init=CONV_INIT,
     )(x)
@@ -31,53 +36,50 @@ def conv_bn(x, features: int, kernel: int, train: bool, strides: int = 1, zero_s
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, scale_init=scale_init)(x)
 
 
-def shortcut(x, features: int, strides: int, train: bool):
+def shortcut(conv: ModuleDef, x, features: int, strides: int, train: bool):
     """Identity, or a 1x1 conv + BN projection when the block changes channels or resolution."""
     if strides == 1 and x.shape[-1] == features:
         return x
-    return conv_bn(x, features, 1, train, strides)
+    return conv_bn(conv, x, features, 1, train, strides)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs; output channels = features."""
+class Block(nn.Module):
+    """What both blocks take: width, stride of the first strided conv, and the conv layer to use."""
 
     features: int
     strides: int = 1
+    conv: ModuleDef = nn.Conv
+
+
+class BasicBlock(Block):
+    """Two 3x3 convs; output channels = features."""
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = nn.relu(conv_bn(x, self.features, 3, train, self.strides))
-        y = conv_bn(y, self.features, 3, train, zero_scale=True)
-        return nn.relu(y + shortcut(x, self.features, self.strides, train))
+        y = nn.relu(conv_bn(self.conv, x, self.features, 3, train, self.strides))
+        y = conv_bn(self.conv, y, self.features, 3, train, zero_scale=True)
+        return nn.relu(y + shortcut(self.conv, x, self.features, self.strides, train))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(Block):
     """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4."""
-
-    features: int
-    strides: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
         out = self.features * 4
-        y = nn.relu(conv_bn(x, self.features, 1, train))
-        y = nn.relu(conv_bn(y, self.features, 3, train, self.strides))
-        y = conv_bn(y, out, 1, train, zero_scale=True)
-        return nn.relu(y + shortcut(x, out, self.strides, train))
+        y = nn.relu(conv_bn(self.conv, x, self.features, 1, train))
+        y = nn.relu(conv_bn(self.conv, y, self.features, 3, train, self.strides))
+        y = conv_bn(self.conv, y, out, 1, train, zero_scale=True)
+        return nn.relu(y + shortcut(self.conv, x, out, self.strides, train))
 
 
-def stages(x, stage_sizes, width: int, block_cls, train: bool):
+def stages(x, stage_sizes, width: int, block_cls, conv: ModuleDef, train: bool):
     """Stage i has width * 2**i channels; every stage but the first halves the resolution."""
     for i, size in enumerate(stage_sizes):
         for j in range(size):
             strides = 2 if i > 0 and j == 0 else 1
-            x = block_cls(width * 2**i, strides)(x, train)
+            x = block_cls(width * 2**i, strides, conv)(x, train)
     return x.mean(axis=tuple(range(1, x.ndim - 1)))  # global average pooling
-
-
-def depth_name(stage_sizes, layers_per_block: int) -> str:
-    """'resnet<depth>': conv layers in the blocks plus the stem and the classifier."""
-    return f"resnet{layers_per_block * sum(stage_sizes) + 2}"
 
 
 class CifarResNet(nn.Module):
@@ -85,16 +87,18 @@ class CifarResNet(nn.Module):
 
     num_classes: int
     vocab_size: int | None = None
-    stage_sizes: tuple = (3, 3, 3)
+    model_name: str = "resnet20"
+    stage_sizes: tuple[int, ...] = (3, 3, 3)
     width: int = 16
     embed_dim: int = 64
+    fast_layers: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        model = depth_name(self.stage_sizes, 2)
-        x = as_features(x, self.vocab_size, self.embed_dim, model)
-        x = nn.relu(conv_bn(x, self.width, 3, train))
-        x = stages(x, self.stage_sizes, self.width, BasicBlock, train)
+        conv = layers.Conv if self.fast_layers else nn.Conv
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
+        x = nn.relu(conv_bn(conv, x, self.width, 3, train))
+        x = stages(x, self.stage_sizes, self.width, BasicBlock, conv, train)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -103,26 +107,28 @@ class ResNet(nn.Module):
 
     num_classes: int
     vocab_size: int | None = None
-    stage_sizes: tuple = (2, 2, 2, 2)
+    model_name: str = "resnet18"
+    stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
     bottleneck: bool = False
     width: int = 64
     small_input: bool = False
     embed_dim: int = 64
+    fast_layers: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        conv = layers.Conv if self.fast_layers else nn.Conv
         block_cls = BottleneckBlock if self.bottleneck else BasicBlock
-        model = depth_name(self.stage_sizes, 3 if self.bottleneck else 2)
-        x = as_features(x, self.vocab_size, self.embed_dim, model)
-        x = self._stem(x, train)
-        x = stages(x, self.stage_sizes, self.width, block_cls, train)
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
+        x = self._stem(conv, x, train)
+        x = stages(x, self.stage_sizes, self.width, block_cls, conv, train)
         return nn.Dense(self.num_classes)(x)
 
-    def _stem(self, x, train: bool):
+    def _stem(self, conv: ModuleDef, x, train: bool):
         if self.small_input:
-            return nn.relu(conv_bn(x, self.width, 3, train))
+            return nn.relu(conv_bn(conv, x, self.width, 3, train))
         nd = x.ndim - 2
-        x = nn.relu(conv_bn(x, self.width, 7, train, strides=2))
+        x = nn.relu(conv_bn(conv, x, self.width, 7, train, strides=2))
         return nn.max_pool(x, (3,) * nd, (2,) * nd, padding=((1, 1),) * nd)
 
 

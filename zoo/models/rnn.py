@@ -5,8 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from zoo.models import Entry, layers
-from zoo.models.mlp import check_choice, embed_tokens, input_kind
+from zoo.models import layers
+from zoo.models.common import Entry, check_choice, embed_tokens, input_kind
 
 CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 
@@ -17,16 +17,22 @@ def last_hidden(carry):
 
 
 class RNN(nn.Module):
-    """Reads images row by row, signals step by step, tokens through an embedding."""
+    """Reads images row by row, signals step by step, tokens through an embedding.
+
+    With `fast_layers`, LSTM layers are zoo's fast LSTM (the same variables as
+    `nn.RNN(nn.LSTMCell)`); simple and GRU cells are always flax's.
+    """
 
     num_classes: int
     vocab_size: int | None = None
+    model_name: str = "rnn"
     cell: str = "simple"
     hidden_size: int = 128
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
     embed_dim: int = 64
+    fast_layers: bool = True
 
     def __post_init__(self):
         check_choice("cell", self.cell, tuple(CELLS))
@@ -48,24 +54,24 @@ class RNN(nn.Module):
         return nn.Dense(self.num_classes)(state)
 
     def _as_sequence(self, x):
-        model = "rnn" if self.cell == "simple" else self.cell
-        kind = input_kind(x, model)
+        kind = input_kind(x, self.model_name)
         if kind == "tokens":
-            return embed_tokens(x, self.vocab_size, self.embed_dim, model)
+            return embed_tokens(x, self.vocab_size, self.embed_dim, self.model_name)
         if kind == "image":
             return x.reshape(*x.shape[:2], -1)  # (B, H, W, C) -> rows (B, H, W*C)
         return x
 
     def _layer(self, index: int):
-        def make(i):
-            if self.cell == "lstm":
-                # The fast LSTM keeps nn.RNN(nn.LSTMCell)'s variables, whose cells are LSTMCell_0, 1, ...
-                return layers.LSTM(self.hidden_size, name=f"LSTMCell_{i}")
-            return nn.RNN(CELLS[self.cell](self.hidden_size), return_carry=True)
-
         if self.bidirectional:
-            return nn.Bidirectional(make(2 * index), make(2 * index + 1), return_carry=True)
-        return make(index)
+            return nn.Bidirectional(self._recurrent(2 * index), self._recurrent(2 * index + 1),
+                                    return_carry=True)
+        return self._recurrent(index)
+
+    def _recurrent(self, index: int):
+        """One direction of one layer; its cell's variables are named <Cell>_<index> either way."""
+        if self.cell == "lstm" and self.fast_layers:
+            return layers.LSTM(self.hidden_size, name=f"LSTMCell_{index}")
+        return nn.RNN(CELLS[self.cell](self.hidden_size), return_carry=True)
 
 
 ENTRIES = [

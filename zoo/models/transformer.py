@@ -6,8 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.errors import ModelError
-from zoo.models import Entry
-from zoo.models.mlp import check_choice, describe, embed_tokens, input_kind
+from zoo.models.common import ACTIVATIONS, Entry, check_choice, describe, embed_tokens, input_kind
 
 
 class EncoderBlock(nn.Module):
@@ -16,6 +15,7 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -25,7 +25,7 @@ class EncoderBlock(nn.Module):
             num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train
         )(y, y)
         x = x + drop(y)
-        y = nn.gelu(nn.Dense(self.mlp_dim)(nn.LayerNorm()(x)))
+        y = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim)(nn.LayerNorm()(x)))
         y = nn.Dense(x.shape[-1])(drop(y))
         return x + drop(y)
 
@@ -33,11 +33,13 @@ class EncoderBlock(nn.Module):
 class Transformer(nn.Module):
     """Embeds the input into `width`-wide tokens, adds learned positions, encodes, pools, classifies.
 
-    patch_size applies to images and signals; token ids are embedded one per position.
+    patch_size applies to images and signals; token ids are embedded one per position. The MLP's
+    activation "gelu" is the tanh approximation (flax's default); timm and torch use "gelu_exact".
     """
 
     num_classes: int
     vocab_size: int | None = None
+    model_name: str = "transformer"
     width: int = 64
     depth: int = 2
     num_heads: int = 4
@@ -45,9 +47,11 @@ class Transformer(nn.Module):
     dropout: float = 0.0
     patch_size: int = 1
     pool: str = "mean"
+    activation: str = "gelu"
 
     def __post_init__(self):
         check_choice("pool", self.pool, ("cls", "mean"))
+        check_choice("activation", self.activation, tuple(ACTIVATIONS))
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
         super().__post_init__()
@@ -61,20 +65,21 @@ class Transformer(nn.Module):
         # Learned positions fix the sequence length at init, as in ViT.
         positions = self.param("pos_embedding", nn.initializers.normal(0.02), (1, *x.shape[1:]))
         x = nn.Dropout(self.dropout, deterministic=not train)(x + positions)
+        mlp_dim = self.mlp_dim or 4 * self.width
         for _ in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim or 4 * self.width, self.dropout)(x, train)
+            x = EncoderBlock(self.num_heads, mlp_dim, self.dropout, self.activation)(x, train)
         x = nn.LayerNorm()(x)
         x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
         return nn.Dense(self.num_classes)(x)
 
     def _tokens(self, x):
         """(B, N, width): token embeddings, or non-overlapping patches through a strided conv."""
-        if input_kind(x, "transformer") == "tokens":
-            return embed_tokens(x, self.vocab_size, self.width, "transformer")
+        if input_kind(x, self.model_name) == "tokens":
+            return embed_tokens(x, self.vocab_size, self.width, self.model_name)
         spatial = x.shape[1:-1]
         if min(spatial) < self.patch_size:
             raise ModelError(
-                f"model 'transformer' with patch_size {self.patch_size} cannot split input "
+                f"model '{self.model_name}' with patch_size {self.patch_size} cannot split input "
                 f"{describe(x)} into patches; use a patch_size of at most {min(spatial)}"
             )
         patch = (self.patch_size,) * len(spatial)

@@ -1,0 +1,77 @@
+"""What several model families share: the entry type, input kinds, token embedding, activations."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from zoo.errors import ModelError
+
+# timm and torch default to the exact GELU; flax's nn.gelu (zoo's "gelu") is the tanh approximation.
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": nn.tanh,
+    "silu": nn.silu,
+    "gelu_exact": functools.partial(nn.gelu, approximate=False),
+}
+
+KIND_HELP = "image (B, H, W, C) float, signal (B, L, C) float or tokens (B, L) int"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered name: its family, a one-line description, the module and what the name fixes.
+
+    The module takes `num_classes`, `model_name` (for its error messages) and its hyperparameters;
+    `defaults` are the hyperparameters this name fixes (e.g. the stage sizes of resnet50).
+    """
+
+    name: str
+    family: str
+    description: str
+    module_cls: type
+    defaults: dict
+    input_kinds: tuple = ("image", "signal", "tokens")
+
+
+def describe(x) -> str:
+    """The dtype and shape of an array, for error messages."""
+    return f"{x.dtype} of shape {tuple(x.shape)}"
+
+
+def input_kind(x, model: str) -> str:
+    """'tokens', 'signal' or 'image', from the dtype and rank of a batch."""
+    if jnp.issubdtype(x.dtype, jnp.integer) and x.ndim == 2:
+        return "tokens"
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim in (3, 4):
+        return "signal" if x.ndim == 3 else "image"
+    raise ModelError(
+        f"model '{model}' takes {KIND_HELP} inputs, got {describe(x)}; reshape the data to one of these"
+    )
+
+
+def embed_tokens(x, vocab_size: int | None, features: int, model: str):
+    """Token ids (B, L) -> embeddings (B, L, features); call inside a compact method."""
+    if vocab_size is None:
+        raise ModelError(
+            f"model '{model}' got token ids {describe(x)} but no vocab_size; "
+            "pass vocab_size to build() (the dataset spec holds it)"
+        )
+    return nn.Embed(vocab_size, features, name="embed")(x)
+
+
+def as_features(x, vocab_size: int | None, embed_dim: int, model: str):
+    """Images and signals pass through; token ids become an embedded 1-D sequence (B, L, embed_dim)."""
+    if input_kind(x, model) == "tokens":
+        return embed_tokens(x, vocab_size, embed_dim, model)
+    return x
+
+
+def check_choice(field: str, value, choices) -> None:
+    """Raises ValueError (build() turns it into ModelError) when value is not a valid choice."""
+    if value not in choices:
+        raise ValueError(f"{field} must be one of {', '.join(map(str, choices))}, got {value!r}")
