@@ -133,7 +133,7 @@ def test_unknown_dataset(tmp_path, write_config, refused):
 def test_unknown_optimizer(tmp_path, write_config, refused):
     config = write_config({"optimizer": {"name": "adamm"}})
     refused(["train", config, "--workdir", tmp_path / "run"], tmp_path,
-            "optimizer.name: 'adamm' is not valid (did you mean 'adam'?)")
+            "optimizer.name: 'adamm' is not valid: did you mean 'adam'?")
 
 
 def test_yaml_tag_that_builds_a_python_object(tmp_path, write_config, refused):

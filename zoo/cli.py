@@ -105,30 +105,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """Runs benchmarks/bench.py of this source checkout in a child process (it imports PyTorch)."""
     import shlex
+    import subprocess
     from pathlib import Path
 
-    from zoo import bench
-
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()] if args.workloads else list(bench.WORKLOADS)
-    dispatch = "dispatch" in names or not args.workloads
-    names = [n for n in names if n != "dispatch"]
-    unknown = [n for n in names if n not in bench.WORKLOADS]
-    if unknown:
-        raise ZooError(f"unknown workload '{unknown[0]}': choose from {', '.join([*bench.WORKLOADS, 'dispatch'])}")
-    rounds = args.rounds or (3 if args.quick else 9)
-    report = bench.run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
-                                 log=lambda line: print(line, file=err()))
-    program = sys.argv[0]
-    command = shlex.join(["python", program, *sys.argv[1:]] if program.endswith(".py")
-                         else ["zoo", *sys.argv[1:]])
-    print(bench.text_table(*bench.table_rows(report)))
-    print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
-          f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
-    if args.out:
-        md, js = bench.write_outputs(report, command, Path(args.out))
-        print(f"wrote {md} and {js}")
-    return 0
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise ZooError(f"zoo bench runs {script}, which is not there: run it from a source checkout "
+                       "(git clone, then pip install -e '.[bench]')")
+    forwarded = [*(["--workloads", args.workloads] if args.workloads else []), *(["--quick"] if args.quick else []),
+                 *(["--rounds", str(args.rounds)] if args.rounds else []), "--out", args.out]
+    command = shlex.join(["zoo", "bench", *forwarded])
+    forwarded += ["--command", command]
+    return subprocess.run([sys.executable, str(script), *forwarded], stderr=err()).returncode
 
 
 def cmd_compare(args) -> int:

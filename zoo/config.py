@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
 import types
@@ -13,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +139,8 @@ def _coerce(value: Any, tp, path: str) -> Any:
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
-        near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"{path}: '{value}' is not valid{hint}; choose {_type_name(tp)}")
+        hint = did_you_mean(value, typing.get_args(tp))
+        raise ConfigError(f"{path}: '{value}' is not valid: {hint}choose {_type_name(tp)}")
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(_coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value))
@@ -184,10 +182,8 @@ def _build(cls, raw: Any, path: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key '{where}': {hint}valid keys: {', '.join(fields)}")
+            raise ConfigError(f"unknown key '{where}': {did_you_mean(key, fields)}valid keys: {', '.join(fields)}")
     values = {}
     for name, field in fields.items():
         key_path = f"{path}.{name}" if path else name
