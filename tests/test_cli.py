@@ -113,3 +113,30 @@ def test_bad_input_ends_with_one_line_and_exit_2(args, message, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# The console script with fit() wrapped so that a Python warning and a native write to fd 2 (as XLA's
+# out-of-memory messages are) happen during `zoo train`.
+_WARNING_DURING_TRAIN = """\
+import os, sys, warnings
+import zoo.training
+fit = zoo.training.fit
+def noisy_fit(*args, **kwargs):
+    warnings.warn("a library warning during training")
+    os.write(2, b"a native message on fd 2\\n")
+    return fit(*args, **kwargs)
+zoo.training.fit = noisy_fit
+from zoo.cli import run
+sys.argv = ["zoo", *sys.argv[1:]]
+run()
+"""
+
+
+@pytest.mark.slow
+def test_warnings_and_native_messages_during_train_reach_the_users_stderr(tmp_path, write_config, cli_env):
+    command = [sys.executable, "-c", _WARNING_DURING_TRAIN, "train", str(write_config()),
+               "--workdir", str(tmp_path / "run")]
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "UserWarning: a library warning during training" in result.stderr
+    assert "a native message on fd 2" in result.stderr
