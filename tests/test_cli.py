@@ -140,3 +140,12 @@ def test_warnings_and_native_messages_during_train_reach_the_users_stderr(tmp_pa
     assert result.returncode == 0, result.stderr
     assert "UserWarning: a library warning during training" in result.stderr
     assert "a native message on fd 2" in result.stderr
+
+
+def test_the_compare_and_evaluate_submodules_are_not_shadowed_by_functions():
+    import zoo
+    import zoo.compare
+    import zoo.evaluate
+
+    assert zoo.compare.__name__ == "zoo.compare" and zoo.evaluate.__name__ == "zoo.evaluate"
+    assert zoo.run_compare is zoo.compare.compare and zoo.evaluate_run is zoo.evaluate.evaluate
