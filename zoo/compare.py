@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from zoo import models, report
-from zoo.config import Config, apply_overrides, from_dict, load_yaml
+from zoo.config import Config, apply_overrides, from_dict, load_inherited, load_yaml
 from zoo.data import Dataset, DataSpec, list_datasets, load_dataset
 from zoo.errors import ConfigError, did_you_mean
 from zoo.metrics import Progress, Silent
@@ -148,7 +148,7 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     for model_path in paths:
         resolved = _resolve(model_path, compare_path)
         try:
-            config = from_dict(load_yaml(resolved))
+            config = from_dict(load_inherited(resolved))
         except ConfigError as error:
             raise ConfigError(f"{where}models: {model_path}: {error}") from None
         if config.data.name != dataset:
