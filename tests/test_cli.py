@@ -7,22 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import TINY, merged
 from zoo import models
 from zoo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-TINY = """\
-# zoo train {path} --workdir RUN
-name: tiny
-seed: 0
-data: {{name: digits, batch_size: 32}}
-model: {{name: mlp, hidden_sizes: [32]}}
-optimizer: {{name: adam, learning_rate: 3.0e-3, schedule: constant}}
-train: {{steps: 30, log_every: 10}}
-checkpoint: {{every: 10, keep: 2, keep_best: 1}}
-"""
 
 
 def zoo(*args, cwd=REPO):
@@ -35,7 +26,8 @@ def zoo(*args, cwd=REPO):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     config = root / "tiny.yaml"
-    config.write_text(TINY.format(path=config))
+    config.write_text(yaml.safe_dump(merged(TINY, {"model": {"hidden_sizes": [32]}, "optimizer": {"schedule": "constant"},
+                                                   "train": {"steps": 30, "log_every": 10}})))
     run_dir = root / "run"
     done = zoo("train", config, "--workdir", run_dir)
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,6 @@ stops, one writer per run directory, checkpoints that move between device counts
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import checkpoint as ckpt
+from zoo import checkpoint as ckpt, soak
 from zoo.errors import CheckpointError, DamagedCheckpointError
 from zoo.metrics import Progress
 from zoo.training import loop
@@ -30,16 +29,6 @@ EVERY_SOURCE_OF_STATE = {
     "optimizer": {"name": "adamw", "weight_decay": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 5},
     "train": {"steps": 40, "steps_per_call": 4},
 }
-
-
-def _load_soak_kill():
-    spec = importlib.util.spec_from_file_location("soak_kill", REPO / "scripts" / "soak_kill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-soak_kill = _load_soak_kill()
 
 
 class Recorder(Progress):
@@ -98,7 +87,7 @@ def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     straight, straight_meta = restore(tmp_path / "straight")
     resumed, resumed_meta = restore(tmp_path / "resumed")
     assert int(resumed.step) == 40 and resumed.model_state["batch_stats"]
-    assert soak_kill.max_abs_difference(straight, resumed) == 0.0
+    assert soak.max_abs_difference(straight, resumed) == 0.0
     assert straight_meta["position"] == resumed_meta["position"]
 
 
@@ -108,16 +97,16 @@ def test_sigkill_at_random_moments_then_rerun_ends_with_the_same_state(tmp_path,
     rng = random.Random(4)
     moments = [("writing", rng.randint(1, 3)), ("committed", rng.randint(1, 3)), ("deleting", 1),
                ("delay", rng.uniform(3.0, 5.0))]
-    config_path = soak_kill.write_config(tmp_path / "soak.yaml")
-    records = soak_kill.chain(config_path, tmp_path / "killed", moments, env=cli_env())
-    verdict = soak_kill.judge(records)
+    config_path = soak.write_config(tmp_path / "soak.yaml")
+    records = soak.chain(config_path, tmp_path / "killed", moments, env=cli_env())
+    verdict = soak.judge(records)
     assert verdict["kills"] >= 3, [(r["moment"], r["killed"]) for r in records]
     assert verdict["resumed"] == verdict["kills"]
     assert verdict["corrupted"] == 0 and verdict["lost_beyond"] == 0
     assert records[-1]["returncode"] == 0, records[-1]["stderr"]
-    loop.fit(tiny_config(soak_kill.CONFIG), tmp_path / "uninterrupted")
+    loop.fit(tiny_config(soak.CONFIG), tmp_path / "uninterrupted")
     killed, uninterrupted = restore(tmp_path / "killed")[0], restore(tmp_path / "uninterrupted")[0]
-    assert soak_kill.max_abs_difference(killed, uninterrupted) == 0.0
+    assert soak.max_abs_difference(killed, uninterrupted) == 0.0
 
 
 # 3. Integrity ------------------------------------------------------------------------------------
@@ -139,7 +128,7 @@ def test_resume_falls_back_to_the_newest_good_step_and_says_so(trained):
     assert any(line.startswith("falling back to step 20") for line in recorder.lines)
     assert "resuming from step 20" in recorder.lines
     assert [p.name.split("-")[0] for p in (run_dir / "checkpoints" / "damaged").iterdir()] == ["30"]
-    assert soak_kill.max_abs_difference(restore(run_dir, 30)[0], original) == 0.0
+    assert soak.max_abs_difference(restore(run_dir, 30)[0], original) == 0.0
 
 
 def test_train_refuses_when_every_checkpoint_is_damaged(trained):
@@ -181,7 +170,7 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_the_rerun_resumes(tmp
     config = write_config({"train": {"steps": 2000, "log_every": 10}, "checkpoint": {"every": 1000}})
     run_dir = tmp_path / "run"
     process = zoo_process("train", config, "--workdir", run_dir, wait=False)
-    while soak_kill.trained_until(run_dir) < 10 and process.poll() is None:
+    while soak.trained_until(run_dir) < 10 and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -260,7 +249,7 @@ def test_a_checkpoint_saved_on_8_devices_evaluates_and_trains_on_1(tmp_path, wri
     config = write_config({"train": {"steps": 100}})
     run_dir = tmp_path / "run"
     process = zoo_process("train", config, "--workdir", run_dir, devices=8, wait=False)
-    while not soak_kill.committed_steps(run_dir) and process.poll() is None:
+    while not soak.committed_steps(run_dir) and process.poll() is None:
         time.sleep(0.002)
     process.kill(), process.communicate()
     saved = restore(run_dir)[1]

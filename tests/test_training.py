@@ -11,15 +11,15 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import TINY, merged
 from zoo import config as config_lib
 from zoo.data import BatchIterator, load_dataset, with_validation
 from zoo.training import build_run, fit, optim, step as step_lib
 
 
 def tiny_config(**overrides):
-    raw = {"name": "tiny", "seed": 0, "data": {"name": "digits", "batch_size": 32},
-           "model": {"name": "mlp", "hidden_sizes": [32], "dropout": 0.1},
-           "train": {"steps": 20, "log_every": 10}, "checkpoint": {"every": 10}}
+    """conftest's TINY with dropout, and `overrides` by dotted key, e.g. **{"optimizer.name": "sgd"}."""
+    raw = merged(TINY, {"model": {"hidden_sizes": [32], "dropout": 0.1}, "train": {"log_every": 10}})
     return config_lib.from_dict(config_lib.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
 
 
@@ -104,7 +104,8 @@ def test_fit_with_epochs_runs_whole_epochs(tmp_path):
 
 SHARDED = textwrap.dedent("""
     import jax, json, numpy as np
-    from zoo import config as config_lib
+    from conftest import TINY, merged
+from zoo import config as config_lib
     from zoo.data import BatchIterator
     from zoo.training import build_run, step as step_lib
     config = config_lib.from_dict({"data": {"batch_size": 32}, "train": {"steps": 3},
