@@ -46,12 +46,14 @@ def test_list_counts_parameters_for_the_given_shape(capsys):
     assert " 272,474 " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_prints_final_accuracy_and_writes_run_dir(trained):
     _, run_dir, done = trained
     assert "test accuracy" in done.stdout
     assert {"config.json", "metrics.jsonl", "result.json", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
 
 
+@pytest.mark.slow
 def test_eval_reports_exactly_the_accuracy_recorded_at_save_time(trained):
     _, run_dir, _ = trained
     out = zoo("eval", run_dir, "--json")
@@ -63,12 +65,14 @@ def test_eval_reports_exactly_the_accuracy_recorded_at_save_time(trained):
     assert result["val"]["accuracy"] == result["recorded"]["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_eval_of_an_earlier_step_uses_that_step(trained):
     _, run_dir, _ = trained
     result = json.loads(zoo("eval", run_dir, "--step", 20, "--json").stdout)
     assert result["step"] == 20 and result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_eval_best_picks_the_highest_validation_accuracy_step(trained):
     _, run_dir, _ = trained
     result = json.loads(zoo("eval", run_dir, "--best", "--json").stdout)
@@ -78,6 +82,7 @@ def test_eval_best_picks_the_highest_validation_accuracy_step(trained):
     assert result["step"] == best[1]
 
 
+@pytest.mark.slow
 def test_eval_restores_from_the_checkpoint_alone(trained, tmp_path):
     _, run_dir, _ = trained
     alone = tmp_path / "moved"
@@ -87,6 +92,7 @@ def test_eval_restores_from_the_checkpoint_alone(trained, tmp_path):
     assert result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_train_command_resumes_without_training(trained):
     config, run_dir, _ = trained
     before = (run_dir / "metrics.jsonl").read_text()
@@ -95,6 +101,7 @@ def test_rerunning_a_finished_train_command_resumes_without_training(trained):
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["train", "configs/digits/cnn.yaml", "--set", "model.name=resnet21"], "unknown model 'resnet21'"),
     (["train", "configs/digits/cnn.yaml", "--set", "optimizer.learnin_rate=0.1"], "unknown key"),

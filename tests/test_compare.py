@@ -66,6 +66,7 @@ def _csv_rows(workdir):
         return reader.fieldnames, list(reader)
 
 
+@pytest.mark.slow
 def test_report_writes_every_file(finished):
     _, workdir, _ = finished
     for name in report.FILES:
@@ -74,6 +75,7 @@ def test_report_writes_every_file(finished):
         assert (workdir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_results_csv_has_the_columns_and_one_line_per_run(finished):
     _, workdir, _ = finished
     header, rows = _csv_rows(workdir)
@@ -83,6 +85,7 @@ def test_results_csv_has_the_columns_and_one_line_per_run(finished):
     assert all(float(r["flops_per_example"]) > 0 and int(r["steps"]) == STEPS for r in rows)
 
 
+@pytest.mark.slow
 def test_results_json_has_one_run_per_line_and_one_entry_per_model(finished):
     _, workdir, _ = finished
     data = json.loads((workdir / "report" / "results.json").read_text())
@@ -92,6 +95,7 @@ def test_results_json_has_one_run_per_line_and_one_entry_per_model(finished):
     assert data["compare"]["command"] == "zoo compare tiny"
 
 
+@pytest.mark.slow
 def test_report_md_has_one_row_per_model_sorted_by_accuracy(finished):
     _, workdir, result = finished
     text = (workdir / "report" / "report.md").read_text()
@@ -103,6 +107,7 @@ def test_report_md_has_one_row_per_model_sorted_by_accuracy(finished):
     assert means == sorted(means, reverse=True)
 
 
+@pytest.mark.slow
 def test_runs_use_the_compare_seed_and_budget(finished):
     _, workdir, _ = finished
     for name in MODELS:
@@ -111,6 +116,7 @@ def test_runs_use_the_compare_seed_and_budget(finished):
             assert (stored["seed"], stored["train"]["steps"], stored["train"]["epochs"]) == (seed, STEPS, None)
 
 
+@pytest.mark.slow
 def test_rerun_does_not_retrain_finished_runs(copy_of, monkeypatch):
     config, workdir = copy_of
     results = sorted(workdir.glob("runs/*/seed*/result.json"))
@@ -125,6 +131,7 @@ def test_rerun_does_not_retrain_finished_runs(copy_of, monkeypatch):
     assert {path: path.stat().st_mtime_ns for path in results} == before
 
 
+@pytest.mark.slow
 def test_rerun_trains_only_the_unfinished_run(copy_of, monkeypatch):
     config, workdir = copy_of
     unfinished = workdir / "runs" / "tiny_cnn" / "seed1"
@@ -138,6 +145,7 @@ def test_rerun_trains_only_the_unfinished_run(copy_of, monkeypatch):
     assert (unfinished / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_run_evaluates_to_the_reported_accuracy(finished):
     from zoo.evaluate import evaluate
 
@@ -147,6 +155,7 @@ def test_run_evaluates_to_the_reported_accuracy(finished):
     assert evaluate(workdir / row["run_dir"])["test"]["accuracy"] == float(row["final_accuracy"])
 
 
+@pytest.mark.slow
 def test_cli_compare_prints_the_table(copy_of, zoo_main):
     config, workdir = copy_of
     status, out, err = zoo_main("compare", config, "--workdir", workdir)

@@ -76,6 +76,7 @@ def trained(tmp_path, tiny_config):
 
 # 1. Bit-identical resume -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_config):
     config = tiny_config(EVERY_SOURCE_OF_STATE)
     loop.fit(config, tmp_path / "straight")
@@ -93,6 +94,7 @@ def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
 
 # 2. Crash safety ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_ends_with_the_same_state(tmp_path, tiny_config, cli_env):
     rng = random.Random(4)
     moments = [("writing", rng.randint(1, 3)), ("committed", rng.randint(1, 3)), ("deleting", 1),
@@ -111,6 +113,7 @@ def test_sigkill_at_random_moments_then_rerun_ends_with_the_same_state(tmp_path,
 
 # 3. Integrity ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_an_array_file_is_refused_naming_the_step_and_checksum(trained):
     _, run_dir = trained
     flip_byte(largest_array_file(run_dir / "checkpoints" / "30"))
@@ -118,6 +121,7 @@ def test_a_flipped_byte_in_an_array_file_is_refused_naming_the_step_and_checksum
         restore(run_dir, 30)
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_good_step_and_says_so(trained):
     config, run_dir = trained
     original, _ = restore(run_dir, 30)
@@ -131,6 +135,7 @@ def test_resume_falls_back_to_the_newest_good_step_and_says_so(trained):
     assert soak.max_abs_difference(restore(run_dir, 30)[0], original) == 0.0
 
 
+@pytest.mark.slow
 def test_train_refuses_when_every_checkpoint_is_damaged(trained):
     config, run_dir = trained
     for step in (10, 20, 30):
@@ -139,6 +144,7 @@ def test_train_refuses_when_every_checkpoint_is_damaged(trained):
         loop.fit(config, run_dir)
 
 
+@pytest.mark.slow
 def test_uncommitted_and_half_deleted_steps_are_never_offered(trained):
     _, run_dir = trained
     root = run_dir / "checkpoints"
@@ -154,6 +160,7 @@ def test_uncommitted_and_half_deleted_steps_are_never_offered(trained):
         checkpoints.read_meta(40)
 
 
+@pytest.mark.slow
 def test_stale_temporary_directories_are_removed_at_start(trained):
     config, run_dir = trained
     root = run_dir / "checkpoints"
@@ -165,6 +172,7 @@ def test_stale_temporary_directories_are_removed_at_start(trained):
 
 # 4. Stopping cleanly -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_the_rerun_resumes(tmp_path, write_config,
                                                                               zoo_process):
     config = write_config({"train": {"steps": 2000, "log_every": 10}, "checkpoint": {"every": 1000}})
@@ -181,6 +189,7 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_the_rerun_resumes(tmp
     assert rerun.returncode == 0 and f"resuming from step {stopped_at}" in rerun.stderr
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, write_config, zoo_main):
     config = write_config({"optimizer": {"name": "sgd", "learning_rate": 1e10, "momentum": 0.0,
@@ -194,6 +203,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
     assert int(state.step) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_asynchronous_save_is_reported(tmp_path, tiny_config, monkeypatch):
     from orbax.checkpoint._src.path import atomicity
 
@@ -225,6 +235,7 @@ def _hold_lock(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_second_writer_on_a_run_dir_in_use_is_refused(tmp_path, write_config, zoo_main, one_line_error):
     holder = _hold_lock(tmp_path / "run")
     try:
@@ -235,6 +246,7 @@ def test_a_second_writer_on_a_run_dir_in_use_is_refused(tmp_path, write_config, 
     one_line_error(err, "is in use by another `zoo train`", "use another --workdir")
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, write_config, zoo_main):
     holder = _hold_lock(tmp_path / "run")
     holder.send_signal(signal.SIGKILL), holder.wait()
@@ -244,6 +256,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, write_config, zoo_
 
 # 7. Any device count -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_on_8_devices_evaluates_and_trains_on_1(tmp_path, write_config, zoo_process,
                                                                     zoo_main):
     config = write_config({"train": {"steps": 100}})
@@ -260,6 +273,7 @@ def test_a_checkpoint_saved_on_8_devices_evaluates_and_trains_on_1(tmp_path, wri
     assert status == 0 and f"resuming from step {saved['step']}" in err and "saved on 8 devices" in err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_on_1_device_evaluates_and_trains_on_8(tmp_path, tiny_config, write_config,
                                                                     zoo_process):
     overrides = {"train": {"steps": 40}}
@@ -302,6 +316,7 @@ def test_a_config_name_cannot_escape_the_runs_directory(tmp_path, write_config, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
+@pytest.mark.slow
 def test_training_writes_only_inside_the_run_directory(tmp_path, write_config, zoo_main, snapshot):
     config = write_config()
     before = snapshot(tmp_path)

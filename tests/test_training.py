@@ -84,6 +84,7 @@ def test_label_smoothing_raises_the_loss_of_confident_predictions():
     assert float(smooth[0]) > float(plain[0])
 
 
+@pytest.mark.slow
 def test_fit_writes_metrics_checkpoints_and_result(tmp_path):
     result = fit(tiny_config(), tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -95,6 +96,7 @@ def test_fit_writes_metrics_checkpoints_and_result(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["final"] == result["final"]
 
 
+@pytest.mark.slow
 def test_fit_with_epochs_runs_whole_epochs(tmp_path):
     config = config_lib.from_dict({**tiny_config().to_dict(), "train": {"epochs": 1, "steps": None}})
     train_size = with_validation(load_dataset("digits"), config.data.validation, config.data.seed).spec.train_size
@@ -132,6 +134,7 @@ def run_with_devices(count):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_same_code_shards_the_batch_over_eight_devices():
     eight, one = run_with_devices(8), run_with_devices(1)
     assert (eight["devices"], eight["shards"]) == (8, 8)
