@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zoo.soak import CONFIG, chain, draw_moment, final_state, judge, max_abs_difference, run_until, write_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the zoo of this checkout, whatever is installed
+from zoo.soak import CONFIG, chain, draw_moment, final_state, judge, max_abs_difference, run_until, write_config  # noqa: E402
 
 
 def main(argv=None) -> int:
