@@ -34,6 +34,7 @@ def trained(tmp_path_factory):
     return config, run_dir, done
 
 
+@pytest.mark.slow  # builds every registered model, the largest ResNets included
 def test_list_names_every_registered_model(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
