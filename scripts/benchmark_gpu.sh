@@ -7,10 +7,10 @@
 #   PYTHON=/opt/venv/bin/python scripts/benchmark_gpu.sh --workloads mlp,transformer --dtypes bfloat16
 #   scripts/benchmark_gpu.sh --smoke --out /tmp/gpu   # tiny workloads on a CPU: checks the script itself
 #
-# The zoo must be importable by that Python (pip install -e . in a venv with jax[cuda12]); nothing is
+# benchmarks/bench_gpu.py imports the zoo of this checkout; that Python needs its dependencies (a venv with jax[cuda12]); nothing is
 # downloaded here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 # A hard stop a little under 8 minutes; the Python side also stops starting workloads after --budget-s.
-exec timeout 470 "$PYTHON" -c 'import sys; from zoo import bench; sys.exit(bench.gpu_main(sys.argv[1:]))' "$@"
+exec timeout 470 "$PYTHON" benchmarks/bench_gpu.py "$@"

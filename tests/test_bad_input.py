@@ -112,6 +112,7 @@ def test_batch_size_zero(tmp_path, write_config, refused):
             "data.batch_size: 0 is out of range; it must be at least 1")
 
 
+@pytest.mark.slow
 def test_batch_size_that_does_not_split_over_the_devices(tmp_path, write_config, refused_in_subprocess):
     config = write_config({"data": {"batch_size": 30}})
     refused_in_subprocess(["train", config, "--workdir", tmp_path / "run"], tmp_path,
@@ -133,7 +134,7 @@ def test_unknown_dataset(tmp_path, write_config, refused):
 def test_unknown_optimizer(tmp_path, write_config, refused):
     config = write_config({"optimizer": {"name": "adamm"}})
     refused(["train", config, "--workdir", tmp_path / "run"], tmp_path,
-            "optimizer.name: 'adamm' is not valid (did you mean 'adam'?)")
+            "optimizer.name: 'adamm' is not valid: did you mean 'adam'?")
 
 
 def test_yaml_tag_that_builds_a_python_object(tmp_path, write_config, refused):
@@ -203,12 +204,14 @@ def test_eval_of_a_tampered_config(run_dir, refused):
     refused(["eval", run_dir], run_dir, "checkpoint step 20 holds another model: array")
 
 
+@pytest.mark.slow
 def test_eval_of_a_truncated_array_file(run_dir, refused_in_subprocess):
     path = largest_array_file(run_dir)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     refused_in_subprocess(["eval", run_dir], run_dir, "checkpoint step 20 is damaged", "use another step")
 
 
+@pytest.mark.slow
 def test_eval_of_corrupted_bytes(run_dir, refused_in_subprocess):
     path = largest_array_file(run_dir)
     data = bytearray(path.read_bytes())

@@ -7,22 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import TINY, merged
 from zoo import models
 from zoo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-TINY = """\
-# zoo train {path} --workdir RUN
-name: tiny
-seed: 0
-data: {{name: digits, batch_size: 32}}
-model: {{name: mlp, hidden_sizes: [32]}}
-optimizer: {{name: adam, learning_rate: 3.0e-3, schedule: constant}}
-train: {{steps: 30, log_every: 10}}
-checkpoint: {{every: 10, keep: 2, keep_best: 1}}
-"""
 
 
 def zoo(*args, cwd=REPO):
@@ -35,13 +26,15 @@ def zoo(*args, cwd=REPO):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     config = root / "tiny.yaml"
-    config.write_text(TINY.format(path=config))
+    config.write_text(yaml.safe_dump(merged(TINY, {"model": {"hidden_sizes": [32]}, "optimizer": {"schedule": "constant"},
+                                                   "train": {"steps": 30, "log_every": 10}})))
     run_dir = root / "run"
     done = zoo("train", config, "--workdir", run_dir)
     assert done.returncode == 0, done.stderr
     return config, run_dir, done
 
 
+@pytest.mark.slow  # builds every registered model, the largest ResNets included
 def test_list_names_every_registered_model(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -54,12 +47,14 @@ def test_list_counts_parameters_for_the_given_shape(capsys):
     assert " 272,474 " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_prints_final_accuracy_and_writes_run_dir(trained):
     _, run_dir, done = trained
     assert "test accuracy" in done.stdout
     assert {"config.json", "metrics.jsonl", "result.json", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
 
 
+@pytest.mark.slow
 def test_eval_reports_exactly_the_accuracy_recorded_at_save_time(trained):
     _, run_dir, _ = trained
     out = zoo("eval", run_dir, "--json")
@@ -71,12 +66,14 @@ def test_eval_reports_exactly_the_accuracy_recorded_at_save_time(trained):
     assert result["val"]["accuracy"] == result["recorded"]["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_eval_of_an_earlier_step_uses_that_step(trained):
     _, run_dir, _ = trained
     result = json.loads(zoo("eval", run_dir, "--step", 20, "--json").stdout)
     assert result["step"] == 20 and result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_eval_best_picks_the_highest_validation_accuracy_step(trained):
     _, run_dir, _ = trained
     result = json.loads(zoo("eval", run_dir, "--best", "--json").stdout)
@@ -86,6 +83,7 @@ def test_eval_best_picks_the_highest_validation_accuracy_step(trained):
     assert result["step"] == best[1]
 
 
+@pytest.mark.slow
 def test_eval_restores_from_the_checkpoint_alone(trained, tmp_path):
     _, run_dir, _ = trained
     alone = tmp_path / "moved"
@@ -95,6 +93,7 @@ def test_eval_restores_from_the_checkpoint_alone(trained, tmp_path):
     assert result["test"]["accuracy"] == result["recorded"]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_train_command_resumes_without_training(trained):
     config, run_dir, _ = trained
     before = (run_dir / "metrics.jsonl").read_text()
@@ -103,6 +102,7 @@ def test_rerunning_a_finished_train_command_resumes_without_training(trained):
     assert (run_dir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["train", "configs/digits/cnn.yaml", "--set", "model.name=resnet21"], "unknown model 'resnet21'"),
     (["train", "configs/digits/cnn.yaml", "--set", "optimizer.learnin_rate=0.1"], "unknown key"),
@@ -113,3 +113,39 @@ def test_bad_input_ends_with_one_line_and_exit_2(args, message, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# The console script with fit() wrapped so that a Python warning and a native write to fd 2 (as XLA's
+# out-of-memory messages are) happen during `zoo train`.
+_WARNING_DURING_TRAIN = """\
+import os, sys, warnings
+import zoo.training
+fit = zoo.training.fit
+def noisy_fit(*args, **kwargs):
+    warnings.warn("a library warning during training")
+    os.write(2, b"a native message on fd 2\\n")
+    return fit(*args, **kwargs)
+zoo.training.fit = noisy_fit
+from zoo.cli import run
+sys.argv = ["zoo", *sys.argv[1:]]
+run()
+"""
+
+
+@pytest.mark.slow
+def test_warnings_and_native_messages_during_train_reach_the_users_stderr(tmp_path, write_config, cli_env):
+    command = [sys.executable, "-c", _WARNING_DURING_TRAIN, "train", str(write_config()),
+               "--workdir", str(tmp_path / "run")]
+    result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "UserWarning: a library warning during training" in result.stderr
+    assert "a native message on fd 2" in result.stderr
+
+
+def test_the_compare_and_evaluate_submodules_are_not_shadowed_by_functions():
+    import zoo
+    import zoo.compare
+    import zoo.evaluate
+
+    assert zoo.compare.__name__ == "zoo.compare" and zoo.evaluate.__name__ == "zoo.evaluate"
+    assert zoo.run_compare is zoo.compare.compare and zoo.evaluate_run is zoo.evaluate.evaluate

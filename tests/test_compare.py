@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import shutil
 
@@ -14,8 +13,7 @@ from conftest import TINY, merged
 from zoo import report
 from zoo.errors import ConfigError
 
-# `zoo.compare` the attribute is the public function; the module is reached by its import path.
-compare_lib = importlib.import_module("zoo.compare")
+import zoo.compare as compare_lib
 
 SEEDS = [0, 1]
 STEPS = 10
@@ -68,6 +66,7 @@ def _csv_rows(workdir):
         return reader.fieldnames, list(reader)
 
 
+@pytest.mark.slow
 def test_report_writes_every_file(finished):
     _, workdir, _ = finished
     for name in report.FILES:
@@ -76,6 +75,7 @@ def test_report_writes_every_file(finished):
         assert (workdir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_results_csv_has_the_columns_and_one_line_per_run(finished):
     _, workdir, _ = finished
     header, rows = _csv_rows(workdir)
@@ -85,6 +85,7 @@ def test_results_csv_has_the_columns_and_one_line_per_run(finished):
     assert all(float(r["flops_per_example"]) > 0 and int(r["steps"]) == STEPS for r in rows)
 
 
+@pytest.mark.slow
 def test_results_json_has_one_run_per_line_and_one_entry_per_model(finished):
     _, workdir, _ = finished
     data = json.loads((workdir / "report" / "results.json").read_text())
@@ -94,6 +95,7 @@ def test_results_json_has_one_run_per_line_and_one_entry_per_model(finished):
     assert data["compare"]["command"] == "zoo compare tiny"
 
 
+@pytest.mark.slow
 def test_report_md_has_one_row_per_model_sorted_by_accuracy(finished):
     _, workdir, result = finished
     text = (workdir / "report" / "report.md").read_text()
@@ -105,6 +107,7 @@ def test_report_md_has_one_row_per_model_sorted_by_accuracy(finished):
     assert means == sorted(means, reverse=True)
 
 
+@pytest.mark.slow
 def test_runs_use_the_compare_seed_and_budget(finished):
     _, workdir, _ = finished
     for name in MODELS:
@@ -113,6 +116,7 @@ def test_runs_use_the_compare_seed_and_budget(finished):
             assert (stored["seed"], stored["train"]["steps"], stored["train"]["epochs"]) == (seed, STEPS, None)
 
 
+@pytest.mark.slow
 def test_rerun_does_not_retrain_finished_runs(copy_of, monkeypatch):
     config, workdir = copy_of
     results = sorted(workdir.glob("runs/*/seed*/result.json"))
@@ -127,6 +131,7 @@ def test_rerun_does_not_retrain_finished_runs(copy_of, monkeypatch):
     assert {path: path.stat().st_mtime_ns for path in results} == before
 
 
+@pytest.mark.slow
 def test_rerun_trains_only_the_unfinished_run(copy_of, monkeypatch):
     config, workdir = copy_of
     unfinished = workdir / "runs" / "tiny_cnn" / "seed1"
@@ -140,6 +145,7 @@ def test_rerun_trains_only_the_unfinished_run(copy_of, monkeypatch):
     assert (unfinished / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_run_evaluates_to_the_reported_accuracy(finished):
     from zoo.evaluate import evaluate
 
@@ -149,6 +155,7 @@ def test_run_evaluates_to_the_reported_accuracy(finished):
     assert evaluate(workdir / row["run_dir"])["test"]["accuracy"] == float(row["final_accuracy"])
 
 
+@pytest.mark.slow
 def test_cli_compare_prints_the_table(copy_of, zoo_main):
     config, workdir = copy_of
     status, out, err = zoo_main("compare", config, "--workdir", workdir)

@@ -45,6 +45,7 @@ def assert_trees_close(actual, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_k_steps_in_one_call_give_the_state_and_metrics_of_k_single_steps(name):
     model, tx, xs, ys, initial_state = setup(name)
@@ -60,6 +61,7 @@ def test_k_steps_in_one_call_give_the_state_and_metrics_of_k_single_steps(name):
     assert_trees_close(multi_metrics, jax.tree.map(lambda *v: jnp.stack(v), *metrics))
 
 
+@pytest.mark.slow
 def test_jitted_step_with_steps_per_call_matches_single_calls_on_the_mesh():
     """The training loop's path: jit_train_step (donated state, mesh shardings) with K per call."""
     model, tx, xs, ys, initial_state = setup("mlp")

@@ -3,7 +3,6 @@ stops, one writer per run directory, checkpoints that move between device counts
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo import checkpoint as ckpt
+from zoo import checkpoint as ckpt, soak
 from zoo.errors import CheckpointError, DamagedCheckpointError
 from zoo.metrics import Progress
 from zoo.training import loop
@@ -30,16 +29,6 @@ EVERY_SOURCE_OF_STATE = {
     "optimizer": {"name": "adamw", "weight_decay": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 5},
     "train": {"steps": 40, "steps_per_call": 4},
 }
-
-
-def _load_soak_kill():
-    spec = importlib.util.spec_from_file_location("soak_kill", REPO / "scripts" / "soak_kill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-soak_kill = _load_soak_kill()
 
 
 class Recorder(Progress):
@@ -87,6 +76,7 @@ def trained(tmp_path, tiny_config):
 
 # 1. Bit-identical resume -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_config):
     config = tiny_config(EVERY_SOURCE_OF_STATE)
     loop.fit(config, tmp_path / "straight")
@@ -98,30 +88,32 @@ def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     straight, straight_meta = restore(tmp_path / "straight")
     resumed, resumed_meta = restore(tmp_path / "resumed")
     assert int(resumed.step) == 40 and resumed.model_state["batch_stats"]
-    assert soak_kill.max_abs_difference(straight, resumed) == 0.0
+    assert soak.max_abs_difference(straight, resumed) == 0.0
     assert straight_meta["position"] == resumed_meta["position"]
 
 
 # 2. Crash safety ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_ends_with_the_same_state(tmp_path, tiny_config, cli_env):
     rng = random.Random(4)
     moments = [("writing", rng.randint(1, 3)), ("committed", rng.randint(1, 3)), ("deleting", 1),
                ("delay", rng.uniform(3.0, 5.0))]
-    config_path = soak_kill.write_config(tmp_path / "soak.yaml")
-    records = soak_kill.chain(config_path, tmp_path / "killed", moments, env=cli_env())
-    verdict = soak_kill.judge(records)
+    config_path = soak.write_config(tmp_path / "soak.yaml")
+    records = soak.chain(config_path, tmp_path / "killed", moments, env=cli_env())
+    verdict = soak.judge(records)
     assert verdict["kills"] >= 3, [(r["moment"], r["killed"]) for r in records]
     assert verdict["resumed"] == verdict["kills"]
     assert verdict["corrupted"] == 0 and verdict["lost_beyond"] == 0
     assert records[-1]["returncode"] == 0, records[-1]["stderr"]
-    loop.fit(tiny_config(soak_kill.CONFIG), tmp_path / "uninterrupted")
+    loop.fit(tiny_config(soak.CONFIG), tmp_path / "uninterrupted")
     killed, uninterrupted = restore(tmp_path / "killed")[0], restore(tmp_path / "uninterrupted")[0]
-    assert soak_kill.max_abs_difference(killed, uninterrupted) == 0.0
+    assert soak.max_abs_difference(killed, uninterrupted) == 0.0
 
 
 # 3. Integrity ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_an_array_file_is_refused_naming_the_step_and_checksum(trained):
     _, run_dir = trained
     flip_byte(largest_array_file(run_dir / "checkpoints" / "30"))
@@ -129,6 +121,7 @@ def test_a_flipped_byte_in_an_array_file_is_refused_naming_the_step_and_checksum
         restore(run_dir, 30)
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_good_step_and_says_so(trained):
     config, run_dir = trained
     original, _ = restore(run_dir, 30)
@@ -139,9 +132,10 @@ def test_resume_falls_back_to_the_newest_good_step_and_says_so(trained):
     assert any(line.startswith("falling back to step 20") for line in recorder.lines)
     assert "resuming from step 20" in recorder.lines
     assert [p.name.split("-")[0] for p in (run_dir / "checkpoints" / "damaged").iterdir()] == ["30"]
-    assert soak_kill.max_abs_difference(restore(run_dir, 30)[0], original) == 0.0
+    assert soak.max_abs_difference(restore(run_dir, 30)[0], original) == 0.0
 
 
+@pytest.mark.slow
 def test_train_refuses_when_every_checkpoint_is_damaged(trained):
     config, run_dir = trained
     for step in (10, 20, 30):
@@ -150,6 +144,7 @@ def test_train_refuses_when_every_checkpoint_is_damaged(trained):
         loop.fit(config, run_dir)
 
 
+@pytest.mark.slow
 def test_uncommitted_and_half_deleted_steps_are_never_offered(trained):
     _, run_dir = trained
     root = run_dir / "checkpoints"
@@ -165,6 +160,7 @@ def test_uncommitted_and_half_deleted_steps_are_never_offered(trained):
         checkpoints.read_meta(40)
 
 
+@pytest.mark.slow
 def test_stale_temporary_directories_are_removed_at_start(trained):
     config, run_dir = trained
     root = run_dir / "checkpoints"
@@ -176,12 +172,13 @@ def test_stale_temporary_directories_are_removed_at_start(trained):
 
 # 4. Stopping cleanly -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_the_rerun_resumes(tmp_path, write_config,
                                                                               zoo_process):
     config = write_config({"train": {"steps": 2000, "log_every": 10}, "checkpoint": {"every": 1000}})
     run_dir = tmp_path / "run"
     process = zoo_process("train", config, "--workdir", run_dir, wait=False)
-    while soak_kill.trained_until(run_dir) < 10 and process.poll() is None:
+    while soak.trained_until(run_dir) < 10 and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -192,6 +189,7 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_the_rerun_resumes(tmp
     assert rerun.returncode == 0 and f"resuming from step {stopped_at}" in rerun.stderr
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, write_config, zoo_main):
     # tanh keeps step 1's logits finite; at lr 1e36 step 2's overflow (found by scanning lr).
@@ -207,6 +205,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
     assert int(state.step) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_asynchronous_save_is_reported(tmp_path, tiny_config, monkeypatch):
     from orbax.checkpoint._src.path import atomicity
 
@@ -238,6 +237,7 @@ def _hold_lock(run_dir: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow
 def test_a_second_writer_on_a_run_dir_in_use_is_refused(tmp_path, write_config, zoo_main, one_line_error):
     holder = _hold_lock(tmp_path / "run")
     try:
@@ -248,6 +248,7 @@ def test_a_second_writer_on_a_run_dir_in_use_is_refused(tmp_path, write_config, 
     one_line_error(err, "is in use by another `zoo train`", "use another --workdir")
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, write_config, zoo_main):
     holder = _hold_lock(tmp_path / "run")
     holder.send_signal(signal.SIGKILL), holder.wait()
@@ -257,12 +258,13 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, write_config, zoo_
 
 # 7. Any device count -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_on_8_devices_evaluates_and_trains_on_1(tmp_path, write_config, zoo_process,
                                                                     zoo_main):
     config = write_config({"train": {"steps": 100}})
     run_dir = tmp_path / "run"
     process = zoo_process("train", config, "--workdir", run_dir, devices=8, wait=False)
-    while not soak_kill.committed_steps(run_dir) and process.poll() is None:
+    while not soak.committed_steps(run_dir) and process.poll() is None:
         time.sleep(0.002)
     process.kill(), process.communicate()
     saved = restore(run_dir)[1]
@@ -273,6 +275,7 @@ def test_a_checkpoint_saved_on_8_devices_evaluates_and_trains_on_1(tmp_path, wri
     assert status == 0 and f"resuming from step {saved['step']}" in err and "saved on 8 devices" in err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_on_1_device_evaluates_and_trains_on_8(tmp_path, tiny_config, write_config,
                                                                     zoo_process):
     overrides = {"train": {"steps": 40}}
@@ -315,6 +318,7 @@ def test_a_config_name_cannot_escape_the_runs_directory(tmp_path, write_config, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
+@pytest.mark.slow
 def test_training_writes_only_inside_the_run_directory(tmp_path, write_config, zoo_main, snapshot):
     config = write_config()
     before = snapshot(tmp_path)

@@ -11,15 +11,15 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import TINY, merged
 from zoo import config as config_lib
 from zoo.data import BatchIterator, load_dataset, with_validation
 from zoo.training import build_run, fit, optim, step as step_lib
 
 
 def tiny_config(**overrides):
-    raw = {"name": "tiny", "seed": 0, "data": {"name": "digits", "batch_size": 32},
-           "model": {"name": "mlp", "hidden_sizes": [32], "dropout": 0.1},
-           "train": {"steps": 20, "log_every": 10}, "checkpoint": {"every": 10}}
+    """conftest's TINY with dropout, and `overrides` by dotted key, e.g. **{"optimizer.name": "sgd"}."""
+    raw = merged(TINY, {"model": {"hidden_sizes": [32], "dropout": 0.1}, "train": {"log_every": 10}})
     return config_lib.from_dict(config_lib.apply_overrides(raw, [f"{k}={v}" for k, v in overrides.items()]))
 
 
@@ -84,6 +84,7 @@ def test_label_smoothing_raises_the_loss_of_confident_predictions():
     assert float(smooth[0]) > float(plain[0])
 
 
+@pytest.mark.slow
 def test_fit_writes_metrics_checkpoints_and_result(tmp_path):
     result = fit(tiny_config(), tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -95,6 +96,7 @@ def test_fit_writes_metrics_checkpoints_and_result(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["final"] == result["final"]
 
 
+@pytest.mark.slow
 def test_fit_with_epochs_runs_whole_epochs(tmp_path):
     config = config_lib.from_dict({**tiny_config().to_dict(), "train": {"epochs": 1, "steps": None}})
     train_size = with_validation(load_dataset("digits"), config.data.validation, config.data.seed).spec.train_size
@@ -104,7 +106,8 @@ def test_fit_with_epochs_runs_whole_epochs(tmp_path):
 
 SHARDED = textwrap.dedent("""
     import jax, json, numpy as np
-    from zoo import config as config_lib
+    from conftest import TINY, merged
+from zoo import config as config_lib
     from zoo.data import BatchIterator
     from zoo.training import build_run, step as step_lib
     config = config_lib.from_dict({"data": {"batch_size": 32}, "train": {"steps": 3},
@@ -131,6 +134,7 @@ def run_with_devices(count):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_same_code_shards_the_batch_over_eight_devices():
     eight, one = run_with_devices(8), run_with_devices(1)
     assert (eight["devices"], eight["shards"]) == (8, 8)

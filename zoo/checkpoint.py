@@ -8,9 +8,12 @@ steps moved aside on request; errors that name the step and the damage instead o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -189,8 +192,9 @@ class Checkpoints:
         meta = self.read_meta(step)
         _check_same_arrays(step, meta["arrays"], describe_arrays(abstract_tree, with_crc=False))
         try:
-            restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
-                _STATE: ocp.args.StandardRestore(abstract_tree)}))[_STATE]
+            with _quiet_tensorstore():
+                restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
+                    _STATE: ocp.args.StandardRestore(abstract_tree)}))[_STATE]
         except Exception as error:  # noqa: BLE001 - TensorStore/Orbax dumps become one line
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: its files in "
                                          f"'{self._step_dir(step)}' cannot be read ({_short(error)}); "
@@ -201,6 +205,25 @@ class Checkpoints:
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: checksum mismatch in "
                                          f"{len(bad)} array(s), first {bad[0]}; use another step")
         return restored, meta
+
+
+@contextlib.contextmanager
+def _quiet_tensorstore():
+    """File descriptor 2 goes to /dev/null during an Orbax read: on a damaged file TensorStore's
+    threads print tracebacks there (besides the error we turn into one line). Restored afterwards,
+    so warnings elsewhere still reach the user; ZOO_DEBUG=1 keeps everything."""
+    if os.environ.get("ZOO_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _is_array_list(arrays) -> bool:

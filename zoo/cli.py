@@ -105,30 +105,20 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """Runs benchmarks/bench.py of this source checkout in a child process (it imports PyTorch)."""
     import shlex
+    import subprocess
     from pathlib import Path
 
-    from zoo import bench
-
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()] if args.workloads else list(bench.WORKLOADS)
-    dispatch = "dispatch" in names or not args.workloads
-    names = [n for n in names if n != "dispatch"]
-    unknown = [n for n in names if n not in bench.WORKLOADS]
-    if unknown:
-        raise ZooError(f"unknown workload '{unknown[0]}': choose from {', '.join([*bench.WORKLOADS, 'dispatch'])}")
-    rounds = args.rounds or (3 if args.quick else 9)
-    report = bench.run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
-                                 log=lambda line: print(line, file=err()))
-    program = sys.argv[0]
-    command = shlex.join(["python", program, *sys.argv[1:]] if program.endswith(".py")
-                         else ["zoo", *sys.argv[1:]])
-    print(bench.text_table(*bench.table_rows(report)))
-    print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
-          f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
-    if args.out:
-        md, js = bench.write_outputs(report, command, Path(args.out))
-        print(f"wrote {md} and {js}")
-    return 0
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise ZooError(f"zoo bench runs {script}, which is not there: run it from a source checkout "
+                       "(git clone, then pip install -e '.[bench]')")
+    forwarded = [*(["--workloads", args.workloads] if args.workloads else []), *(["--quick"] if args.quick else []),
+                 *(["--rounds", str(args.rounds)] if args.rounds else []), "--out", args.out]
+    command = shlex.join(["zoo", "bench", *forwarded])
+    forwarded += ["--command", command]
+    return subprocess.run([sys.executable, str(script), *forwarded], stderr=err()).returncode
 
 
 def cmd_compare(args) -> int:
@@ -205,7 +195,7 @@ def _quiet_libraries() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
-_STDERR = None  # set by run(): our own stderr, apart from the one libraries' threads write to
+_STDERR = None  # set by run(): a copy of the user's stderr that stays open when fd 2 is muted at exit
 
 
 def err():
@@ -217,47 +207,46 @@ def _refuse(message: str) -> None:
     print(f"zoo: error: {message}", file=err(), flush=True)
 
 
-def main(argv=None) -> int:
+def main(argv=None, mute_on_refusal: bool = False) -> int:
+    """Runs one command; `mute_on_refusal` (the console script) mutes fd 2 before a refusal is printed."""
     _quiet_libraries()
     try:
         args = make_parser().parse_args(argv)
         return args.func(args)
-    except ZooError as error:
+    except (ZooError, OSError) as error:  # OSError: a path that cannot be read or written
+        if mute_on_refusal:
+            _mute_libraries()
         _refuse(str(error))
-        return error.exit_code
-    except OSError as error:  # a path that cannot be read or written: no traceback either
-        _refuse(str(error))
-        return 2
+        return error.exit_code if isinstance(error, ZooError) else 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=err())
         return 130
 
 
-def _private_stderr() -> None:
-    """Gives our messages, progress and tracebacks a stderr of their own, and sends everything else
-    written to stderr to /dev/null: when a damaged checkpoint fails to read, TensorStore's threads
-    print tracebacks of Orbax's closed event loop at any moment, racing our one-line message.
-    ZOO_DEBUG=1 keeps the ordinary stderr."""
+def _own_stderr() -> None:
+    """Our messages get their own handle on the user's stderr; fd 2 itself stays where it was, so
+    Python warnings, XLA's messages (out of memory) and tracebacks reach the user as usual."""
     global _STDERR
-    import faulthandler
-    import traceback
+    _STDERR = os.fdopen(os.dup(2), "w", buffering=1)
 
+
+def _mute_libraries() -> None:
+    """Before a refusal: after a failed checkpoint read, TensorStore's threads may still print
+    tracebacks (Orbax's closed event loop) at any moment, racing our one-line message; the process
+    only exits after it, so fd 2 goes to /dev/null until the end. ZOO_DEBUG=1 keeps them."""
     if os.environ.get("ZOO_DEBUG"):
         return
-    _STDERR = os.fdopen(os.dup(2), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
     sys.stderr = open(os.devnull, "w")
-    faulthandler.enable(file=_STDERR)
-    sys.excepthook = lambda kind, value, tb: traceback.print_exception(kind, value, tb, file=_STDERR)
 
 
 def run() -> None:
     """The console script. After a refusal, exit at once: Orbax's background threads may still be
     unwinding a failed read, and interpreter teardown would wait for them."""
-    _private_stderr()
-    code = main()
+    _own_stderr()
+    code = main(mute_on_refusal=True)
     if code:
         sys.stdout.flush(), err().flush()
         os._exit(code)

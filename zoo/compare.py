@@ -20,7 +20,6 @@ unfinished one is resumed by `fit()` itself. The report goes to `<workdir>/repor
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import time
@@ -30,12 +29,13 @@ import jax
 import numpy as np
 
 from zoo import models, report
-from zoo.config import Config, apply_overrides, from_dict, load_yaml
+from zoo.config import Config, apply_overrides, from_dict, load_inherited, load_yaml
 from zoo.data import Dataset, DataSpec, list_datasets, load_dataset
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 from zoo.metrics import Progress, Silent
 from zoo.training import fit
 from zoo.training.loop import CONFIG_FILE, RESULT_FILE
+from zoo.util import atomic_write, clock
 
 DEFAULT_SEEDS = (0, 1, 2)
 RUN_TIMES_FILE = "run_times.json"  # {"<model config name>/seed<k>": seconds of the fit() call that finished it}
@@ -81,9 +81,7 @@ class CompareConfig:
 
 
 def _unknown_key(where: str, key, valid) -> ConfigError:
-    near = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f"did you mean '{near[0]}'? " if near else ""
-    return ConfigError(f"{where}unknown key '{key}': {hint}valid keys: {', '.join(valid)}")
+    return ConfigError(f"{where}unknown key '{key}': {did_you_mean(key, valid)}valid keys: {', '.join(valid)}")
 
 
 def _positive_int(value, what: str, minimum: int = 1) -> int:
@@ -117,10 +115,8 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}name: expected a non-empty string, got {name!r}")
     if dataset not in list_datasets():
-        near = difflib.get_close_matches(str(dataset), list_datasets(), n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"{where}dataset: '{dataset}' is not a dataset{hint}; choose one of "
-                          f"{', '.join(list_datasets())}")
+        raise ConfigError(f"{where}dataset: '{dataset}' is not a dataset: {did_you_mean(dataset, list_datasets())}"
+                          f"choose one of {', '.join(list_datasets())}")
 
     seeds = raw.get("seeds", list(DEFAULT_SEEDS))
     if not isinstance(seeds, list) or not seeds:
@@ -152,7 +148,7 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     for model_path in paths:
         resolved = _resolve(model_path, compare_path)
         try:
-            config = from_dict(load_yaml(resolved))
+            config = from_dict(load_inherited(resolved))
         except ConfigError as error:
             raise ConfigError(f"{where}models: {model_path}: {error}") from None
         if config.data.name != dataset:
@@ -292,11 +288,6 @@ def _child(progress: Progress, prefix: str) -> Progress:
     return Progress(stream=progress.stream, interactive=progress.interactive, prefix=prefix)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def _eta(jobs: list[_Job], index: int, seconds_per_step: dict, run_seconds: list) -> str:
     """Time left for jobs[index:], from this invocation's measured runs (same model first)."""
     if not run_seconds:
@@ -307,7 +298,7 @@ def _eta(jobs: list[_Job], index: int, seconds_per_step: dict, run_seconds: list
             continue
         rate = seconds_per_step.get(job.config.name)
         total += rate * job.steps if rate is not None else float(np.mean(run_seconds))
-    return _clock(total)
+    return clock(total)
 
 
 def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: Progress | None = None,
@@ -364,7 +355,7 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
             done_steps = result["steps"] - result.get("resumed_from", 0)
             if done_steps > 0:
                 seconds_per_step[job.config.name] = elapsed / done_steps
-            progress.log(f"{tag}: test accuracy {result['final']['test_accuracy']:.4f} in {_clock(elapsed)}  "
+            progress.log(f"{tag}: test accuracy {result['final']['test_accuracy']:.4f} in {clock(elapsed)}  "
                          f"ETA {_eta(jobs, index + 1, seconds_per_step, run_seconds)}")
         rows.append(_row(config, job, result, flops[job.config.name], workdir, times.get(_time_key(job))))
 
@@ -375,7 +366,7 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
             "wall_seconds": wall, "trained": trained, "reused": len(jobs) - trained,
             "reference": config.reference, "machine": _machine()}
     written = report.write_report(workdir / "report", rows, meta, workdir)
-    progress.log(f"compare '{config.name}' done in {_clock(wall)}: report in {workdir / 'report'}")
+    progress.log(f"compare '{config.name}' done in {clock(wall)}: report in {workdir / 'report'}")
     return {"report_dir": str(workdir / "report"), "table": written["table"], "rows": rows,
             "models": written["models"], "wall_seconds": wall, "trained": trained,
             "reused": len(jobs) - trained}
@@ -395,9 +386,7 @@ def _read_times(path: Path) -> dict:
 
 def _write_times(path: Path, times: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(times, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(times, indent=2))
 
 
 def _row(config: CompareConfig, job: _Job, result: dict, flops: float | None, workdir: Path,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
 import types
@@ -13,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +139,8 @@ def coerce(value: Any, tp, path: str) -> Any:
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
-        near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"{path}: '{value}' is not valid{hint}; choose {_type_name(tp)}")
+        hint = did_you_mean(value, typing.get_args(tp))
+        raise ConfigError(f"{path}: '{value}' is not valid: {hint}choose {_type_name(tp)}")
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(coerce(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value))
@@ -184,10 +182,8 @@ def _build(cls, raw: Any, path: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key '{where}': {hint}valid keys: {', '.join(fields)}")
+            raise ConfigError(f"unknown key '{where}': {did_you_mean(key, fields)}valid keys: {', '.join(fields)}")
     values = {}
     for name, field in fields.items():
         key_path = f"{path}.{name}" if path else name
@@ -256,5 +252,37 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def merge(base: dict, child: dict) -> dict:
+    """`base` with `child`'s keys put in, section by section (mappings merge, other values replace)."""
+    out = dict(base)
+    for key, value in child.items():
+        both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both_sections else value
+    return out
+
+
+def load_inherited(path: str | Path, _chain: tuple = ()) -> dict:
+    """A config mapping with its `base:` resolved: `base: ../mnist1d/cnn.yaml` (relative to the file)
+    names a config whose keys this one starts from; the file then gives only the keys that differ.
+    Bases may have bases; a cycle or a missing base is a ConfigError naming the file."""
+    path = Path(path)
+    raw = load_yaml(path)
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected the path of another config, e.g. ../mnist1d/cnn.yaml, "
+                          f"got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base '{base}' does not exist (looked for '{base_path}'): the path is "
+                          "relative to the file that names it")
+    chain = (*_chain, path.resolve())
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{path}: base '{base}' makes a cycle ({cycle}): a config cannot inherit from itself")
+    return merge(load_inherited(base_path, chain), raw)
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
-    return from_dict(apply_overrides(load_yaml(path), list(overrides)))
+    return from_dict(apply_overrides(load_inherited(path), list(overrides)))

@@ -29,3 +29,11 @@ class DamagedCheckpointError(CheckpointError):
 
 class RunError(ZooError):
     """A run directory cannot be used (locked by another writer, or training diverged)."""
+
+
+def did_you_mean(value, choices) -> str:
+    """"did you mean 'x'? " for the choice closest to `value`, or "" when none is close."""
+    import difflib
+
+    near = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
+    return f"did you mean '{near[0]}'? " if near else ""

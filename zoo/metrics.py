@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
+
+from zoo.util import atomic_write
 
 
 class JsonlWriter:
@@ -24,9 +25,7 @@ class JsonlWriter:
         if not self.path.exists():
             return
         kept = [line for line in read_jsonl(self.path) if line.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -8,14 +8,15 @@ pyplot, no global backend switch).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from zoo.metrics import read_jsonl
+from zoo.util import atomic_write, clock
 
 # One row per run in results.csv / results.json, in this order.
 COLUMNS = (
@@ -94,11 +95,6 @@ def markdown_table(models: list[dict], dataset: str, reference: dict | None = No
     return "\n".join(lines)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
 def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> str:
     machine = meta.get("machine") or {}
     seeds = meta.get("seeds") or sorted({r["seed"] for r in rows})
@@ -110,10 +106,10 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> s
     trained, reused = meta.get("trained"), meta.get("reused")
     if wall is not None:
         detail = f" ({trained} runs trained, {reused} reused from earlier)" if reused else f" ({trained} runs)"
-        lines.append(f"- Whole compare: **{_clock(wall)}** wall time{detail}.")
+        lines.append(f"- Whole compare: **{clock(wall)}** wall time{detail}.")
     run_walls = [r.get("wall_seconds") for r in rows]
     if reused and all(w is not None for w in run_walls):
-        lines.append(f"- The fit() calls that produced these {len(rows)} runs took {_clock(sum(run_walls))} "
+        lines.append(f"- The fit() calls that produced these {len(rows)} runs took {clock(sum(run_walls))} "
                      "in all (compile, training, evaluation and checkpoints).")
     lines += [f"- Dataset: {dataset}. Budget: {meta.get('budget', '-')} per run, the same for every model; "
               f"seeds {', '.join(map(str, seeds))}.",
@@ -147,20 +143,13 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> s
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in COLUMNS})
-    os.replace(tmp, path)
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in COLUMNS})
+    atomic_write(path, handle.getvalue())
 
 
 def write_report(report_dir: str | Path, rows: list[dict], meta: dict, runs_root: str | Path) -> dict:
@@ -170,9 +159,9 @@ def write_report(report_dir: str | Path, rows: list[dict], meta: dict, runs_root
     models = summarize(rows)
     dataset = meta.get("dataset", "")
     table = markdown_table(models, dataset, meta.get("reference"))
-    _write_atomic(report_dir / "report.md", _markdown(models, rows, meta, table))
+    atomic_write(report_dir / "report.md", _markdown(models, rows, meta, table))
     write_csv(report_dir / "results.csv", rows)
-    _write_atomic(report_dir / "results.json",
+    atomic_write(report_dir / "results.json",
                   json.dumps({"compare": meta, "models": models,
                               "runs": [{key: row.get(key) for key in COLUMNS} for row in rows]},
                              indent=2, default=_json_default) + "\n")

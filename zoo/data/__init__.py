@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Callable
 
 import numpy as np
 
 from zoo.data.batching import BatchIterator, eval_batches
 from zoo.data.split import with_validation
-from zoo.errors import DataError
+from zoo.errors import DataError, did_you_mean
 
 KINDS = ("image", "signal", "tokens")
 
@@ -81,9 +80,8 @@ def list_datasets() -> list[str]:
 def load_dataset(name: str) -> Dataset:
     loaders = _loaders()
     if name not in loaders:
-        near = difflib.get_close_matches(name, list(loaders), n=1)
-        hint = f"did you mean '{near[0]}'? " if near else ""
-        raise DataError(f"unknown dataset '{name}': {hint}choose one of {', '.join(sorted(loaders))}")
+        raise DataError(f"unknown dataset '{name}': {did_you_mean(name, loaders)}"
+                        f"choose one of {', '.join(sorted(loaders))}")
     return loaders[name]()
 
 

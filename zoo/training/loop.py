@@ -7,7 +7,6 @@ import dataclasses
 import fcntl
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ from zoo.data.batching import Position
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError
 from zoo.metrics import JsonlWriter, Progress, Silent
 from zoo.training import optim, state as state_lib, step as step_lib
+from zoo.util import atomic_write
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE = "config.json", "metrics.jsonl", "result.json", ".lock"
 
@@ -182,13 +182,7 @@ def _write_json_once(path: Path, data) -> None:
             return
     except (OSError, json.JSONDecodeError):
         pass
-    _write_json_atomic(path, data)
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2))
 
 
 def restore_latest_good(checkpoints: ckpt.Checkpoints, run: Run, progress: Progress):
@@ -345,7 +339,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
         return {"run_dir": str(run_dir), "stopped": stopped_by, "step": step}
     result = _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed_steps, start_step)
     checkpoints.close()
-    _write_json_atomic(run_dir / RESULT_FILE, result)
+    atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2))
     return result
 
 

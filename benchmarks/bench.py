@@ -2,13 +2,18 @@
 
 Every framework trains the same workload (shapes, float32, Adam, cross-entropy) on one fixed batch.
 Timings are interleaved in rounds (the order rotates each round) so that a noisy, shared machine
-slows all columns alike; medians and ratios are reported. PyTorch is optional (the `bench` extra).
+slows all columns alike; medians and ratios are reported. PyTorch is optional (the `bench` extra);
+its models are in baselines_torch.py, the GPU variant in bench_gpu.py.
+
+    python benchmarks/bench.py                       # full run (~4 min on 2 cores), writes benchmarks/
+    python benchmarks/bench.py --quick --workloads mlp,lstm
+    (also: python scripts/benchmark.py, zoo bench, make bench)
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -18,11 +23,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "benchmarks"):  # the zoo of this checkout and baselines_torch, however it is run
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from zoo.util import utc_timestamp
 
 LEARNING_RATE = 1e-3
 FRAMEWORKS = ("zoo", "flax", "torch")
@@ -143,102 +155,6 @@ PLAIN_FLAX = {"mlp": PlainMLP, "cnn": PlainCNN, "resnet20": PlainResNet20, "lstm
 
 
 # ---------------------------------------------------------------------------------------------------
-# PyTorch eager: the same workloads (imported lazily: torch is an optional extra).
-
-
-def torch_available() -> bool:
-    # Before libgomp starts: with its default (spin, then sleep) two OpenMP threads on a 2-core machine
-    # shared with other processes wait out whole scheduler slices at every barrier; measured here under
-    # load, a PyTorch MLP step took 325 ms instead of 13 ms (PASSIVE). Set it yourself to override.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _torch_model(name: str):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn as tnn
-
-    if name == "mlp":
-        return tnn.Sequential(tnn.Linear(784, 512), tnn.ReLU(), tnn.Linear(512, 512), tnn.ReLU(),
-                              tnn.Linear(512, 10))
-    if name == "cnn":
-        return tnn.Sequential(
-            tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-            tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
-            tnn.Flatten(), tnn.Linear(64 * 7 * 7, 128), tnn.ReLU(), tnn.Linear(128, 10))
-    if name == "resnet20":
-        class Block(tnn.Module):
-            def __init__(self, cin, cout, stride):
-                super().__init__()
-                self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-                self.bn1 = tnn.BatchNorm2d(cout)
-                self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-                self.bn2 = tnn.BatchNorm2d(cout)
-                self.shortcut = tnn.Identity()
-                if stride != 1 or cin != cout:
-                    self.shortcut = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                   tnn.BatchNorm2d(cout))
-
-            def forward(self, x):
-                y = F.relu(self.bn1(self.conv1(x)))
-                return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-        layers, cin = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()], 16
-        for i, width in enumerate((16, 32, 64)):
-            for j in range(3):
-                layers.append(Block(cin, width, 2 if i and not j else 1))
-                cin = width
-        return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
-    if name == "lstm":
-        class LSTM(tnn.Module):
-            def __init__(self):
-                super().__init__()
-                self.lstm = tnn.LSTM(32, 256, batch_first=True)
-                self.head = tnn.Linear(256, 10)
-
-            def forward(self, x):
-                _, (h, _) = self.lstm(x)
-                return self.head(h[-1])
-
-        return LSTM()
-    if name == "transformer":
-        class Transformer(tnn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embed = tnn.Linear(256, 256)
-                self.pos = tnn.Parameter(torch.randn(1, 128, 256) * 0.02)
-                # Flax's nn.gelu is the tanh approximation: the same here.
-                layer = lambda: tnn.TransformerEncoderLayer(  # noqa: E731
-                    256, 4, 1024, dropout=0.0, activation=lambda t: F.gelu(t, approximate="tanh"),
-                    batch_first=True, norm_first=True)
-                self.layers = tnn.ModuleList([layer() for _ in range(4)])
-                self.norm = tnn.LayerNorm(256)
-                self.head = tnn.Linear(256, 10)
-
-            def forward(self, x):
-                x = self.embed(x) + self.pos
-                for layer in self.layers:
-                    x = layer(x)
-                return self.head(self.norm(x).mean(dim=1))
-
-        return Transformer()
-    raise KeyError(name)
-
-
-def _torch_input(workload: Workload, x: np.ndarray):
-    import torch
-
-    if x.ndim == 4:  # NHWC -> NCHW, PyTorch's native layout
-        x = x.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(x))
-
-
-# ---------------------------------------------------------------------------------------------------
 # Runners: each gives `run(n)` (n steps, synchronized at the end), its compile time and its FLOPs.
 
 
@@ -279,21 +195,6 @@ def batch(workload: Workload, seed: int = 0):
     return x, y
 
 
-def with_compute_dtype(model, dtype):
-    """Mixed precision: float32 variables and optimizer; the forward and backward passes in `dtype`."""
-    from zoo import models
-
-    def cast(tree):
-        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-    def apply(variables, x, train=False, rng=None):
-        out, state = model.apply(cast(variables), cast(x), train=train, rng=rng)
-        old = {k: v for k, v in variables.items() if k != "params"}
-        return out, jax.tree.map(lambda new, previous: new.astype(previous.dtype), state, old)
-
-    return models.Model(model.init, apply, model.info)
-
-
 def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=None) -> Runner:
     """The zoo's own path: the registry's model, the training package's state, optimizer and jitted step."""
     from zoo import models
@@ -302,6 +203,8 @@ def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=
 
     model = models.build(workload.model, workload.num_classes, **workload.hparams)
     if compute_dtype is not None and np.dtype(compute_dtype) != np.float32:
+        from zoo.training.precision import with_compute_dtype
+
         model = with_compute_dtype(model, compute_dtype)
     tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
     mesh = step_lib.make_mesh()
@@ -337,25 +240,23 @@ def plain_flax_runner(workload: Workload, x, y) -> Runner:
     return _jax_runner(jax.jit(step, donate_argnums=0), state, jnp.asarray(x), jnp.asarray(y))
 
 
+def torch_available() -> bool:
+    # Before libgomp starts: with its default (spin, then sleep) two OpenMP threads on a 2-core machine
+    # shared with other processes wait out whole scheduler slices at every barrier; measured here under
+    # load, a PyTorch MLP step took 325 ms instead of 13 ms (PASSIVE). Set it yourself to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def torch_runner(workload: Workload, x, y) -> Runner:
-    import torch
-    import torch.nn.functional as F
+    """PyTorch eager (baselines_torch.py), imported only here: torch is an optional extra."""
+    import baselines_torch
 
-    torch.manual_seed(0)
-    model = _torch_model(workload.name)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    tx, ty = _torch_input(workload, x), torch.from_numpy(y.astype(np.int64))
-
-    def run(n: int):
-        for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(tx), ty)
-            loss.backward()
-            optimizer.step()
-        loss.item()
-
-    return Runner(run)
+    return Runner(baselines_torch.torch_runner(workload.name, x, y, LEARNING_RATE))
 
 
 RUNNERS = {"zoo": zoo_runner, "flax": plain_flax_runner, "torch": torch_runner}
@@ -493,7 +394,7 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
         for entry in result["frameworks"].values():
             entry["fraction_of_matmul"] = entry["gflops_per_s"] / ceiling if entry["gflops_per_s"] else None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
         "machine": machine(),
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -600,129 +501,38 @@ def write_outputs(report: dict, command: str, out_dir: str | Path) -> tuple[Path
     return md, js
 
 
-# ---------------------------------------------------------------------------------------------------
-# GPU: the same families scaled up to fill one large accelerator (sized for an H200), float32 and
-# bfloat16, achieved TFLOP/s against the matmul rate of the same run (scripts/benchmark_gpu.sh).
-
-
-def gpu_workloads(smoke: bool = False) -> dict:
-    """Scaled-up workloads; `smoke` shrinks them to check the code path on a CPU."""
-    s = (lambda big, small: small) if smoke else (lambda big, small: big)  # noqa: E731
-    lstm = dict(batch=s(512, 4), steps=s(128, 6), inputs=s(256, 8), hidden=s(1024, 16))
-    return {w.name: w for w in [
-        Workload("mlp", "MLP 4096-8192-8192-10", "mlp", {"hidden_sizes": (s(8192, 32),) * 2},
-                 s(8192, 8), (s(4096, 16),)),
-        Workload("cnn", "CNN conv3x3 (128, 256) + 2x2 max-pool + dense 1024, 64x64x3", "cnn",
-                 {"features": (s(128, 4), s(256, 8)), "hidden": s(1024, 8)}, s(512, 4), (s(64, 8), s(64, 8), 3)),
-        Workload("resnet50", "ResNet-50 (ImageNet layout), 224x224x3", "resnet50", {"width": s(64, 4)},
-                 s(256, 2), (s(224, 32), s(224, 32), 3), num_classes=1000),
-        Workload("lstm", "LSTM hidden 1024, seq 128, input 256, last state", "lstm",
-                 {"hidden_size": lstm["hidden"]}, lstm["batch"], (lstm["steps"], lstm["inputs"]),
-                 analytic_flops=lambda: _lstm_flops(classes=10, **lstm)),
-        Workload("transformer", "Transformer encoder 12x1024, 16 heads, MLP 4096, seq 512 (inputs of dim 1024)",
-                 "transformer", {"width": s(1024, 32), "depth": s(12, 2), "num_heads": s(16, 4),
-                                 "mlp_dim": s(4096, 64), "patch_size": 1, "pool": "mean"},
-                 s(64, 2), (s(512, 8), s(1024, 32))),
-    ]}
-
-
-def matmul_tflops(dtype, size: int, repeats: int = 10) -> float:
-    """Median TFLOP/s of a size x size jnp.dot in `dtype` (float32 at JAX's default precision)."""
-    return statistics.median(matmul_rates(size, repeats, dtype)) / 1e12
-
-
-def run_gpu_benchmark(names, dtypes, budget_seconds: float, smoke: bool = False, log=print) -> dict:
-    start = time.perf_counter()
-    workloads = gpu_workloads(smoke)
-    device = jax.devices()[0]
-    rates = {d: matmul_tflops(d, 256 if smoke else 8192) for d in dtypes}
-    log("matmul: " + ", ".join(f"{d} {r:.1f} TFLOP/s" for d, r in rates.items()))
-    results = []
-    for name in names:
-        for dtype in dtypes:
-            if time.perf_counter() - start > budget_seconds:
-                log(f"  {name} {dtype}: skipped (time budget of {budget_seconds:.0f} s spent)")
-                results.append({"workload": name, "dtype": dtype, "skipped": True})
-                continue
-            workload = workloads[name]
-            x, y = batch(workload)
-            runner = zoo_runner(workload, x, y, compute_dtype=dtype)
-            runner.run(2)
-            count = max(1, round(0.5 / _timed(runner.run, 1)[0]))
-            seconds = statistics.median(_timed(runner.run, count)[0] for _ in range(5))
-            flops = workload.analytic_flops() if workload.analytic_flops else runner.flops
-            tflops = flops / seconds / 1e12 if flops else None
-            results.append({
-                "workload": name, "dtype": dtype, "description": workload.description,
-                "batch": workload.batch, "step_ms": seconds * 1e3, "compile_s": runner.compile_seconds,
-                "flops_per_step": flops, "tflops_per_s": tflops,
-                "fraction_of_matmul": tflops / rates[dtype] if tflops else None,
-            })
-            log(f"  {name} {dtype}: {seconds * 1e3:.2f} ms/step, "
-                f"{_fmt(tflops, '.1f')} TFLOP/s ({_fmt(tflops and tflops / rates[dtype], '.0%')} of matmul)")
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": f"{device.platform} {getattr(device, 'device_kind', '')}".strip(),
-        "device_count": jax.device_count(), "machine": machine(), "smoke": smoke,
-        "matmul_tflops": rates, "results": results, "wall_seconds": time.perf_counter() - start,
-    }
-
-
-def gpu_markdown(report: dict, command: str) -> str:
-    header = ["workload", "dtype", "batch", "step ms", "TFLOP/step", "TFLOP/s", "of matmul", "compile s"]
-    rows = [[r["workload"], r["dtype"], "-", "skipped", "-", "-", "-", "-"] if r.get("skipped") else
-            [r["workload"], r["dtype"], r["batch"], f"{r['step_ms']:.2f}",
-             _fmt(r["flops_per_step"] and r["flops_per_step"] / 1e12, ".3f"), _fmt(r["tflops_per_s"], ".1f"),
-             _fmt(r["fraction_of_matmul"], ".0%"), f"{r['compile_s']:.1f}"] for r in report["results"]]
-    rates = ", ".join(f"{d} {r:.1f} TFLOP/s" for d, r in report["matmul_tflops"].items())
-    lines = [
-        "# GPU training-step benchmark (the zoo's jitted step, scaled-up workloads)", "",
-        f"Written by `{command}` on {report['date']} in {report['wall_seconds']:.0f} s.", "",
-        f"- Device: {report['device']} ({report['device_count']} visible; one used); "
-        f"JAX {report['machine']['versions']['jax']}",
-        f"- Matmul rate measured in the same run (8192x8192 jnp.dot; float32 at JAX's default precision, "
-        f"which allows TF32 on this hardware): {rates}",
-        "- bfloat16: float32 variables and Adam; forward and backward in bfloat16 (params and inputs cast).",
-        "- FLOPs: XLA's cost analysis of the compiled step; the LSTM's (a scan) analytic, 3x forward matmuls.",
-        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-        *("| " + " | ".join(map(str, row)) + " |" for row in rows), "",
-        "Workloads:", "",
-        *(f"- `{name}`: {w.description}, batch {w.batch}" for name, w in gpu_workloads(report["smoke"]).items()),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def gpu_main(argv=None) -> int:
-    """Entry point of scripts/benchmark_gpu.sh."""
-    import argparse
+def main(argv=None) -> int:
+    """Times the workloads, prints the table, writes RESULTS.md and results.json."""
     import shlex
 
-    parser = argparse.ArgumentParser(prog="scripts/benchmark_gpu.sh", description=gpu_main.__doc__)
-    parser.add_argument("--workloads", default=",".join(gpu_workloads()), help="comma-separated subset")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--budget-s", type=float, default=400.0, help="stop starting new workloads after this")
-    parser.add_argument("--out", default="benchmarks/gpu", help="where RESULTS.md and results.json go")
-    parser.add_argument("--smoke", action="store_true", help="tiny workloads: check the script on a CPU")
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=main.__doc__)
+    parser.add_argument("--workloads", help=f"comma-separated subset of {','.join([*WORKLOADS, 'dispatch'])}")
+    parser.add_argument("--quick", action="store_true", help="3 short rounds instead of 9")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks"),
+                        help="where RESULTS.md and results.json go ('' for none)")
+    parser.add_argument("--command", help=argparse.SUPPRESS)  # how the caller was invoked, for RESULTS.md
     args = parser.parse_args(argv)
-    if jax.default_backend() != "gpu" and not args.smoke:
-        print(f"no GPU visible to JAX (backend: {jax.default_backend()}); install a CUDA jax "
-              "(e.g. pip install 'jax[cuda12]') or pass --smoke to check the script on a CPU", file=sys.stderr)
-        return 2
-    names = [n for n in args.workloads.split(",") if n]
-    unknown = [n for n in names if n not in gpu_workloads()]
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()] if args.workloads else list(WORKLOADS)
+    dispatch = "dispatch" in names or not args.workloads
+    names = [n for n in names if n != "dispatch"]
+    unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        print(f"unknown workload {unknown[0]}: choose from {', '.join(gpu_workloads())}", file=sys.stderr)
+        print(f"bench: error: unknown workload '{unknown[0]}': choose from {', '.join([*WORKLOADS, 'dispatch'])}",
+              file=sys.stderr)
         return 2
-    dtypes = [jnp.dtype(d).name for d in args.dtypes.split(",") if d]
-    report = run_gpu_benchmark(names, dtypes, args.budget_s, smoke=args.smoke,
-                               log=lambda line: print(line, file=sys.stderr, flush=True))
-    command = shlex.join(["scripts/benchmark_gpu.sh", *(argv if argv is not None else sys.argv[1:])])
-    text = gpu_markdown(report, command)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "RESULTS.md").write_text(text)
-    (out / "results.json").write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
-    print(f"wrote {out / 'RESULTS.md'} and {out / 'results.json'}", file=sys.stderr)
+    rounds = args.rounds or (3 if args.quick else 9)
+    report = run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = args.command or shlex.join(["python", "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
+    print(text_table(*table_rows(report)))
+    print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
+          f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
+    if args.out:
+        md, js = write_outputs(report, command, Path(args.out))
+        print(f"wrote {md} and {js}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
