@@ -117,7 +117,9 @@ class Dataset:
 
 
 def _as_array(x):
-    return x if isinstance(x, (np.ndarray, arrays.RowView)) else np.asarray(x)
+    """Arrays and array-likes read from disk stay as they are; anything else becomes an array."""
+    lazy = hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "__getitem__")
+    return x if isinstance(x, np.ndarray) or lazy else np.asarray(x)
 
 
 def _kind_of(x, vocab_size, where) -> tuple[str, tuple]:

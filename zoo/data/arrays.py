@@ -30,6 +30,11 @@ class RowView:
         return len(self.shape)
 
     @property
+    def decodes(self) -> bool:
+        """Whether reading rows decodes files (then worker processes pay off)."""
+        return getattr(self.base, "decodes", False)
+
+    @property
     def dtype(self):
         if self.transform is None:
             return self.base.dtype

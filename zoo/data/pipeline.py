@@ -102,6 +102,15 @@ def batch_dataset(x, y, batch_size: int, seed: int, shift: int = 0, rows: Rows |
     return dataset
 
 
+def _absl_flags_defaults() -> None:
+    """Grain's worker processes read absl flags; outside an absl app nobody parses them. Take their
+    defaults (no command line is read: the CLI's arguments are argparse's alone)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class BatchIterator:
     """Shuffled, fixed-size training batches (the last partial batch of an epoch is dropped), read
     through Grain. `position` says where it stands; `workers` > 0 decodes in that many processes."""
@@ -126,6 +135,7 @@ class BatchIterator:
         k = self._next_k()
         if self.workers:
             if self._stream is None:
+                _absl_flags_defaults()
                 options = grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2)
                 self._stream = iter(self.dataset[k:].to_iter_dataset().mp_prefetch(options))
             got, x, y = next(self._stream)

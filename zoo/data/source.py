@@ -43,7 +43,8 @@ def fingerprint(paths: list[Path], root: Path) -> dict:
         return dict(_FINGERPRINTS[key])
     digest = hashlib.blake2b(digest_size=16)
     for path in paths:
-        name = path.name if path == root else str(path.relative_to(root))
+        base = root if root.is_dir() else root.parent
+        name = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
         digest.update(name.encode() + b"\0")
         with open(path, "rb") as handle:
             while block := handle.read(1 << 22):
