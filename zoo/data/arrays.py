@@ -7,6 +7,8 @@ rest of the code (batching, evaluation, the validation split) takes either.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 
@@ -83,6 +85,18 @@ def transformed(x, transform):
 
 
 def chunks(x, rows: int = 4096):
-    """NumPy batches of at most `rows` rows covering all of `x`, read in order (bounded memory)."""
+    """NumPy batches of at most `rows` rows covering all of `x`, read in order. Memory-mapped pages
+    already read are let go after each batch, so a pass over a split larger than memory stays small."""
     for start in range(0, len(x), rows):
         yield np.asarray(x[start:start + rows])
+        release(x)
+
+
+def release(x) -> None:
+    """Drops the resident pages of the memory map under `x` (they stay in the OS page cache)."""
+    while x is not None:
+        mapped = getattr(x, "_mmap", None)
+        if mapped is not None:
+            mapped.madvise(mmap.MADV_DONTNEED)
+            return
+        x = getattr(x, "base", None)

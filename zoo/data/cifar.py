@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100, the official binary versions (never the pickled "python version").
+"""CIFAR-10 and CIFAR-100, the official binary versions (never the "python version": it needs unsafe loading).
 
 CIFAR-10: data_batch_1.bin ... data_batch_5.bin and test_batch.bin, records of 1 label byte and
 3072 pixel bytes (red, green, blue planes of 32x32); class names from batches.meta.txt.
