@@ -3,6 +3,7 @@
     python benchmarks/data_pipeline.py pngs     # 20,000 generated 32x32 PNGs: images/s with 0, 1, 2
                                                 # workers, and the share of a CNN step spent waiting
     python benchmarks/data_pipeline.py mmap     # a 2 GiB .npy, memory-mapped, trains an MLP: peak RSS
+    python benchmarks/data_pipeline.py feed --before DIR     # in-memory digits: us per batch, old vs Grain
     python benchmarks/data_pipeline.py digits --before DIR   # digits CNN ms/step and the make-demo
                                                 # compare, this tree vs an older tree DIR, interleaved
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's zoo, whichever is installed
 
 
 def machine() -> str:
@@ -181,6 +183,32 @@ def bench_digits(args) -> dict:
     return out
 
 
+def bench_feed(args) -> dict:
+    """Per-batch cost of feeding the in-memory digits: the old NumPy iterator vs the Grain one."""
+    import importlib.util
+
+    from zoo.data import load_dataset
+    from zoo.data.pipeline import BatchIterator
+
+    spec = importlib.util.spec_from_file_location("old_batching", Path(args.before) / "zoo/data/batching.py")
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["old_batching"] = old  # dataclasses look their module up
+    spec.loader.exec_module(old)
+    digits = load_dataset("digits")
+    makers = {"before (NumPy)": lambda: old.BatchIterator(digits.x_train, digits.y_train, 64, 0, shift=args.shift),
+              "after (Grain)": lambda: BatchIterator(digits.x_train, digits.y_train, 64, 0, shift=args.shift)}
+    times = {name: [] for name in makers}
+    for _ in range(args.rounds):
+        for name, make in makers.items():
+            batches = make()
+            start = time.perf_counter()
+            for _ in range(2000):
+                next(batches)
+            times[name].append((time.perf_counter() - start) / 2000 * 1e6)
+    return {"machine": machine(), "shift": args.shift, "us_per_batch_median": {k: statistics.median(v) for k, v in times.items()},
+            "us_per_batch": times}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -194,6 +222,11 @@ def main() -> None:
     p.add_argument("--gib", type=int, default=2)
     p.add_argument("--steps", type=int, default=300)
     p.set_defaults(func=bench_mmap)
+    p = sub.add_parser("feed")
+    p.add_argument("--before", required=True, help="a checkout of the code before the change")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--shift", type=int, default=0)
+    p.set_defaults(func=bench_feed)
     p = sub.add_parser("digits")
     p.add_argument("--before", required=True, help="a checkout of the code before the change")
     p.add_argument("--rounds", type=int, default=4)

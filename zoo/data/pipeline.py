@@ -1,14 +1,16 @@
-"""The input pipeline, on Grain: one Grain element per global batch.
+"""The input pipeline, on Grain: one Grain element per block of global batches.
 
-`MapDataset.range` over batch numbers k = epoch * steps_per_epoch + index, mapped by two Grain
-transforms: `GatherBatch` (the rows of batch k in the order `default_rng([seed, epoch])` fixes, only
-this JAX process's share of them, read or decoded from the split) and `RandomShift` (augmentation).
-With workers, Grain's `mp_prefetch` runs both in worker processes (decoding files there); without,
-the loop indexes the MapDataset directly (an in-memory batch costs tens of microseconds, not the
-hundreds a per-example pipeline costs: see benchmarks/DATA.md).
+`MapDataset.range` over block numbers, mapped by two Grain transforms: `GatherBatch` (for each
+batch number k = epoch * steps_per_epoch + index of the block, the rows in the order
+`default_rng([seed, epoch])` fixes, only this JAX process's share of them, read or decoded from the
+split) and `RandomShift` (augmentation). With workers, Grain's `mp_prefetch` runs both in worker
+processes, one batch per element (decoding files there); without, the loop indexes the MapDataset
+directly, 16 batches per element: Grain's fixed cost per element (~25-60 us here) would otherwise
+add 15% to a digits MLP step (benchmarks/DATA.md).
 
 The iterator's state is the next k, saved in every checkpoint as `Position(epoch, index)`: a
-resumed run starts the dataset at that k and sees the same batches as an uninterrupted one.
+resumed run starts at that k and sees the same batches as an uninterrupted one, whatever the block
+size or the number of workers.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ class Rows:
 
 
 class GatherBatch(grain.transforms.Map):
-    """Batch number k -> (k, x, y): this process's rows of the k-th global batch."""
+    """Block number b -> (first k, x, y) of `per_element` batches k = b * per_element ...: this
+    process's rows of each global batch, stacked on a leading axis."""
 
-    def __init__(self, x, y, batch_size: int, seed: int, rows: Rows):
+    def __init__(self, x, y, batch_size: int, seed: int, rows: Rows, per_element: int = 1):
         self.x, self.y, self.batch_size, self.seed, self.rows = x, y, batch_size, seed, rows
+        self.per_element = per_element
         self.steps_per_epoch = len(x) // batch_size
         self._order_epoch, self._order = -1, None
 
@@ -57,10 +61,17 @@ class GatherBatch(grain.transforms.Map):
             self._order_epoch = epoch
         return self._order
 
-    def map(self, k: int):
-        epoch, index = divmod(int(k), self.steps_per_epoch)
-        take = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size][self.rows.share(self.batch_size)]
-        return k, self.x[take], self.y[take]
+    def rows_of(self, k: int) -> np.ndarray:
+        epoch, index = divmod(k, self.steps_per_epoch)
+        batch = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        return batch[self.rows.share(self.batch_size)]
+
+    def map(self, block: int):
+        first = int(block) * self.per_element
+        take = np.stack([self.rows_of(k) for k in range(first, first + self.per_element)])
+        flat = take.reshape(-1)
+        x, y = self.x[flat], self.y[flat]
+        return first, x.reshape(*take.shape, *x.shape[1:]), y.reshape(take.shape)
 
     def __getstate__(self):  # workers rebuild the order cache themselves
         return {**self.__dict__, "_order_epoch": -1, "_order": None}
@@ -75,11 +86,14 @@ class RandomShift(grain.transforms.Map):
         self.batch_size, self.rows = batch_size, rows
 
     def map(self, element):
-        k, x, y = element
-        epoch, index = divmod(int(k), self.steps_per_epoch)
-        rng = np.random.default_rng([self.seed, epoch, index, 1])
-        offsets = rng.integers(0, 2 * self.max_shift + 1, size=(self.batch_size, x.ndim - 2))
-        return k, shift_batch(x, offsets[self.rows.share(self.batch_size)], self.max_shift), y
+        first, xs, ys = element
+        shifted = np.empty_like(xs)
+        for i, x in enumerate(xs):
+            epoch, index = divmod(first + i, self.steps_per_epoch)
+            rng = np.random.default_rng([self.seed, epoch, index, 1])
+            offsets = rng.integers(0, 2 * self.max_shift + 1, size=(self.batch_size, x.ndim - 2))
+            shifted[i] = shift_batch(x, offsets[self.rows.share(self.batch_size)], self.max_shift)
+        return first, shifted, ys
 
 
 def default_workers(x) -> int:
@@ -90,12 +104,13 @@ def default_workers(x) -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
-def batch_dataset(x, y, batch_size: int, seed: int, shift: int = 0, rows: Rows | None = None) -> grain.MapDataset:
-    """The endless MapDataset of global batches (this process's rows of each)."""
+def batch_dataset(x, y, batch_size: int, seed: int, shift: int = 0, rows: Rows | None = None,
+                  per_element: int = 1) -> grain.MapDataset:
+    """The endless MapDataset of blocks of `per_element` global batches (this process's rows of each)."""
     rows = rows or Rows()
     if batch_size % rows.count:
         raise ValueError(f"batch size {batch_size} does not split over {rows.count} processes")
-    gather = GatherBatch(x, y, batch_size, seed, rows)
+    gather = GatherBatch(x, y, batch_size, seed, rows, per_element)
     dataset = grain.MapDataset.range(0, _HORIZON).map(gather)
     if shift:
         dataset = dataset.map(RandomShift(shift, seed, gather.steps_per_epoch, batch_size, rows))
@@ -115,6 +130,8 @@ class BatchIterator:
     """Shuffled, fixed-size training batches (the last partial batch of an epoch is dropped), read
     through Grain. `position` says where it stands; `workers` > 0 decodes in that many processes."""
 
+    IN_PROCESS_BLOCK = 16  # batches per Grain element without workers
+
     def __init__(self, x, y, batch_size: int, seed: int, shift: int = 0, position: Position | None = None,
                  workers: int = 0, rows: Rows | None = None):
         if not 0 < batch_size <= len(x):
@@ -122,8 +139,10 @@ class BatchIterator:
         self.batch_size, self.seed, self.shift, self.workers = batch_size, seed, shift, workers
         self.steps_per_epoch = len(x) // batch_size
         self.position = dataclasses.replace(position) if position else Position()
-        self.dataset = batch_dataset(x, y, batch_size, seed, shift, rows)
+        self.per_element = 1 if workers else self.IN_PROCESS_BLOCK
+        self.dataset = batch_dataset(x, y, batch_size, seed, shift, rows, self.per_element)
         self._stream = None  # the worker-backed iterator, started at the first batch asked for
+        self._block = None  # (first k, xs, ys) of the element last read
 
     def _next_k(self) -> int:
         return self.position.epoch * self.steps_per_epoch + self.position.index
@@ -131,17 +150,21 @@ class BatchIterator:
     def __iter__(self):
         return self
 
-    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
-        k = self._next_k()
+    def _element(self, k: int):
         if self.workers:
             if self._stream is None:
                 _absl_flags_defaults()
                 options = grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2)
                 self._stream = iter(self.dataset[k:].to_iter_dataset().mp_prefetch(options))
-            got, x, y = next(self._stream)
-            assert got == k, (got, k)
-        else:
-            _, x, y = self.dataset[k]
+            return next(self._stream)
+        return self.dataset[k // self.per_element]
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        k = self._next_k()
+        if self._block is None or not 0 <= k - self._block[0] < len(self._block[1]):
+            self._block = self._element(k)
+        first, xs, ys = self._block
+        x, y = xs[k - first], ys[k - first]
         k += 1
         self.position = Position(*divmod(k, self.steps_per_epoch))
         return x, y
