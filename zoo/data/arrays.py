@@ -51,6 +51,10 @@ class RowView:
             return self[np.array([key])][0]
         rows = self._base_rows(key)
         batch = np.asarray(self.base[np.sort(rows)]) if len(rows) else np.asarray(self.base[:0])
+        if isinstance(self.base, np.memmap):
+            # The kernel maps pages around each row read (fault-around): let them go, or a run over a
+            # split larger than memory grows its resident set to the whole file.
+            release(self.base)
         if len(rows) and not np.all(rows[:-1] <= rows[1:]):  # read in file order, give in asked order
             batch = batch[np.argsort(np.argsort(rows, kind="stable"), kind="stable")]
         return self.transform(batch) if self.transform is not None else batch
