@@ -331,6 +331,17 @@ def test_eval_refuses_data_changed_since_training_unless_allowed(tmp_path, write
     assert zoo_main("eval", tmp_path / "run", "--allow-changed-data")[0] == 0
 
 
+def test_eval_of_a_run_trained_on_arrays_says_how_to_pass_them_again(tmp_path, tiny_config):
+    from zoo.evaluate import evaluate
+    from zoo.training import fit
+
+    arrays = npz_arrays()
+    dataset = data.Dataset.from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
+    fit(tiny_config({"data": {"eval_batch_size": 100}}), tmp_path / "run", dataset=dataset)
+    with pytest.raises(DataError, match=r"in-memory arrays .* zoo.evaluate\(run_dir, dataset=...\)"):
+        evaluate(tmp_path / "run")
+
+
 def test_an_unknown_format_name_suggests_the_nearest(tmp_path):
     with pytest.raises(DataError, match="did you mean 'image_folder'"):
         data.load(config_of({"name": "image_folders", "path": str(tmp_path)}).data)

@@ -67,7 +67,15 @@ def record(kind: str, root: Path, paths: list[Path]) -> dict:
 
 def check_unchanged(recorded: dict | None, current: dict | None) -> None:
     """Raises DataError when the files a run was trained on have changed since (by fingerprint)."""
-    if not recorded or "fingerprint" not in recorded or not current:
+    if not recorded or not current:
+        return
+    if recorded.get("kind") == "arrays" and current.get("kind") != "arrays":
+        raise DataError("this run was trained on in-memory arrays (zoo.Dataset.from_arrays), which the run "
+                        "directory does not hold: pass them again with zoo.evaluate(run_dir, dataset=...)")
+    if recorded.get("kind") != current.get("kind"):
+        raise DataError(f"this run was trained on {recorded.get('kind')} data, the config now reads "
+                        f"{current.get('kind')}: restore its data section, or pass --allow-changed-data")
+    if "fingerprint" not in recorded:
         return
     if recorded["fingerprint"] != current.get("fingerprint") or recorded.get("path") != current.get("path"):
         before, now = recorded["fingerprint"], current.get("fingerprint") or {}
