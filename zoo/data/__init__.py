@@ -187,6 +187,7 @@ def prepare(dataset: Dataset, data_config) -> Dataset:
     recorded in the spec, and every split passed through `preprocess` (lazily for data on disk)."""
     dataset = with_validation(dataset, data_config.validation, data_config.seed)
     spec = dataset.spec
+    check_inputs(spec, dataset.x_train[:1])  # the raw inputs, before preprocessing casts them
     kind = (spec.source or {}).get("kind")
     normalize = data_config.normalize if data_config.normalize is not None else kind not in BUILT_IN
     scale = 1 / 255 if np.dtype(dataset.x_train.dtype) == np.uint8 else 1.0
@@ -237,7 +238,8 @@ def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
             f"{tuple(spec.input_shape)}: fix the data files or the spec"
         )
     integer = np.issubdtype(x.dtype, np.integer)
-    if integer != (spec.kind == "tokens"):
+    pixel_bytes = x.dtype == np.uint8 and spec.kind != "tokens"  # raw 8-bit images, scaled by preprocess
+    if integer != (spec.kind == "tokens") and not pixel_bytes:
         raise DataError(
             f"dataset '{spec.name}' is of kind '{spec.kind}' but its inputs are {x.dtype}: "
             "token ids must be integers, images and signals floats"
