@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from zoo.evaluate import evaluate
 
-    result = evaluate(args.run_dir, step=args.step, best=args.best)
+    result = evaluate(args.run_dir, step=args.step, best=args.best, allow_changed_data=args.allow_changed_data)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -168,6 +168,8 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--step", type=int, help="a checkpointed step (default: the latest)")
     group.add_argument("--best", action="store_true", help="the best step by the run's metric")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="evaluate even though the data files changed since training")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="train every model x seed of a compare config, then write a report")

@@ -17,12 +17,26 @@ from zoo.errors import ConfigError, did_you_mean
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    # digits | mnist1d | mnist1d_shuffled (built in), or a file format: npz | csv | image_folder | idx |
+    # cifar10 | cifar100, read from `path`
     name: str = "digits"
+    path: str | None = None  # a file or folder, relative to the working directory or absolute
     batch_size: int = 64
     eval_batch_size: int = 500
     shift: int = 0  # augmentation: random shift of up to this many pixels/steps (0: none)
     validation: float = 0.1  # fraction of train held out for selection (stratified); 0: none
-    seed: int = 0  # fixes the validation split (independent of the run's seed)
+    seed: int = 0  # fixes the validation split and any carved test split (independent of the run's seed)
+    test: float | None = None  # csv, image_folder: fraction carved out as test when there is no test split
+    test_path: str | None = None  # csv: a separate file for the test split
+    label: str | None = None  # csv: the label column
+    image_size: tuple[int, ...] | None = None  # image_folder: resize every image to [H, W]
+    channels: int | None = None  # image_folder: 1 (grey) or 3 (RGB); default from the first image
+    label_mode: Literal["fine", "coarse"] = "fine"  # cifar100
+    vocab_size: int | None = None  # npz: integer 2-D inputs are token ids below this
+    # Standardise inputs by the training split's mean/std (per channel; per column for csv).
+    # null: yes for file sources, no for the built-in datasets (already scaled to [0, 1]).
+    normalize: bool | None = None
+    workers: int | None = None  # decoding processes; null: from the cores for lazily decoded sources, else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +110,11 @@ _RANGES = {
     "data.shift": (lambda v: v >= 0, "at least 0"),
     "data.validation": (lambda v: 0 <= v < 1, "in [0, 1): the fraction of train held out (0: none)"),
     "data.seed": (lambda v: v >= 0, "at least 0"),
+    "data.test": (lambda v: v is None or 0 < v < 1, "in (0, 1) (or null: the source's own test split)"),
+    "data.image_size": (lambda v: v is None or (len(v) == 2 and min(v) >= 1), "[height, width], positive"),
+    "data.channels": (lambda v: v in (None, 1, 3), "1 (grey) or 3 (RGB)"),
+    "data.vocab_size": (lambda v: v is None or v >= 2, "at least 2 (or null)"),
+    "data.workers": (lambda v: v is None or v >= 0, "at least 0 (or null: automatic)"),
     "optimizer.learning_rate": (lambda v: v > 0, "greater than 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optimizer.weight_decay": (lambda v: v >= 0, "at least 0"),

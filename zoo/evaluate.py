@@ -8,6 +8,7 @@ import jax
 
 from zoo import checkpoint as ckpt
 from zoo.config import from_dict
+from zoo.data import check_unchanged
 from zoo.errors import CheckpointError, ZooError
 from zoo.training import loop, step as step_lib
 
@@ -40,8 +41,10 @@ def _stored_config(checkpoints, step: int):
         raise CheckpointError(f"checkpoint step {step}: its stored config is unusable ({error})") from None
 
 
-def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False) -> dict:
-    """Test metrics of one checkpoint of `run_dir` (the latest, a given step, or the best). Reads only."""
+def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False,
+             allow_changed_data: bool = False) -> dict:
+    """Test metrics of one checkpoint of `run_dir` (the latest, a given step, or the best). Reads only.
+    Refuses when the run's data files changed since training, unless `allow_changed_data`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory '{run_dir}' does not exist: give one that `zoo train` wrote")
@@ -52,6 +55,8 @@ def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False) -
     chosen = resolve_step(reader, step, best)
     config = _stored_config(reader, chosen)
     run = loop.build_run(config, training=False)
+    if not allow_changed_data:
+        check_unchanged(reader.read_meta(chosen).get("spec"), run.spec)
     state, meta = reader.restore(chosen, run.abstract_state())
     eval_step = step_lib.jit_eval_step(run.model, run.spec.num_classes, run.mesh)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()

@@ -1,13 +1,17 @@
-"""Datasets by name. A dataset is in-memory NumPy arrays plus a `DataSpec`; data knows nothing of models."""
+"""Datasets by name or from files. A dataset is four to six splits (NumPy arrays, or array-likes read
+from disk when indexed) plus a `DataSpec`; data knows nothing of models."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Callable
 
 import numpy as np
 
-from zoo.data.batching import BatchIterator, eval_batches
+from zoo.data import arrays, source as source_lib
+from zoo.data.batching import eval_batches
+from zoo.data.pipeline import BatchIterator, default_workers
 from zoo.data.split import with_validation
 from zoo.errors import DataError, did_you_mean
 
@@ -27,6 +31,10 @@ class DataSpec:
     test_size: int = 0
     val_size: int = 0
     class_names: tuple | None = None  # one name per class where the source has them
+    # Where the data came from: {"kind", "path" (resolved), "fingerprint": {"files", "bytes", "hash"}}.
+    source: dict | None = None
+    # Raw batch -> model input (see `preprocess`): {"scale", "mean", "std", "shape"} of the training split.
+    normalization: dict | None = None
 
     def to_json(self) -> dict:
         out = {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
@@ -37,7 +45,8 @@ class DataSpec:
     @classmethod
     def from_json(cls, data: dict) -> "DataSpec":
         names = data.get("class_names")
-        return cls(**{**data, "input_shape": tuple(data["input_shape"]),
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "input_shape": tuple(data["input_shape"]),
                       "class_names": tuple(names) if names is not None else None})
 
     @property
@@ -62,6 +71,71 @@ class Dataset:
     def has_validation(self) -> bool:
         return self.x_val is not None and len(self.x_val) > 0
 
+    @classmethod
+    def from_arrays(cls, x_train, y_train, x_test, y_test, class_names=None, name: str = "arrays",
+                    x_val=None, y_val=None, vocab_size: int | None = None, where: str | None = None,
+                    source: dict | None = None) -> "Dataset":
+        """A dataset of NumPy arrays (or memory maps): sizes, input shape, kind and class count read
+        from them. 2-D inputs are vectors (token ids when integer and `vocab_size` is given), 3-D
+        signals (N, L, C), 4-D images (N, H, W, C)."""
+        where = where or f"dataset '{name}'"
+        splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
+        if x_val is not None or y_val is not None:
+            splits["val"] = (x_val, y_val)
+        for split, (x, y) in splits.items():
+            if x is None or y is None:
+                raise DataError(f"{where}: give both x_{split} and y_{split}")
+            if len(x) != len(y):
+                raise DataError(f"{where}: x_{split} has {len(x)} rows but y_{split} has {len(y)}: one label per example")
+        num_classes = len(class_names) if class_names is not None else None
+        for split, (_, y) in splits.items():
+            found = source_lib.check_labels(y, num_classes, f"{where} y_{split}")
+            num_classes = num_classes if class_names is not None else max(num_classes or 0, found)
+        x_train = _as_array(x_train)
+        kind, shape = _kind_of(x_train, vocab_size, where)
+        as_input = (lambda x: _as_array(x)[..., None]) if kind == "signal" and x_train.ndim == 2 else _as_array
+        labels = lambda y: np.asarray(y).astype(np.int32)  # noqa: E731
+        if kind == "tokens":
+            for split, (x, _) in splits.items():
+                x = _as_array(x)
+                if len(x) and (x.min() < 0 or x.max() >= vocab_size):
+                    raise DataError(f"{where}: x_{split} holds token id {int(x.min() if x.min() < 0 else x.max())} "
+                                    f"outside [0, {vocab_size}): raise data.vocab_size or fix the data")
+        xs = {split: as_input(x) for split, (x, _) in splits.items()}
+        for split, x in xs.items():
+            if tuple(x.shape[1:]) != shape:
+                raise DataError(f"{where}: x_{split} has examples of shape {tuple(x.shape[1:])}, x_train {shape}: "
+                                "every split needs the same example shape")
+        spec = DataSpec(name, shape, kind, num_classes, vocab_size if kind == "tokens" else None,
+                        len(xs["train"]), len(xs["test"]), len(xs["val"]) if "val" in xs else 0,
+                        tuple(class_names) if class_names is not None else None,
+                        {**(source or {"kind": "arrays"}), **({"vectors": True} if x_train.ndim == 2 and
+                                                              kind == "signal" else {})})
+        return cls(spec, xs["train"], labels(y_train), xs["test"], labels(y_test),
+                   xs.get("val"), labels(y_val) if "val" in xs else None)
+
+
+def _as_array(x):
+    """Arrays and array-likes read from disk stay as they are; anything else becomes an array."""
+    lazy = hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "__getitem__")
+    return x if isinstance(x, np.ndarray) or lazy else np.asarray(x)
+
+
+def _kind_of(x, vocab_size, where) -> tuple[str, tuple]:
+    integer = np.issubdtype(x.dtype, np.integer)
+    if x.ndim == 2 and integer and vocab_size:
+        return "tokens", tuple(x.shape[1:])
+    if x.ndim == 2:
+        return "signal", (x.shape[1], 1)  # a vector is a one-channel signal: every family takes it
+    if x.ndim in (3, 4) and (integer or np.issubdtype(x.dtype, np.floating)):
+        return ("signal" if x.ndim == 3 else "image"), tuple(x.shape[1:])
+    raise DataError(f"{where}: x_train is {x.dtype} of shape {tuple(x.shape)}; inputs must be numbers shaped "
+                    "(N, D) vectors, (N, L, C) signals or (N, H, W, C) images")
+
+
+BUILT_IN = ("digits", "mnist1d", "mnist1d_shuffled")
+FILE_FORMATS = ("npz", "csv", "image_folder", "idx", "cifar10", "cifar100")
+
 
 def _loaders() -> dict[str, Callable[[], Dataset]]:
     from zoo.data import digits, mnist1d
@@ -80,9 +154,77 @@ def list_datasets() -> list[str]:
 def load_dataset(name: str) -> Dataset:
     loaders = _loaders()
     if name not in loaders:
-        raise DataError(f"unknown dataset '{name}': {did_you_mean(name, loaders)}"
-                        f"choose one of {', '.join(sorted(loaders))}")
-    return loaders[name]()
+        raise DataError(f"unknown dataset '{name}': {did_you_mean(name, [*loaders, *FILE_FORMATS])}"
+                        f"choose one of {', '.join(sorted(loaders))}, or a file format "
+                        f"({', '.join(FILE_FORMATS)}) with data.path")
+    dataset = loaders[name]()
+    return dataclasses.replace(dataset, spec=dataclasses.replace(dataset.spec, source={"kind": name}))
+
+
+def load(data_config) -> Dataset:
+    """The raw dataset a `data:` config section names: a built-in one, or files of a format at data.path."""
+    name = data_config.name
+    if name in FILE_FORMATS:
+        from zoo.data import cifar, csv, idx, image_folder, npz
+
+        reader = {"npz": npz.load, "csv": csv.load, "image_folder": image_folder.load, "idx": idx.load,
+                  "cifar10": cifar.load, "cifar100": cifar.load}[name]
+        return reader(data_config)
+    if data_config.path is not None and name in _loaders():
+        raise DataError(f"data.path is set but '{name}' is a built-in dataset: set data.name to the files' "
+                        f"format ({', '.join(FILE_FORMATS)})")
+    return load_dataset(name)
+
+
+_STATS: dict = {}  # (fingerprint, validation, seed, normalize) -> statistics, per process
+
+
+def prepare(dataset: Dataset, data_config) -> Dataset:
+    """`dataset` ready to train on: a validation split, the training split's normalisation statistics
+    recorded in the spec, and every split passed through `preprocess` (lazily for data on disk)."""
+    dataset = with_validation(dataset, data_config.validation, data_config.seed)
+    spec = dataset.spec
+    check_inputs(spec, dataset.x_train[:1])  # the raw inputs, before preprocessing casts them
+    kind = (spec.source or {}).get("kind")
+    normalize = data_config.normalize if data_config.normalize is not None else kind not in BUILT_IN
+    scale = 1 / 255 if np.dtype(dataset.x_train.dtype) == np.uint8 else 1.0
+    normalization = None
+    if spec.kind != "tokens" and (normalize or scale != 1.0):
+        fingerprint = (spec.source or {}).get("fingerprint")
+        key = (json.dumps(fingerprint, sort_keys=True), data_config.validation, data_config.seed, normalize, scale)
+        normalization = _STATS.get(key) if fingerprint else None
+        if normalization is None:
+            per_column = bool((spec.source or {}).get("vectors"))  # csv columns, npz vectors
+            normalization = (source_lib.statistics(dataset.x_train, per_column, scale) if normalize
+                             else {"scale": scale, "mean": None, "std": None, "shape": None})
+            if fingerprint:
+                _STATS[key] = normalization
+    spec = dataclasses.replace(spec, normalization=normalization)
+    convert = source_lib.preprocessor(normalization, spec.dtype)
+    splits = {f"x_{split}": _converted(getattr(dataset, f"x_{split}"), convert)
+              for split in ("train", "val", "test") if getattr(dataset, f"x_{split}") is not None}
+    return dataclasses.replace(dataset, spec=spec, **splits)
+
+
+_EAGER_BYTES = 256 << 20  # in-memory splits up to this size (as float32) are converted at once
+
+
+def _converted(x, convert):
+    if not arrays.is_lazy(x) and x.size * 4 <= _EAGER_BYTES:
+        return convert(x)
+    return arrays.transformed(x if arrays.is_lazy(x) else arrays.RowView(x), convert)
+
+
+def preprocess(spec: DataSpec, x_raw) -> np.ndarray:
+    """Raw inputs (as the source gives them) -> what the model takes, exactly as in training: the
+    same scale and the training split's mean and std recorded in `spec`. For predict and export."""
+    return source_lib.preprocessor(spec.normalization, spec.dtype)(x_raw)
+
+
+def check_unchanged(recorded_spec: DataSpec | dict, current_spec: DataSpec) -> None:
+    """Raises DataError when the data files behind a run changed since it was trained."""
+    recorded = recorded_spec.source if isinstance(recorded_spec, DataSpec) else (recorded_spec or {}).get("source")
+    source_lib.check_unchanged(recorded, current_spec.source)
 
 
 def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
@@ -93,12 +235,14 @@ def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
             f"{tuple(spec.input_shape)}: fix the data files or the spec"
         )
     integer = np.issubdtype(x.dtype, np.integer)
-    if integer != (spec.kind == "tokens"):
+    pixel_bytes = x.dtype == np.uint8 and spec.kind != "tokens"  # raw 8-bit images, scaled by preprocess
+    if integer != (spec.kind == "tokens") and not pixel_bytes:
         raise DataError(
             f"dataset '{spec.name}' is of kind '{spec.kind}' but its inputs are {x.dtype}: "
             "token ids must be integers, images and signals floats"
         )
 
 
-__all__ = ["BatchIterator", "DataSpec", "Dataset", "KINDS", "check_inputs", "eval_batches",
-           "list_datasets", "load_dataset", "with_validation"]
+__all__ = ["BUILT_IN", "BatchIterator", "DataSpec", "Dataset", "FILE_FORMATS", "KINDS", "check_inputs",
+           "check_unchanged", "default_workers", "eval_batches", "list_datasets", "load", "load_dataset",
+           "prepare", "preprocess", "with_validation"]

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from zoo.data.arrays import take
 from zoo.errors import DataError
 
 
@@ -43,5 +44,5 @@ def with_validation(dataset, fraction: float, seed: int = 0):
         raise DataError(f"data.validation {fraction} leaves no training examples in '{dataset.spec.name}': "
                         "use a smaller fraction")
     spec = dataclasses.replace(dataset.spec, train_size=len(kept), val_size=len(held_out))
-    return dataclasses.replace(dataset, spec=spec, x_train=dataset.x_train[kept], y_train=dataset.y_train[kept],
-                               x_val=dataset.x_train[held_out], y_val=dataset.y_train[held_out])
+    return dataclasses.replace(dataset, spec=spec, x_train=take(dataset.x_train, kept), y_train=dataset.y_train[kept],
+                               x_val=take(dataset.x_train, held_out), y_val=dataset.y_train[held_out])

@@ -18,8 +18,10 @@ import numpy as np
 from zoo import checkpoint as ckpt
 from zoo import models
 from zoo.config import Config, from_dict
-from zoo.data import BatchIterator, Dataset, check_inputs, load_dataset, with_validation
+from zoo import data as data_lib
+from zoo.data import BatchIterator, Dataset, check_inputs
 from zoo.data.batching import Position
+from zoo.data.pipeline import Rows
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError
 from zoo.metrics import JsonlWriter, Progress, Silent
 from zoo.training import optim, state as state_lib, step as step_lib
@@ -66,7 +68,7 @@ def build_run(config: Config, dataset: Dataset | None = None, training: bool = T
 
     `training=False` (evaluation) skips the checks only training needs, such as the batch splitting
     over this machine's devices (a run trained elsewhere evaluates anywhere)."""
-    dataset = with_validation(dataset or load_dataset(config.data.name), config.data.validation, config.data.seed)
+    dataset = data_lib.prepare(dataset or data_lib.load(config.data), config.data)
     check_inputs(dataset.spec, dataset.x_train[:1])
     spec = dataset.spec
     model = models.build(config.model.name, spec.num_classes, spec.vocab_size, **config.model.hparams)
@@ -262,8 +264,10 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                          f"{jax.device_count()}: results will differ from an uninterrupted run in the "
                          "last bits")
     metrics_log.truncate_after(start_step)
-    batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size,
-                            config.seed, shift=config.data.shift, position=position)
+    workers = config.data.workers if config.data.workers is not None else data_lib.default_workers(run.dataset.x_train)
+    batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed,
+                            shift=config.data.shift, position=position, workers=workers,
+                            rows=Rows.of_jax_processes())
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
     eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh)
     evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
@@ -291,7 +295,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                 x, y = batches.take(count)
             check_inputs(spec, x[0] if count > 1 else x)
             leading = 1 if count > 1 else 0
-            xd, yd = step_lib.put_batch(mesh, x, leading), step_lib.put_batch(mesh, y, leading)
+            xd, yd = _put_rows(mesh, x, leading), _put_rows(mesh, y, leading)
             compile_before = steps.compile_seconds
             compiled = steps.get(count, state, xd, yd)
             last_sync += steps.compile_seconds - compile_before  # compile time is reported apart
@@ -332,6 +336,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                 checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(batches.position)},
                                  last_eval)
             last_sync = time.perf_counter()
+    batches.close()
     checkpoints.wait()
     progress.close()
     if stopped_by:
@@ -341,6 +346,15 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     checkpoints.close()
     atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2))
     return result
+
+
+def _put_rows(mesh, rows: np.ndarray, leading: int):
+    """Places this process's rows of a global batch (the pipeline reads only those) on the mesh."""
+    if jax.process_count() == 1:
+        return step_lib.put_batch(mesh, rows, leading)
+    global_shape = list(rows.shape)
+    global_shape[leading] *= jax.process_count()
+    return jax.make_array_from_process_local_data(step_lib.batch_sharding(mesh, leading), rows, tuple(global_shape))
 
 
 def _diverged(what: str, step: int, checkpoints: ckpt.Checkpoints) -> RunError:

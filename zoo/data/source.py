@@ -1,0 +1,144 @@
+"""What every run records of its data: where it came from, a content fingerprint, and the training
+split's normalisation statistics (applied the same way by training, evaluation and prediction)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zoo.data.arrays import chunks
+from zoo.errors import DataError
+
+_FINGERPRINTS: dict = {}  # (path, size, mtime) of every file -> fingerprint; in memory, per process
+
+
+def resolve(path: str | None, name: str) -> Path:
+    """`path` (relative to the working directory or absolute) resolved; refuses a missing one."""
+    if not path:
+        raise DataError(f"data.name '{name}' reads files: set data.path to the file or folder holding them")
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.exists():
+        raise DataError(f"data path '{path}' does not exist (resolved to {resolved}): check data.path "
+                        "(relative paths start at the working directory)")
+    return resolved
+
+
+def files_of(path: Path) -> list[Path]:
+    """Every file under `path` (or `path` itself), sorted, hidden files left out."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def fingerprint(paths: list[Path], root: Path) -> dict:
+    """Total size, file count and a BLAKE2 hash of the files' names and bytes. Cached in memory by
+    (path, size, mtime), so a process reads each file set once."""
+    stats = [(str(p), *_size_mtime(p)) for p in paths]
+    key = tuple(stats)
+    if key in _FINGERPRINTS:
+        return dict(_FINGERPRINTS[key])
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        base = root if root.is_dir() else root.parent
+        name = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+        digest.update(b"\0")
+    out = {"files": len(paths), "bytes": sum(s[1] for s in stats), "hash": digest.hexdigest()}
+    _FINGERPRINTS[key] = out
+    return dict(out)
+
+
+def _size_mtime(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def record(kind: str, root: Path, paths: list[Path]) -> dict:
+    """The source entry of a DataSpec: kind, resolved path, fingerprint of the files read."""
+    return {"kind": kind, "path": str(root), "fingerprint": fingerprint(paths, root)}
+
+
+def check_unchanged(recorded: dict | None, current: dict | None) -> None:
+    """Raises DataError when the files a run was trained on have changed since (by fingerprint)."""
+    if not recorded or not current:
+        return
+    if recorded.get("kind") == "arrays" and current.get("kind") != "arrays":
+        raise DataError("this run was trained on in-memory arrays (zoo.Dataset.from_arrays), which the run "
+                        "directory does not hold: pass them again with zoo.evaluate(run_dir, dataset=...)")
+    if recorded.get("kind") != current.get("kind"):
+        raise DataError(f"this run was trained on {recorded.get('kind')} data, the config now reads "
+                        f"{current.get('kind')}: restore its data section, or pass --allow-changed-data")
+    if "fingerprint" not in recorded:
+        return
+    if recorded["fingerprint"] != current.get("fingerprint") or recorded.get("path") != current.get("path"):
+        before, now = recorded["fingerprint"], current.get("fingerprint") or {}
+        raise DataError(
+            f"the data at {recorded.get('path')} changed since training ({before.get('files')} files, "
+            f"{before.get('bytes')} bytes, hash {str(before.get('hash'))[:12]} then; {now.get('files')} files, "
+            f"{now.get('bytes')} bytes, hash {str(now.get('hash'))[:12]} now): restore the data, or pass "
+            "--allow-changed-data to evaluate on it anyway")
+
+
+def check_labels(y, num_classes: int | None, where: str) -> int:
+    """Labels must be integers in [0, num_classes); returns the class count (max + 1 when not given)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be one integer per example, got shape {y.shape}")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
+            raise DataError(f"{where}: labels must be integer class ids, got {y.dtype}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{where}: label {int(y.min())} is negative: class ids run from 0 to the class count - 1")
+    top = int(y.max()) if y.size else -1
+    if num_classes is not None and top >= num_classes:
+        raise DataError(f"{where}: label {top} is out of range for {num_classes} classes: class ids run "
+                        f"from 0 to {num_classes - 1}")
+    return num_classes if num_classes is not None else top + 1
+
+
+def statistics(x, per_column: bool, scale: float = 1.0) -> dict:
+    """Mean and std of the training split (times `scale`), per channel (last axis) or per column
+    (every position), in float64, read in chunks so a memory-mapped split is never loaded whole."""
+    count, total, squares = 0, None, None
+    for batch in chunks(x):
+        batch = batch.astype(np.float64) * scale
+        axes = (0,) if per_column else tuple(range(batch.ndim - 1))
+        rows = batch.shape[0] if per_column else int(np.prod(batch.shape[:-1]))
+        part, part_sq = batch.sum(axis=axes), np.square(batch).sum(axis=axes)
+        total = part if total is None else total + part
+        squares = part_sq if squares is None else squares + part_sq
+        count += rows
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - np.square(mean), 0.0))
+    std = np.where(std < 1e-6, 1.0, std)  # a constant feature is centred, not blown up
+    return {"scale": scale, "mean": mean.astype(np.float32).ravel().tolist(),
+            "std": std.astype(np.float32).ravel().tolist(), "shape": list(mean.shape)}
+
+
+def preprocessor(normalization: dict | None, dtype: str):
+    """The function raw batch -> model input: token ids to int32; values to float32, times the
+    recorded scale, minus the training mean, over the training std (where recorded)."""
+    if dtype == "int32":
+        return lambda x: np.asarray(x).astype(np.int32, copy=False)
+    normalization = normalization or {}
+    scale = np.float32(normalization.get("scale", 1.0))
+    mean = std = None
+    if normalization.get("mean") is not None:
+        shape = tuple(normalization["shape"])
+        mean = np.asarray(normalization["mean"], np.float32).reshape(shape)
+        std = np.asarray(normalization["std"], np.float32).reshape(shape)
+
+    def apply(x):
+        x = np.asarray(x).astype(np.float32, copy=False)
+        if scale != 1:
+            x = x * scale
+        return x if mean is None else (x - mean) / std
+
+    return apply
