@@ -24,6 +24,7 @@ class DataConfig:
     shift: int = 0  # augmentation: random shift of up to this many pixels/steps (0: none)
     validation: float = 0.1  # fraction of train held out for selection (stratified); 0: none
     seed: int = 0  # fixes the validation split (independent of the run's seed)
+    classes: tuple[int, ...] | None = None  # keep only these classes, relabelled 0..k-1 (names kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,13 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig:
+    metric: Literal["accuracy", "loss"] = "accuracy"  # on the validation split, never test
+    patience: int = 0  # evaluations without improvement before stopping (0: off)
+    min_delta: float = 0.0  # a change smaller than this is no improvement
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int | None = None  # give steps or epochs
     epochs: int | None = None
@@ -56,6 +64,7 @@ class TrainConfig:
     # Training steps per jitted call (lax.scan over batches). null: 10 for MLPs, where dispatch
     # dominates, 1 otherwise (XLA on CPU runs convolutions inside a scan ~20x slower).
     steps_per_call: int | None = None
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +77,13 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitFromConfig:
+    run: str | None = None  # a run directory whose checkpoint initialises this run (fine-tuning)
+    step: int | str = "latest"  # "latest", "best" (validation) or a step number
+    skip: tuple[str, ...] = ()  # parameter patterns re-initialised instead (e.g. a new head)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -76,6 +92,8 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    init_from: InitFromConfig = dataclasses.field(default_factory=InitFromConfig)
+    freeze: tuple[str, ...] = ()  # parameter patterns kept fixed during training (e.g. "Conv_*")
 
     def to_dict(self) -> dict:
         raw = dataclasses.asdict(self)
@@ -110,6 +128,12 @@ _RANGES = {
     "train.log_every": (lambda v: v >= 1, "at least 1"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.steps_per_call": (lambda v: v is None or v >= 1, "at least 1 (or null: automatic)"),
+    "train.early_stopping.patience": (lambda v: v >= 0, "at least 0 (0: off)"),
+    "train.early_stopping.min_delta": (lambda v: v >= 0, "at least 0"),
+    "data.classes": (lambda v: v is None or (len(v) >= 2 and len(set(v)) == len(v) and min(v) >= 0),
+                     "a list of at least two distinct class indices (or null: all)"),
+    "init_from.step": (lambda v: v in ("latest", "best") if isinstance(v, str) else v >= 0,
+                       "'latest', 'best' or a step number"),
     "checkpoint.every": (lambda v: v >= 1, "at least 1"),
     "checkpoint.keep": (lambda v: v >= 1, "at least 1"),
     "checkpoint.keep_best": (lambda v: v >= 0, "at least 0"),
@@ -209,6 +233,8 @@ def from_dict(raw: dict) -> Config:
     config = _build(Config, raw, "")
     if (config.train.steps is None) == (config.train.epochs is None):
         raise ConfigError("train: give exactly one of train.steps or train.epochs")
+    if config.init_from.skip and not config.init_from.run:
+        raise ConfigError("init_from.skip needs init_from.run: the run directory to initialise from")
     return config
 
 

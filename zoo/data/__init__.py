@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from zoo.data.batching import BatchIterator, eval_batches
-from zoo.data.split import with_validation
+from zoo.data.split import select_classes, with_validation
 from zoo.errors import DataError
 
 KINDS = ("image", "signal", "tokens")
@@ -103,4 +103,4 @@ def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
 
 
 __all__ = ["BatchIterator", "DataSpec", "Dataset", "KINDS", "check_inputs", "eval_batches",
-           "list_datasets", "load_dataset", "with_validation"]
+           "list_datasets", "load_dataset", "select_classes", "with_validation"]
