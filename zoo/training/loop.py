@@ -366,6 +366,9 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
             at_log, at_eval = step % log_every == 0 or step == total, step % every_eval == 0 or step == total
             at_ckpt = step % every_ckpt == 0 or step == total or stopped_by
             if not (at_log or at_eval or at_ckpt):
+                if progress.due():  # off a terminal: a line at least every 30 s between log steps
+                    _progress_between(progress, pending, step, total, timed_steps,
+                                      train_seconds + time.perf_counter() - last_sync, config.data.batch_size)
                 continue
             train_metrics = _drain(pending)
             now = time.perf_counter()
@@ -379,7 +382,8 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
                       "lr": float(optim.make_schedule(config.optimizer, total)(step - 1)),
                       "examples_per_sec": examples_per_sec}
             metrics_log.write(record)
-            progress.update(step, {"loss": train_metrics["loss"]})
+            progress.update(step, {"loss": train_metrics["loss"]}, examples_per_sec,
+                            (total - step) * train_seconds / max(timed_steps, 1))
             if at_eval or at_ckpt:
                 last_eval = evaluate_splits(run, evaluate_split, state)
                 if not math.isfinite(last_eval["test_loss"]):  # finite losses, but the last update was not
@@ -453,6 +457,15 @@ def _diverged(what: str, step: int, checkpoints: ckpt.Checkpoints) -> RunError:
     kept = "no checkpoint was written" if last is None else f"the last good checkpoint (step {last}) is kept"
     return RunError(f"training diverged: the {what} is not finite at step {step}; {kept}. "
                     "Lower optimizer.learning_rate or set optimizer.clip_norm")
+
+
+def _progress_between(progress, pending, step, total, timed_steps, seconds, batch_size) -> None:
+    """A progress update from the steps since the last log step, read without consuming them (the
+    logged metrics stay the same whenever this runs)."""
+    done = timed_steps + sum(count for _, count, _ in pending)
+    losses = np.concatenate([np.atleast_1d(m["loss"]) for _, _, m in jax.device_get(pending)]) if pending else []
+    metrics = {"loss": float(np.mean(losses))} if len(losses) else None
+    progress.update(step, metrics, done * batch_size / max(seconds, 1e-9), (total - step) * seconds / max(done, 1))
 
 
 def _next_multiple(step: int, every: int) -> int:
