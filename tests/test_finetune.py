@@ -1,10 +1,13 @@
 """Fine-tuning: init_from another run's checkpoint (skipping some parameters), freezing parameters,
 and keeping only some classes of a dataset."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
+from zoo.config import ModelConfig
 from zoo.data import load_dataset, select_classes
 from zoo.errors import ConfigError, DataError
 from zoo.training import build_run, fit
@@ -81,15 +84,16 @@ def test_a_freeze_pattern_that_matches_no_parameter_is_refused(tiny_config):
 def test_a_fine_tuned_frozen_body_beats_a_head_trained_on_a_random_frozen_body(tmp_path, tiny_config):
     """A CNN trained on digits 0-4, its conv body frozen, fine-tuned on 5-9 at equal steps: better than
     the same training on a frozen random body."""
-    cnn = {"model": {"name": "cnn", "features": [16, 32], "hidden": 64},
-           "optimizer": {"name": "adam", "learning_rate": 3e-3, "schedule": "constant"},
+    as_cnn = lambda config: dataclasses.replace(  # noqa: E731
+        config, model=ModelConfig("cnn", {"features": [16, 32], "hidden": 64}))
+    cnn = {"optimizer": {"name": "adam", "learning_rate": 3e-3, "schedule": "constant"},
            "checkpoint": {"every": 1000}, "train": {"log_every": 50}}
-    fit(tiny_config({**cnn, "data": {"classes": FIRST_HALF}, "train": {"steps": 150, "log_every": 50}}),
+    fit(as_cnn(tiny_config({**cnn, "data": {"classes": FIRST_HALF}, "train": {"steps": 150, "log_every": 50}})),
         tmp_path / "source")
     head = {**cnn, "data": {"classes": SECOND_HALF}, "train": {"steps": 60, "log_every": 20},
             "freeze": ["Conv_*"]}
-    tuned = fit(tiny_config({**head, "init_from": {"run": str(tmp_path / "source"), "skip": ["Dense_*"]}}),
+    tuned = fit(as_cnn(tiny_config({**head, "init_from": {"run": str(tmp_path / "source"), "skip": ["Dense_*"]}})),
                 tmp_path / "tuned")
-    scratch = fit(tiny_config(head), tmp_path / "scratch")
+    scratch = fit(as_cnn(tiny_config(head)), tmp_path / "scratch")
     print(f"fine-tuned {tuned['final']['test_accuracy']:.4f}  random body {scratch['final']['test_accuracy']:.4f}")
     assert tuned["final"]["test_accuracy"] > scratch["final"]["test_accuracy"] + 0.03
