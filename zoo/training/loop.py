@@ -19,9 +19,10 @@ import numpy as np
 from zoo import checkpoint as ckpt
 from zoo import models
 from zoo.config import Config, from_dict
-from zoo.data import BatchIterator, DataSpec, Dataset, check_inputs, load_dataset, select_classes, with_validation
+from zoo.data import (BatchIterator, DataSpec, Dataset, check_inputs, list_datasets, load_dataset, select_classes,
+                      with_validation)
 from zoo.data.batching import Position
-from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, DataError, RunError, ZooError
+from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError, ZooError
 from zoo.metrics import JsonlWriter, Progress, Silent
 from zoo.training import optim, state as state_lib, step as step_lib
 
@@ -285,8 +286,6 @@ def _in_memory(config: Config, dataset: Dataset | None) -> bool:
     """True when the data came from Python arrays that the run directory cannot reload by name."""
     if dataset is None:
         return False
-    from zoo.data import list_datasets
-
     return config.data.name not in list_datasets() or dataset.spec.name != config.data.name
 
 
