@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from zoo.training import fit
 from zoo.training.restore import restore
@@ -45,6 +46,7 @@ def test_fewer_steps_than_the_run_has_taken_is_refused(tmp_path, write_config, z
     one_line_error(err, "is at step 20", "give train.steps above 20")
 
 
+@pytest.mark.slow
 def test_extending_a_constant_schedule_run_equals_training_it_that_long(tmp_path, tiny_config):
     """With a schedule that does not depend on the run's length, 20 steps then 40 is the 40-step run,
     bit for bit: the data position, optimizer state and random key carry over."""
