@@ -381,8 +381,8 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
                       "lr": float(optim.make_schedule(config.optimizer, total)(step - 1)),
                       "examples_per_sec": examples_per_sec}
             metrics_log.write(record)
-            progress.update(step, {"loss": train_metrics["loss"]}, examples_per_sec,
-                            (total - step) * train_seconds / max(timed_steps, 1))
+            progress.update(step, {"loss": train_metrics["loss"]}, examples_per_sec=examples_per_sec,
+                            eta_seconds=(total - step) * train_seconds / max(timed_steps, 1))
             if at_eval or at_ckpt:
                 last_eval = evaluate_splits(run, evaluate_split, state)
                 if not math.isfinite(last_eval["test_loss"]):  # finite losses, but the last update was not
@@ -464,7 +464,8 @@ def _progress_between(progress, pending, step, total, timed_steps, seconds, batc
     done = timed_steps + sum(count for _, count, _ in pending)
     losses = np.concatenate([np.atleast_1d(m["loss"]) for _, _, m in jax.device_get(pending)]) if pending else []
     metrics = {"loss": float(np.mean(losses))} if len(losses) else None
-    progress.update(step, metrics, done * batch_size / max(seconds, 1e-9), (total - step) * seconds / max(done, 1))
+    progress.update(step, metrics, examples_per_sec=done * batch_size / max(seconds, 1e-9),
+                    eta_seconds=(total - step) * seconds / max(done, 1))
 
 
 def _next_multiple(step: int, every: int) -> int:
