@@ -1,7 +1,7 @@
 """Reads inputs to predict on: image files, folders of images, .npy, .npz (`x` key) and .csv files.
 
 Small readers of our own (Pillow and NumPy). Images become float32 in [0, 1], H x W x C with C from
-the run's expected channels; arrays are returned as stored. No pickle: np.load(allow_pickle=False)."""
+the run's expected channels; arrays are returned as stored, read with np.load(allow_pickle=False)."""
 
 from __future__ import annotations
 
