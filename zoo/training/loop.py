@@ -273,7 +273,8 @@ def fit(config: Config, workdir: str | Path, progress: Progress | None = None,
     run = build_run(config, dataset)  # bad input is refused before anything is written
     stored = _check_same_config(run_dir, config)
     initial = None
-    if config.init_from.run:
+    started = any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
+    if config.init_from.run and not started:  # a resumed fine-tune needs no source run any more
         from zoo.training import restore
 
         initial = restore.init_from(run, config.init_from)
