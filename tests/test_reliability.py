@@ -41,7 +41,7 @@ class Recorder(Progress):
     def log(self, message: str) -> None:
         self.lines.append(message)
 
-    def update(self, step: int, metrics=None) -> None:
+    def update(self, step: int, metrics=None, **rates) -> None:
         if self.stop_at is not None and step >= self.stop_at:
             self.stop_at = None
             os.kill(os.getpid(), signal.SIGTERM)

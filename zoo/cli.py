@@ -79,6 +79,9 @@ def cmd_train(args) -> int:
         import signal
 
         return 128 + signal.Signals[result["stopped"]]
+    if result.get("early_stopped"):
+        print(f"zoo: stopped early at step {result['early_stopped']['step']}: {result['early_stopped']['reason']}",
+              file=err())
     final = result["final"]
     val = f"val accuracy {final['val_accuracy']:.4f}  " if "val_accuracy" in final else ""
     print(f"{config.name}: {result['model']} ({result['params']:,} params) step {result['final_step']} "
@@ -101,6 +104,33 @@ def cmd_eval(args) -> int:
              fmt(recorded.get("val_accuracy")), fmt(recorded.get("test_accuracy")))]
     print(_table(("model", "dataset", "step", "val accuracy", "test accuracy", "test loss",
                   "recorded val", "recorded test"), rows, right=(2, 3, 4, 5, 6, 7)))
+    return 0
+
+
+def _step_arg(text: str):
+    if text in ("latest", "best"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ZooError(f"--step '{text}' must be 'latest', 'best' or a step number") from None
+
+
+def cmd_predict(args) -> int:
+    from pathlib import Path
+
+    from zoo.predict import predict, to_csv
+
+    rows = predict(args.run_dir, args.inputs, step=_step_arg(args.step), top_k=args.top_k)
+    text = to_csv(rows)
+    if args.out:
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(f"{len(rows)} predictions written to {out}", file=err())
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -171,6 +201,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="evaluate even though the data files changed since training")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict with a run's checkpoint on images, folders, .npy/.npz or .csv")
+    p.add_argument("run_dir")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="an image, a folder of images, a .npy, a .npz (its 'x' array) or a .csv (one row each)")
+    p.add_argument("--step", default="latest", help="'latest' (default), 'best' (by validation) or a step number")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per example (default 3)")
+    p.add_argument("--out", help="write the CSV here instead of standard output")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("compare", help="train every model x seed of a compare config, then write a report")
     p.add_argument("config", help="a compare YAML, e.g. configs/compare/digits.yaml")

@@ -37,6 +37,7 @@ class DataConfig:
     # null: yes for file sources, no for the built-in datasets (already scaled to [0, 1]).
     normalize: bool | None = None
     workers: int | None = None  # decoding processes; null: from the cores for lazily decoded sources, else 0
+    classes: tuple[int, ...] | None = None  # keep only these classes, relabelled 0..k-1 (names kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,13 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig:
+    metric: Literal["accuracy", "loss"] = "accuracy"  # on the validation split, never test
+    patience: int = 0  # evaluations without improvement before stopping (0: off)
+    min_delta: float = 0.0  # a change smaller than this is no improvement
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int | None = None  # give steps or epochs
     epochs: int | None = None
@@ -69,6 +77,7 @@ class TrainConfig:
     # Training steps per jitted call (lax.scan over batches). null: 10 for MLPs, where dispatch
     # dominates, 1 otherwise (XLA on CPU runs convolutions inside a scan ~20x slower).
     steps_per_call: int | None = None
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +90,13 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitFromConfig:
+    run: str | None = None  # a run directory whose checkpoint initialises this run (fine-tuning)
+    step: int | str = "latest"  # "latest", "best" (validation) or a step number
+    skip: tuple[str, ...] = ()  # parameter patterns re-initialised instead (e.g. a new head)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -89,6 +105,8 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    init_from: InitFromConfig = dataclasses.field(default_factory=InitFromConfig)
+    freeze: tuple[str, ...] = ()  # parameter patterns kept fixed during training (e.g. "Conv_*")
 
     def to_dict(self) -> dict:
         raw = dataclasses.asdict(self)
@@ -128,6 +146,12 @@ _RANGES = {
     "train.log_every": (lambda v: v >= 1, "at least 1"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.steps_per_call": (lambda v: v is None or v >= 1, "at least 1 (or null: automatic)"),
+    "train.early_stopping.patience": (lambda v: v >= 0, "at least 0 (0: off)"),
+    "train.early_stopping.min_delta": (lambda v: v >= 0, "at least 0"),
+    "data.classes": (lambda v: v is None or (len(v) >= 2 and len(set(v)) == len(v) and min(v) >= 0),
+                     "a list of at least two distinct class indices (or null: all)"),
+    "init_from.step": (lambda v: v in ("latest", "best") if isinstance(v, str) else v >= 0,
+                       "'latest', 'best' or a step number"),
     "checkpoint.every": (lambda v: v >= 1, "at least 1"),
     "checkpoint.keep": (lambda v: v >= 1, "at least 1"),
     "checkpoint.keep_best": (lambda v: v >= 0, "at least 0"),
@@ -224,6 +248,8 @@ def from_dict(raw: dict) -> Config:
     config = _build(Config, raw, "")
     if (config.train.steps is None) == (config.train.epochs is None):
         raise ConfigError("train: give exactly one of train.steps or train.epochs")
+    if config.init_from.skip and not config.init_from.run:
+        raise ConfigError("init_from.skip needs init_from.run: the run directory to initialise from")
     return config
 
 

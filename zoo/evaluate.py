@@ -6,57 +6,31 @@ from pathlib import Path
 
 import jax
 
-from zoo import checkpoint as ckpt
-from zoo.config import from_dict
-from zoo.data import check_unchanged
-from zoo.errors import CheckpointError, ZooError
+from zoo.data import Dataset, check_unchanged
+from zoo.errors import DataError
 from zoo.training import loop, step as step_lib
+from zoo.training.restore import open_checkpoints, resolve_step, stored_config
 
-
-def resolve_step(checkpoints, step: int | None = None, best: bool = False) -> int:
-    """A given step, the latest, or (best) the step with the best validation metric of the run's config."""
-    if step is not None:
-        return step
-    latest = checkpoints.latest_step()
-    if latest is None:
-        raise CheckpointError(f"no complete checkpoint in '{checkpoints.directory}': train first "
-                              "(`zoo train CONFIG --workdir DIR`)")
-    if not best:
-        return latest
-    config = _stored_config(checkpoints, latest)
-    metric, mode = loop.selection_metric(config)
-    chosen = checkpoints.best_step(metric, mode)
-    if chosen is None:
-        raise CheckpointError(f"no checkpoint in '{checkpoints.directory}' recorded {metric}: the run has no "
-                              "validation split (data.validation: 0), so no step is 'best'; use --step N or "
-                              "the latest")
-    return chosen
-
-
-def _stored_config(checkpoints, step: int):
-    meta = checkpoints.read_meta(step)
-    try:
-        return from_dict(meta["config"])
-    except (KeyError, TypeError, ZooError) as error:
-        raise CheckpointError(f"checkpoint step {step}: its stored config is unusable ({error})") from None
+__all__ = ["evaluate", "resolve_step"]
 
 
 def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False,
-             allow_changed_data: bool = False) -> dict:
-    """Test metrics of one checkpoint of `run_dir` (the latest, a given step, or the best). Reads only.
-    Refuses when the run's data files changed since training, unless `allow_changed_data`."""
+             dataset: Dataset | None = None, allow_changed_data: bool = False) -> dict:
+    """Validation and test metrics of one checkpoint of `run_dir` (the latest, a given step, or the
+    best). Reads only. Refuses when the run's data files changed since training, unless
+    `allow_changed_data`. A run trained on in-memory arrays needs them again as `dataset`."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory '{run_dir}' does not exist: give one that `zoo train` wrote")
-    if not (run_dir / "checkpoints").is_dir():
-        raise CheckpointError(f"'{run_dir}' holds no checkpoints/: give a run directory written by "
-                              "`zoo train`")
-    reader = ckpt.Checkpoints(run_dir / "checkpoints", read_only=True)
+    reader = open_checkpoints(run_dir)
     chosen = resolve_step(reader, step, best)
-    config = _stored_config(reader, chosen)
-    run = loop.build_run(config, training=False)
+    config = stored_config(reader, chosen)
+    meta = reader.read_meta(chosen)
+    if meta.get("in_memory") and dataset is None:
+        raise DataError(f"'{run_dir}' was trained on in-memory arrays (dataset '{meta['spec']['name']}'), which "
+                        f"a run directory does not hold: evaluate it from Python with "
+                        f"zoo.evaluate_run('{run_dir}', dataset=zoo.Dataset(...)) passing the same arrays")
+    run = loop.build_run(config, dataset, training=False)
     if not allow_changed_data:
-        check_unchanged(reader.read_meta(chosen).get("spec"), run.spec)
+        check_unchanged(meta.get("spec"), run.spec)
     state, meta = reader.restore(chosen, run.abstract_state())
     eval_step = step_lib.jit_eval_step(run.model, run.spec.num_classes, run.mesh)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
@@ -66,5 +40,5 @@ def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False,
     split = lambda name: ({"loss": metrics[f"{name}_loss"], "accuracy": metrics[f"{name}_accuracy"]}  # noqa: E731
                           if f"{name}_loss" in metrics else None)
     return {"run_dir": str(run_dir), "step": chosen, "model": config.model.name,
-            "dataset": config.data.name, "val": split("val"), "test": split("test"),
+            "dataset": run.spec.name, "val": split("val"), "test": split("test"),
             "recorded": meta.get("metrics")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from zoo.util import atomic_write
@@ -47,29 +48,64 @@ def format_metrics(metrics: dict) -> str:
     return "  ".join(parts)
 
 
-class Progress:
-    """A tqdm bar on a terminal; plain log lines otherwise (files, CI)."""
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, stream=None, interactive: bool | None = None, prefix: str = ""):
+
+def progress_line(step: int, total: int, metrics: dict | None, examples_per_sec: float | None,
+                  eta_seconds: float | None) -> str:
+    """'step 100/600  loss 0.4123  10,240 examples/s  ETA 0:00:12' (rate and ETA exclude compile time)."""
+    parts = [f"step {step}/{total}"]
+    parts += [f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+              for key, value in (metrics or {}).items()]
+    if examples_per_sec is not None:
+        parts.append(f"{examples_per_sec:,.0f} examples/s")
+    parts.append(f"ETA {format_eta(eta_seconds)}")
+    return "  ".join(parts)
+
+
+class Progress:
+    """A tqdm bar on a terminal; off a terminal (files, CI), one plain line per update: the loop updates
+    every `train.log_every` steps, and also whenever `due()` (every `every_seconds`, default 30 s).
+    The rate and ETA shown are the loop's, which exclude compile time (tqdm's own would not)."""
+
+    def __init__(self, stream=None, interactive: bool | None = None, prefix: str = "",
+                 every_seconds: float = 30.0, clock=time.monotonic):
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.prefix = prefix
+        self.every_seconds = 1.0 if self.interactive else every_seconds
+        self.clock = clock
         self._bar = None
+        self._total = None
+        self._last = clock()
 
     def start(self, total: int, initial: int = 0) -> None:
         if self.interactive:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, file=self.stream, desc=self.prefix or None,
-                             dynamic_ncols=True, leave=False)
+                             dynamic_ncols=True, leave=False,
+                             bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}")
         self._total = total
+        self._last = self.clock()
 
-    def update(self, step: int, metrics: dict | None = None) -> None:
+    def due(self) -> bool:
+        """True when the last update is `every_seconds` old: the loop then updates between log steps."""
+        return self.clock() - self._last >= self.every_seconds
+
+    def update(self, step: int, metrics: dict | None = None, examples_per_sec: float | None = None,
+               eta_seconds: float | None = None) -> None:
+        self._last = self.clock()
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            if metrics:
-                self._bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else v
-                                       for k, v in metrics.items()}, refresh=False)
+            postfix = progress_line(step, self._total, metrics, examples_per_sec, eta_seconds)
+            self._bar.set_postfix_str(postfix.split("  ", 1)[1] if "  " in postfix else postfix, refresh=True)
+        else:
+            self.log(progress_line(step, self._total, metrics, examples_per_sec, eta_seconds))
 
     def log(self, message: str) -> None:
         text = f"{self.prefix} {message}".strip() if self.prefix else message
@@ -91,6 +127,13 @@ class Silent(Progress):
         super().__init__(interactive=False)
 
     def start(self, total: int, initial: int = 0) -> None:
+        pass
+
+    def due(self) -> bool:
+        return False
+
+    def update(self, step: int, metrics: dict | None = None, examples_per_sec: float | None = None,
+               eta_seconds: float | None = None) -> None:
         pass
 
     def log(self, message: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from zoo.data import arrays, source as source_lib
 from zoo.data.batching import eval_batches
 from zoo.data.pipeline import BatchIterator, default_workers
-from zoo.data.split import with_validation
+from zoo.data.split import select_classes, with_validation
 from zoo.errors import DataError, did_you_mean
 
 KINDS = ("image", "signal", "tokens")
@@ -191,7 +191,8 @@ def prepare(dataset: Dataset, data_config) -> Dataset:
     normalization = None
     if spec.kind != "tokens" and (normalize or scale != 1.0):
         fingerprint = (spec.source or {}).get("fingerprint")
-        key = (json.dumps(fingerprint, sort_keys=True), data_config.validation, data_config.seed, normalize, scale)
+        key = (json.dumps(fingerprint, sort_keys=True), data_config.validation, data_config.seed,
+               data_config.classes, normalize, scale)
         normalization = _STATS.get(key) if fingerprint else None
         if normalization is None:
             per_column = bool((spec.source or {}).get("vectors"))  # csv columns, npz vectors
@@ -245,4 +246,4 @@ def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
 
 __all__ = ["BUILT_IN", "BatchIterator", "DataSpec", "Dataset", "FILE_FORMATS", "KINDS", "check_inputs",
            "check_unchanged", "default_workers", "eval_batches", "list_datasets", "load", "load_dataset",
-           "prepare", "preprocess", "with_validation"]
+           "prepare", "preprocess", "select_classes", "with_validation"]

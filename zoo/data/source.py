@@ -71,7 +71,7 @@ def check_unchanged(recorded: dict | None, current: dict | None) -> None:
         return
     if recorded.get("kind") == "arrays" and current.get("kind") != "arrays":
         raise DataError("this run was trained on in-memory arrays (zoo.Dataset.from_arrays), which the run "
-                        "directory does not hold: pass them again with zoo.evaluate(run_dir, dataset=...)")
+                        "directory does not hold: pass them again with zoo.evaluate_run(run_dir, dataset=...)")
     if recorded.get("kind") != current.get("kind"):
         raise DataError(f"this run was trained on {recorded.get('kind')} data, the config now reads "
                         f"{current.get('kind')}: restore its data section, or pass --allow-changed-data")

@@ -46,3 +46,35 @@ def with_validation(dataset, fraction: float, seed: int = 0):
     spec = dataclasses.replace(dataset.spec, train_size=len(kept), val_size=len(held_out))
     return dataclasses.replace(dataset, spec=spec, x_train=take(dataset.x_train, kept), y_train=dataset.y_train[kept],
                                x_val=take(dataset.x_train, held_out), y_val=dataset.y_train[held_out])
+
+
+
+def select_classes(dataset, classes):
+    """`dataset` with only the examples of `classes` (original label ids), relabelled 0..k-1 in the
+    order given; class names are kept (the original ids become the names where the source has none)."""
+    if classes is None:
+        return dataset
+    spec = dataset.spec
+    unknown = [c for c in classes if not 0 <= c < spec.num_classes]
+    if unknown:
+        raise DataError(f"data.classes names class {unknown[0]}, but '{spec.name}' has classes 0..{spec.num_classes - 1}: "
+                        "give class indices of the dataset")
+    lookup = np.full(spec.num_classes, -1, np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+
+    def keep(x, y):
+        if x is None:
+            return None, None
+        y = np.asarray(y)
+        rows = np.flatnonzero(lookup[y] >= 0)
+        return take(x, rows), lookup[y[rows]].astype(y.dtype)
+
+    x_train, y_train = keep(dataset.x_train, dataset.y_train)
+    x_test, y_test = keep(dataset.x_test, dataset.y_test)
+    x_val, y_val = keep(dataset.x_val, dataset.y_val)
+    names = spec.class_names or tuple(str(c) for c in range(spec.num_classes))
+    spec = dataclasses.replace(spec, num_classes=len(classes), class_names=tuple(names[c] for c in classes),
+                               train_size=len(y_train), test_size=len(y_test),
+                               val_size=0 if y_val is None else len(y_val))
+    return dataclasses.replace(dataset, spec=spec, x_train=x_train, y_train=y_train, x_test=x_test,
+                               y_test=y_test, x_val=x_val, y_val=y_val)

@@ -19,10 +19,10 @@ from zoo import checkpoint as ckpt
 from zoo import models
 from zoo.config import Config, from_dict
 from zoo import data as data_lib
-from zoo.data import BatchIterator, Dataset, check_inputs
+from zoo.data import BatchIterator, DataSpec, Dataset, check_inputs, list_datasets, select_classes
 from zoo.data.batching import Position
 from zoo.data.pipeline import Rows
-from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError
+from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError, ZooError
 from zoo.metrics import JsonlWriter, Progress, Silent
 from zoo.training import optim, state as state_lib, step as step_lib
 from zoo.util import atomic_write
@@ -41,10 +41,11 @@ class Run:
     mesh: object
     total_steps: int
     steps_per_epoch: int
+    stored_spec: DataSpec | None = None  # a run rebuilt from its checkpoint alone has no dataset
 
     @property
     def spec(self):
-        return self.dataset.spec
+        return self.stored_spec or self.dataset.spec
 
     def sample_input(self):
         return jax.ShapeDtypeStruct((1, *self.spec.input_shape), np.dtype(self.spec.dtype))
@@ -68,10 +69,12 @@ def build_run(config: Config, dataset: Dataset | None = None, training: bool = T
 
     `training=False` (evaluation) skips the checks only training needs, such as the batch splitting
     over this machine's devices (a run trained elsewhere evaluates anywhere)."""
-    dataset = data_lib.prepare(dataset or data_lib.load(config.data), config.data)
+    dataset = prepare_dataset(config, dataset)
     check_inputs(dataset.spec, dataset.x_train[:1])
     spec = dataset.spec
-    model = models.build(config.model.name, spec.num_classes, spec.vocab_size, **config.model.hparams)
+    if training and config.train.early_stopping.patience and not dataset.has_validation:
+        raise ConfigError("train.early_stopping reads the validation split, and this run has none "
+                          "(data.validation: 0): set data.validation, e.g. 0.1, or drop train.early_stopping")
     devices = jax.device_count()
     if training and config.data.batch_size % devices:
         raise ConfigError(f"data.batch_size {config.data.batch_size} does not split over {devices} devices: "
@@ -79,11 +82,26 @@ def build_run(config: Config, dataset: Dataset | None = None, training: bool = T
     if config.data.batch_size > spec.train_size:
         raise ConfigError(f"data.batch_size {config.data.batch_size} is larger than the {spec.train_size} "
                           f"training examples of '{spec.name}'")
-    steps_per_epoch = spec.train_size // config.data.batch_size
+    return assemble_run(config, spec, dataset)
+
+
+def prepare_dataset(config: Config, dataset: Dataset | None = None) -> Dataset:
+    """The config's data (or `dataset`): the classes it keeps, its validation split, normalisation."""
+    dataset = select_classes(dataset or data_lib.load(config.data), config.data.classes)
+    return data_lib.prepare(dataset, config.data)
+
+
+def assemble_run(config: Config, spec: DataSpec, dataset: Dataset | None = None) -> Run:
+    """Model, optimizer (frozen parameters included) and mesh for `spec`; the dataset may be absent
+    (a run rebuilt from a checkpoint's stored spec to restore it)."""
+    model = models.build(config.model.name, spec.num_classes, spec.vocab_size, **config.model.hparams)
+    steps_per_epoch = max(spec.train_size // config.data.batch_size, 1)
     total_steps = config.total_steps(steps_per_epoch)
-    tx = optim.make_optimizer(config.optimizer, total_steps)
-    run = Run(config, dataset, model, tx, step_lib.make_mesh(), total_steps, steps_per_epoch)
-    run.abstract_state()  # traces init: a model that cannot take this data fails here
+    tx = optim.with_frozen(optim.make_optimizer(config.optimizer, total_steps), config.freeze)
+    run = Run(config, dataset, model, tx, step_lib.make_mesh(), total_steps, steps_per_epoch,
+              None if dataset is not None else spec)
+    shapes = run.abstract_state()  # traces init: a model that cannot take this data fails here
+    optim.check_patterns(shapes.params, config.freeze, "freeze")
     return run
 
 
@@ -154,19 +172,26 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def _check_same_config(run_dir: Path, config: Config) -> None:
+# What may change when a run is continued: its length (the schedule is recomputed) and cadences.
+CHANGEABLE = ("train.steps", "train.epochs", "train.log_every", "train.eval_every", "checkpoint.every")
+
+
+def _check_same_config(run_dir: Path, config: Config) -> Config | None:
+    """The config the run directory was trained with (None for a new run); refuses any change
+    but those in CHANGEABLE."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
-        return
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return  # written atomically; an unreadable one is not ours to judge, the checkpoint's is
-    current = config.to_dict()
-    if stored != current:
-        keys = sorted(_diff_keys(stored, current))
+        return None
+    try:  # through from_dict: keys added to the schema since it was written take their defaults
+        stored = from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, ZooError):
+        return None  # written atomically; an unreadable one is not ours to judge, the checkpoint's is
+    keys = sorted(key for key in _diff_keys(stored.to_dict(), config.to_dict()) if key not in CHANGEABLE)
+    if keys:
         raise RunError(f"run directory '{run_dir}' holds a run of another config (differs in "
-                       f"{', '.join(keys[:4]) or 'structure'}): use another --workdir")
+                       f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}; a run continues with "
+                       f"only {', '.join(CHANGEABLE)} changed): use another --workdir")
+    return stored
 
 
 def _diff_keys(a, b, prefix=""):
@@ -241,24 +266,54 @@ def fit(config: Config, workdir: str | Path, progress: Progress | None = None,
     progress = progress or Silent()
     run_dir = Path(workdir)
     run = build_run(config, dataset)  # bad input is refused before anything is written
-    _check_same_config(run_dir, config)
+    stored = _check_same_config(run_dir, config)
+    initial = None
+    started = any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
+    if config.init_from.run and not started:  # a resumed fine-tune needs no source run any more
+        from zoo.training import restore
+
+        initial = restore.init_from(run, config.init_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
-        return _train(run, run_dir, progress)
+        return _train(run, run_dir, progress, stored, initial, in_memory=_in_memory(config, dataset))
 
 
-def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
+def _in_memory(config: Config, dataset: Dataset | None) -> bool:
+    """True when the data came from Python arrays that the run directory cannot reload by name."""
+    if dataset is None:
+        return False
+    return config.data.name not in list_datasets() or dataset.spec.name != config.data.name
+
+
+def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = None, initial=None,
+           in_memory: bool = False) -> dict:
     config, spec, mesh = run.config, run.spec, run.mesh
     checkpoints = checkpoints_for(run_dir, config, has_validation=run.dataset.has_validation)
     start_step, state, meta = restore_latest_good(checkpoints, run, progress)
+    if state is not None and start_step > run.total_steps:
+        raise RunError(f"run directory '{run_dir}' is at step {start_step}, past the {run.total_steps} steps "
+                       f"asked for: give train.steps above {start_step} to continue it")
     _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
     metrics_log = JsonlWriter(run_dir / METRICS_FILE)
     position = Position()
+    watch = EarlyStopping(config.train.early_stopping) if config.train.early_stopping.patience else None
     if state is None:
         state, start_step = run.init_state(), 0
+        if initial is not None:
+            state = initial(state)
+            progress.log(f"initialised from {config.init_from.run} (step {config.init_from.step})")
     else:
         position = Position(**meta["position"])
+        if watch:
+            watch.load(meta.get("early_stopping"))
         progress.log(f"resuming from step {start_step}")
+        previous = stored.total_steps(run.steps_per_epoch) if stored else run.total_steps
+        if previous != run.total_steps:
+            progress.log(f"continuing a {previous}-step run to {run.total_steps} steps: the learning-rate "
+                         f"schedule is recomputed for {run.total_steps} steps from step {start_step} on")
+        if watch and watch.stopped_at is not None:
+            progress.log(f"this run stopped early at step {watch.stopped_at} ({watch.reason()}): "
+                         "nothing more to train")
         if meta.get("devices", jax.device_count()) != jax.device_count():
             progress.log(f"note: step {start_step} was saved on {meta['devices']} devices, this run has "
                          f"{jax.device_count()}: results will differ from an uninterrupted run in the "
@@ -275,7 +330,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     steps = _Steps(run)
     param_count = models.count_params(state.params)
     meta_base = {"config": config.to_dict(), "spec": spec.to_json(), "model": config.model.name,
-                 "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count()}
+                 "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count(),
+                 "in_memory": in_memory}
     every_ckpt, every_eval = config.checkpoint.every, config.train.eval_every or config.checkpoint.every
     log_every, total = config.train.log_every, run.total_steps
 
@@ -285,7 +341,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     stopped_by = None
     progress.start(total, start_step)
     with stop_requests() as stop:
-        while step < total and not stopped_by:
+        while step < total and not stopped_by and not (watch and watch.stopped_at is not None):
             next_event = min(total, _next_multiple(step, log_every), _next_multiple(step, every_eval),
                              _next_multiple(step, every_ckpt))
             count = steps.k if next_event - step >= steps.k else 1
@@ -307,6 +363,9 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
             at_log, at_eval = step % log_every == 0 or step == total, step % every_eval == 0 or step == total
             at_ckpt = step % every_ckpt == 0 or step == total or stopped_by
             if not (at_log or at_eval or at_ckpt):
+                if progress.due():  # off a terminal: a line at least every 30 s between log steps
+                    _progress_between(progress, pending, step, total, timed_steps,
+                                      train_seconds + time.perf_counter() - last_sync, config.data.batch_size)
                 continue
             train_metrics = _drain(pending)
             now = time.perf_counter()
@@ -320,7 +379,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                       "lr": float(optim.make_schedule(config.optimizer, total)(step - 1)),
                       "examples_per_sec": examples_per_sec}
             metrics_log.write(record)
-            progress.update(step, {"loss": train_metrics["loss"]})
+            progress.update(step, {"loss": train_metrics["loss"]}, examples_per_sec=examples_per_sec,
+                            eta_seconds=(total - step) * train_seconds / max(timed_steps, 1))
             if at_eval or at_ckpt:
                 last_eval = evaluate_splits(run, evaluate_split, state)
                 if not math.isfinite(last_eval["test_loss"]):  # finite losses, but the last update was not
@@ -332,9 +392,13 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                 shown = "  ".join(f"{split} accuracy {last_eval[f'{split}_accuracy']:.4f}"
                                   for split in ("val", "test") if f"{split}_accuracy" in last_eval)
                 progress.log(f"step {step}/{total}  {shown}  test loss {last_eval['test_loss']:.4f}")
+                if watch and watch.observe(step, last_eval):
+                    progress.log(f"stopping early at step {step}: {watch.reason()}")
+                    at_ckpt = True
             if at_ckpt:
-                checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(batches.position)},
-                                 last_eval)
+                extra = {"early_stopping": watch.state()} if watch else {}
+                checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(batches.position),
+                                               **extra}, last_eval)
             last_sync = time.perf_counter()
     batches.close()
     checkpoints.wait()
@@ -343,6 +407,9 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
         checkpoints.close()
         return {"run_dir": str(run_dir), "stopped": stopped_by, "step": step}
     result = _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed_steps, start_step)
+    result["early_stopped"] = ({"step": watch.stopped_at, "best_step": watch.best_step, "reason": watch.reason()}
+                               if watch and watch.stopped_at is not None else None)
+    result["in_memory"] = in_memory
     checkpoints.close()
     atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2))
     return result
@@ -357,12 +424,56 @@ def _put_rows(mesh, rows: np.ndarray, leading: int):
     return jax.make_array_from_process_local_data(step_lib.batch_sharding(mesh, leading), rows, tuple(global_shape))
 
 
+class EarlyStopping:
+    """Stops when the validation metric has not improved by more than `min_delta` for `patience`
+    evaluations in a row. Its state is saved in every checkpoint, so a resumed run stops where an
+    uninterrupted one would."""
+
+    def __init__(self, cfg):
+        self.metric, self.patience, self.min_delta = f"val_{cfg.metric}", cfg.patience, cfg.min_delta
+        self.sign = 1.0 if cfg.metric == "accuracy" else -1.0  # higher is better for accuracy
+        self.best, self.best_step, self.bad_evals, self.stopped_at = None, None, 0, None
+
+    def load(self, saved: dict | None) -> None:
+        for key, value in (saved or {}).items():
+            setattr(self, key, value)
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "stopped_at": self.stopped_at}
+
+    def observe(self, step: int, metrics: dict) -> bool:
+        """Records one evaluation; True when training should stop now."""
+        value = float(metrics[self.metric])
+        if self.best is None or self.sign * (value - self.best) > self.min_delta:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+        else:
+            self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            self.stopped_at = step
+        return self.stopped_at is not None
+
+    def reason(self) -> str:
+        return (f"{self.metric} did not improve by more than {self.min_delta:g} in {self.patience} "
+                f"evaluations (best {self.best:.4f} at step {self.best_step})")
+
+
 def _diverged(what: str, step: int, checkpoints: ckpt.Checkpoints) -> RunError:
     checkpoints.wait()
     last = checkpoints.latest_step()
     kept = "no checkpoint was written" if last is None else f"the last good checkpoint (step {last}) is kept"
     return RunError(f"training diverged: the {what} is not finite at step {step}; {kept}. "
                     "Lower optimizer.learning_rate or set optimizer.clip_norm")
+
+
+def _progress_between(progress, pending, step, total, timed_steps, seconds, batch_size) -> None:
+    """A progress update from the steps since the last log step, read without consuming them (the
+    logged metrics stay the same whenever this runs)."""
+    done = timed_steps + sum(count for _, count, _ in pending)
+    losses = np.concatenate([np.atleast_1d(m["loss"]) for _, _, m in jax.device_get(pending)]) if pending else []
+    metrics = {"loss": float(np.mean(losses))} if len(losses) else None
+    progress.update(step, metrics, examples_per_sec=done * batch_size / max(seconds, 1e-9),
+                    eta_seconds=(total - step) * seconds / max(done, 1))
 
 
 def _next_multiple(step: int, every: int) -> int:

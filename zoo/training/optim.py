@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
+
+import jax
 import optax
 
 from zoo.config import OptimizerConfig
+from zoo.errors import ConfigError
 
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -36,3 +40,38 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     if cfg.clip_norm:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), rule)
     return rule
+
+
+def param_path(key_path) -> str:
+    """'Conv_0/kernel' for a parameter at params['Conv_0']['kernel']: the name patterns match."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+
+
+def matches(path: str, patterns) -> bool:
+    """True when a glob of `patterns` matches the parameter's path or one of its enclosing modules
+    ('Dense_1' and 'Dense_1*' both match 'Dense_1/kernel')."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in patterns for prefix in prefixes)
+
+
+def check_patterns(params, patterns, key: str) -> None:
+    """Raises ConfigError for a pattern that matches no parameter (a typo would silently do nothing)."""
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for pattern in patterns:
+        if not any(matches(path, [pattern]) for path in paths):
+            modules = sorted({path.split("/")[0] for path in paths})
+            raise ConfigError(f"{key}: pattern '{pattern}' matches no parameter of this model; its modules "
+                              f"are {', '.join(modules)}")
+
+
+def with_frozen(tx: optax.GradientTransformation, patterns) -> optax.GradientTransformation:
+    """`tx` for every parameter except those matching `patterns`, whose updates are zero (kept fixed)."""
+    if not patterns:
+        return tx
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if matches(param_path(path), patterns) else "train", params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

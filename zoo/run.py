@@ -1,0 +1,89 @@
+"""`load_run(run_dir)`: a trained model back in your hands — model, variables, config, class names,
+the run's preprocessing, and a jitted, batched `predict`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from zoo.config import Config
+from zoo.data import DataSpec, Dataset, preprocess
+from zoo.errors import DataError
+from zoo.models import Model
+from zoo.training import restore as restore_lib
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """One checkpoint of a run, ready to predict. `variables` is what `model.apply` takes."""
+
+    run_dir: Path
+    step: int
+    model: Model
+    variables: dict
+    config: Config
+    spec: DataSpec
+    meta: dict
+    batch_size: int = 256
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.spec.class_names
+        return list(names) if names is not None else [str(i) for i in range(self.spec.num_classes)]
+
+    @property
+    def takes_raw_uint8(self) -> bool:
+        """True when the run's source gave uint8 pixels (0..255) that its preprocessing scales."""
+        return (self.spec.normalization or {}).get("scale", 1.0) != 1.0
+
+    def preprocess(self, x) -> np.ndarray:
+        """Raw inputs (a batch, or one example) as the model takes them; refuses the wrong shape."""
+        x = np.asarray(x)
+        shape = tuple(self.spec.input_shape)
+        if x.shape == shape:
+            x = x[None]
+        elif x.shape[1:] == shape[:-1] and shape[-1] == 1 and self.spec.kind != "tokens":
+            x = x[..., None]  # one-channel images and signals given without their channel axis
+        if x.shape[1:] != shape:
+            raise DataError(f"inputs of shape {tuple(x.shape[1:])} per example do not fit this run: it expects "
+                            f"{shape} ({self.spec.kind}, {self.spec.dtype}), as a batch (N, {', '.join(map(str, shape))})")
+        return preprocess(self.spec, x)
+
+    def predict(self, x) -> np.ndarray:
+        """Class probabilities, shape (N, num_classes), computed in fixed-size batches."""
+        x = self.preprocess(x)
+        out = []
+        for start in range(0, len(x), self.batch_size):
+            batch = x[start:start + self.batch_size]
+            real = len(batch)
+            if real < self.batch_size:  # one compiled shape: pad the last batch
+                batch = np.concatenate([batch, np.zeros((self.batch_size - real, *batch.shape[1:]), batch.dtype)])
+            out.append(np.asarray(self._probabilities(self.variables, batch))[:real])
+        return np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), np.float32)
+
+    @property
+    def _probabilities(self):
+        if not hasattr(self, "_jitted"):
+            model = self.model
+            self._jitted = jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False)[0]))
+        return self._jitted
+
+
+def load_run(run_dir: str | Path, step: int | str = "latest", dataset: Dataset | None = None,
+             batch_size: int = 256) -> LoadedRun:
+    """One checkpoint of `run_dir`: "latest", "best" (by the validation metric) or a step number.
+
+    Needs no data: the model is rebuilt from the config and data spec stored in the checkpoint.
+    `dataset` (the arrays of a run trained in memory) is accepted for symmetry with `evaluate` and
+    checked against the stored spec."""
+    restored = restore_lib.restore(run_dir, step)
+    if dataset is not None and tuple(dataset.spec.input_shape) != tuple(restored.spec.input_shape):
+        raise DataError(f"the dataset's examples have shape {tuple(dataset.spec.input_shape)}, the run "
+                        f"'{run_dir}' was trained on {tuple(restored.spec.input_shape)}")
+    state = jax.device_get(restored.state)
+    variables = {"params": state.params, **state.model_state}
+    return LoadedRun(Path(run_dir), restored.step, restored.run.model, variables, restored.config,
+                     restored.spec, restored.meta, batch_size)

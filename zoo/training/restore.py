@@ -1,0 +1,135 @@
+"""A run's checkpoint back from its directory alone (the model is rebuilt from the config and data
+spec stored with it), and fine-tuning: another run's parameters as this run's starting point."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from zoo import checkpoint as ckpt
+from zoo.config import Config, InitFromConfig, from_dict
+from zoo.data import DataSpec
+from zoo.errors import CheckpointError, ConfigError, ZooError
+from zoo.training import loop, optim, step as step_lib
+
+
+@dataclasses.dataclass
+class Restored:
+    """One checkpoint of a run: its config, data spec, rebuilt `loop.Run`, train state and metadata."""
+
+    run_dir: Path
+    step: int
+    config: Config
+    spec: DataSpec
+    run: loop.Run
+    state: object
+    meta: dict
+
+
+def open_checkpoints(run_dir: str | Path) -> ckpt.Checkpoints:
+    """The run's checkpoints, read-only; one clear line when `run_dir` is not a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory '{run_dir}' does not exist: give one that `zoo train` wrote")
+    if not (run_dir / "checkpoints").is_dir():
+        raise CheckpointError(f"'{run_dir}' holds no checkpoints/: give a run directory written by `zoo train`")
+    return ckpt.Checkpoints(run_dir / "checkpoints", read_only=True)
+
+
+def resolve_step(checkpoints: ckpt.Checkpoints, step: int | str | None = None, best: bool = False) -> int:
+    """A step number, "latest" (or None), or "best": the step with the best validation metric of the
+    run's config (never test)."""
+    if step == "best":
+        step, best = None, True
+    if isinstance(step, str) and step != "latest":
+        raise ConfigError(f"step '{step}' must be 'latest', 'best' or a step number")
+    if isinstance(step, int):
+        return step
+    latest = checkpoints.latest_step()
+    if latest is None:
+        raise CheckpointError(f"no complete checkpoint in '{checkpoints.directory}': train first "
+                              "(`zoo train CONFIG --workdir DIR`)")
+    if not best:
+        return latest
+    config = stored_config(checkpoints, latest)
+    metric, mode = loop.selection_metric(config)
+    chosen = checkpoints.best_step(metric, mode)
+    if chosen is None:
+        raise CheckpointError(f"no checkpoint in '{checkpoints.directory}' recorded {metric}: the run has no "
+                              "validation split (data.validation: 0), so no step is 'best'; use --step N or "
+                              "the latest")
+    return chosen
+
+
+def stored_config(checkpoints: ckpt.Checkpoints, step: int) -> Config:
+    meta = checkpoints.read_meta(step)
+    try:
+        return from_dict(meta["config"])
+    except (KeyError, TypeError, ZooError) as error:
+        raise CheckpointError(f"checkpoint step {step}: its stored config is unusable ({error})") from None
+
+
+def stored_spec(meta: dict, step: int) -> DataSpec:
+    try:
+        return DataSpec.from_json(meta["spec"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint step {step}: its stored data spec is unusable ({error})") from None
+
+
+def restore(run_dir: str | Path, step: int | str | None = "latest") -> Restored:
+    """The train state of one checkpoint, with no data loaded: the model comes from the stored spec."""
+    checkpoints = open_checkpoints(run_dir)
+    chosen = resolve_step(checkpoints, step)
+    meta = checkpoints.read_meta(chosen)
+    config, spec = stored_config(checkpoints, chosen), stored_spec(meta, chosen)
+    run = loop.assemble_run(config, spec)
+    state, meta = checkpoints.restore(chosen, run.abstract_state())
+    return Restored(Path(run_dir), chosen, config, spec, run, state, meta)
+
+
+def init_from(run: loop.Run, source: InitFromConfig):
+    """A function taking this run's fresh train state to one whose parameters and model state come
+    from `source`'s checkpoint, except those matching `source.skip` (kept as initialised). Checked
+    now, before anything is written: a parameter of another shape is refused by name."""
+    restored = restore(source.run, source.step)
+    target = run.abstract_state()
+    optim.check_patterns(target.params, source.skip, "init_from.skip")
+    params = _merge(target.params, restored.state.params, source, "parameter")
+    model_state = _merge(target.model_state, restored.state.model_state, source, "model state")
+    sharding = step_lib.replicated(run.mesh)
+
+    def apply(state):
+        new_params = jax.tree_util.tree_map_with_path(
+            lambda path, fresh: fresh if params[optim.param_path(path)] is None
+            else jax.device_put(params[optim.param_path(path)], sharding), state.params)
+        new_model_state = jax.tree_util.tree_map_with_path(
+            lambda path, fresh: fresh if model_state[optim.param_path(path)] is None
+            else jax.device_put(model_state[optim.param_path(path)], sharding), state.model_state)
+        opt_state = jax.jit(run.tx.init, out_shardings=sharding)(new_params)
+        return state.replace(params=new_params, model_state=new_model_state, opt_state=opt_state)
+
+    return apply
+
+
+def _merge(target, source_tree, source: InitFromConfig, what: str) -> dict:
+    """{path: source array or None (skipped: keep the fresh value)} for every leaf of `target`."""
+    available = {optim.param_path(path): np.asarray(leaf)
+                 for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(source_tree))}
+    chosen = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(target):
+        name = optim.param_path(path)
+        if optim.matches(name, source.skip):
+            chosen[name] = None
+            continue
+        if name not in available:
+            raise ConfigError(f"init_from: {what} {name} is not in '{source.run}' (its model differs): "
+                              f"add '{name.split('/')[0]}' to init_from.skip to initialise it afresh")
+        if tuple(available[name].shape) != tuple(leaf.shape):
+            raise ConfigError(f"init_from: {what} {name} has shape {tuple(available[name].shape)} in "
+                              f"'{source.run}' but {tuple(leaf.shape)} here: add '{name.split('/')[0]}' to "
+                              "init_from.skip to initialise it afresh")
+        chosen[name] = available[name].astype(leaf.dtype)
+    return chosen
