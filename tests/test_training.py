@@ -152,4 +152,11 @@ def test_steps_per_call_is_automatic_by_family_unless_set():
     from zoo.training.loop import auto_steps_per_call
 
     assert tiny_config().train.steps_per_call is None
-    assert (auto_steps_per_call("dnn"), auto_steps_per_call("cnn"), auto_steps_per_call("resnet")) == (10, 1, 1)
+    assert tuple(auto_steps_per_call(family, "cpu") for family in ("dnn", "cnn", "resnet")) == (10, 1, 1)
+
+
+def test_steps_per_call_defaults_to_ten_for_every_family_on_gpu_and_tpu():
+    from zoo.training.loop import auto_steps_per_call
+
+    assert {auto_steps_per_call(family, backend) for family in ("dnn", "cnn", "rnn", "resnet", "transformer")
+            for backend in ("gpu", "tpu")} == {10}
