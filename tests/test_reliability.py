@@ -102,6 +102,17 @@ def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     assert straight_meta["position"] == resumed_meta["position"]
 
 
+def test_a_checkpoint_saves_the_data_position_of_the_batches_consumed_not_of_those_fetched_ahead(
+        tmp_path, tiny_config):
+    config = tiny_config({"train": {"steps": 20, "steps_per_call": 4}, "checkpoint": {"every": 10, "keep": 2}})
+    loop.fit(config, tmp_path / "run")
+    checkpoints = ckpt.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True)
+    steps_per_epoch = loop.build_run(config).steps_per_epoch
+    assert steps_per_epoch > 20
+    assert [checkpoints.read_meta(step)["position"] for step in (10, 20)] == [
+        {"epoch": 0, "index": 10}, {"epoch": 0, "index": 20}]
+
+
 # 2. Crash safety ---------------------------------------------------------------------------------
 
 def test_sigkill_at_random_moments_then_rerun_ends_with_the_same_state(tmp_path, tiny_config, cli_env):

@@ -223,6 +223,40 @@ def auto_steps_per_call(family: str, backend: str | None = None) -> int:
     return 10
 
 
+class DevicePrefetch:
+    """Each call's batches, gathered and put on the mesh one call ahead: the host work and the
+    transfer overlap the step already dispatched. `position` is the data position after the batches
+    handed out, not after those fetched ahead: the one a checkpoint must save to resume exactly."""
+
+    def __init__(self, batches, call_size, put):
+        self._batches, self._call_size, self._put = batches, call_size, put
+        self.position = dataclasses.replace(batches.position)
+        self._ahead = None  # (step, count, device batches or the error raised fetching them, position)
+
+    def _fetch(self, step: int):
+        count = self._call_size(step)
+        try:
+            x, y = next(self._batches) if count == 1 else self._batches.take(count)
+            loaded = self._put(x, y, count)
+        except Exception as error:  # noqa: BLE001 - raised when that batch is consumed, not before
+            loaded = error
+        return step, count, loaded, dataclasses.replace(self._batches.position)
+
+    def fetch_ahead(self, step: int) -> None:
+        """Starts loading the batches of the call that will start at `step`."""
+        self._ahead = self._fetch(step)
+
+    def next(self, step: int):
+        """(count, x, y) on the devices for the call starting at `step`."""
+        ahead, self._ahead = self._ahead, None
+        assert ahead is None or ahead[0] == step, "batches fetched ahead for another step"
+        ahead = ahead or self._fetch(step)
+        _, count, loaded, self.position = ahead
+        if isinstance(loaded, Exception):
+            raise loaded
+        return (count, *loaded)
+
+
 class _Steps:
     """Compiles the train step ahead of time (timed) for 1 and K steps per call."""
 
@@ -285,6 +319,17 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     every_ckpt, every_eval = config.checkpoint.every, config.train.eval_every or config.checkpoint.every
     log_every, total = config.train.log_every, run.total_steps
 
+    def call_size(step: int) -> int:  # K steps per call, unless a log, eval or checkpoint comes first
+        next_event = min(total, _next_multiple(step, log_every), _next_multiple(step, every_eval),
+                         _next_multiple(step, every_ckpt))
+        return steps.k if next_event - step >= steps.k else 1
+
+    def put(x, y, count: int):
+        check_inputs(spec, x[0] if count > 1 else x)
+        leading = 1 if count > 1 else 0
+        return step_lib.put_batch(mesh, x, leading), step_lib.put_batch(mesh, y, leading)
+
+    feed = DevicePrefetch(batches, call_size, put)
     pending, timed_steps, train_seconds = [], 0, 0.0
     step, last_sync = start_step, time.perf_counter()
     last_eval = None
@@ -292,22 +337,15 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     progress.start(total, start_step)
     with stop_requests() as stop:
         while step < total and not stopped_by:
-            next_event = min(total, _next_multiple(step, log_every), _next_multiple(step, every_eval),
-                             _next_multiple(step, every_ckpt))
-            count = steps.k if next_event - step >= steps.k else 1
-            if count == 1:
-                x, y = next(batches)
-            else:
-                x, y = batches.take(count)
-            check_inputs(spec, x[0] if count > 1 else x)
-            leading = 1 if count > 1 else 0
-            xd, yd = step_lib.put_batch(mesh, x, leading), step_lib.put_batch(mesh, y, leading)
+            count, xd, yd = feed.next(step)
             compile_before = steps.compile_seconds
             compiled = steps.get(count, state, xd, yd)
             last_sync += steps.compile_seconds - compile_before  # compile time is reported apart
             state, metrics = compiled(state, xd, yd)
             pending.append((step, count, metrics))
             step += count
+            if step < total:
+                feed.fetch_ahead(step)  # while the step just dispatched runs
             if stop["signal"]:
                 stopped_by = stop["signal"]
             at_log, at_eval = step % log_every == 0 or step == total, step % every_eval == 0 or step == total
@@ -339,7 +377,7 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
                                   for split in ("val", "test") if f"{split}_accuracy" in last_eval)
                 progress.log(f"step {step}/{total}  {shown}  test loss {last_eval['test_loss']:.4f}")
             if at_ckpt:
-                checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(batches.position)},
+                checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(feed.position)},
                                  last_eval)
             last_sync = time.perf_counter()
     checkpoints.wait()
