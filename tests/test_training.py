@@ -160,3 +160,32 @@ def test_steps_per_call_defaults_to_ten_for_every_family_on_gpu_and_tpu():
 
     assert {auto_steps_per_call(family, backend) for family in ("dnn", "cnn", "rnn", "resnet", "transformer")
             for backend in ("gpu", "tpu")} == {10}
+
+
+def _evaluation_case():
+    """A trained-from-init MLP's eval step and the digits test split, with a batch size that pads."""
+    run = build_run(tiny_config())
+    state = run.init_state()
+    eval_step = step_lib.jit_eval_step(run.model, 10, run.mesh)
+    return run, state, eval_step, run.dataset.x_test, run.dataset.y_test
+
+
+def test_evaluation_matches_per_example_float64_sums_over_a_padded_last_batch():
+    run, state, eval_step, x, y = _evaluation_case()
+    assert len(x) % 64
+    metrics = step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state, x, y, 64)
+    logits, _ = run.model.apply({"params": state.params, **state.model_state}, x, train=False)
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    assert metrics["accuracy"] == np.mean(logits.argmax(-1) == y)
+    assert metrics["loss"] == pytest.approx(-np.mean(log_probs[np.arange(len(y)), y]), rel=1e-5)
+
+
+def test_evaluation_fetches_its_sums_from_the_devices_once(monkeypatch):
+    run, state, eval_step, x, y = _evaluation_case()
+    fetches = []
+    real_device_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda tree: fetches.append(1) or real_device_get(tree))
+    step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state, x, y, 32)
+    assert len(x) // 32 > 5 and len(fetches) == 1

@@ -107,14 +107,21 @@ def jit_eval_step(model, num_classes, mesh: Mesh):
                    out_shardings=replicated(mesh))
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(totals, sums):
+    return jax.tree.map(jnp.add, totals, sums)
+
+
 def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int) -> dict:
-    """Test loss and accuracy over all of (x, y), batch by batch, in float64 on the host."""
+    """Loss and accuracy over all of (x, y), batch by batch. The sums stay on the devices and are
+    fetched once; each batch is put on the devices while the one before it is evaluated."""
     from zoo.data import eval_batches
 
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for xb, yb, mask in eval_batches(x, y, batch_size):
-        sums = eval_step(params, model_state, put_batch(mesh, xb), put_batch(mesh, yb),
-                         put_batch(mesh, mask))
-        for key, value in jax.device_get(sums).items():
-            totals[key] += float(value)
+    batches = (tuple(put_batch(mesh, array) for array in batch) for batch in eval_batches(x, y, batch_size))
+    totals, upcoming = None, next(batches)
+    while upcoming is not None:
+        sums = eval_step(params, model_state, *upcoming)
+        upcoming = next(batches, None)  # put on the devices while `sums` is computed
+        totals = sums if totals is None else _accumulate(totals, sums)
+    totals = {key: float(value) for key, value in jax.device_get(totals).items()}
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
