@@ -113,6 +113,21 @@ def test_a_checkpoint_saves_the_data_position_of_the_batches_consumed_not_of_tho
         {"epoch": 0, "index": 10}, {"epoch": 0, "index": 20}]
 
 
+def test_array_checksums_change_with_any_flipped_bit_or_swapped_pair_and_not_with_the_device():
+    import numpy as np
+
+    base = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    words = base.view(np.uint32)
+    changed = []
+    for position, bit in [(0, 0), (7, 31), (33, 12), (63, 23)]:
+        flipped = words.copy()
+        flipped[position] ^= np.uint32(1 << bit)
+        changed.append(flipped.view(np.float32))
+    changed.append(base[[1, 0, *range(2, 64)]])
+    sums = ckpt.checksums([base, *changed, base.reshape(8, 8)])
+    assert len(set(sums[:-1])) == len(sums) - 1 and sums[-1] == sums[0]
+
+
 # 2. Crash safety ---------------------------------------------------------------------------------
 
 def test_sigkill_at_random_moments_then_rerun_ends_with_the_same_state(tmp_path, tiny_config, cli_env):
