@@ -113,7 +113,7 @@ def test_a_checkpoint_saves_the_data_position_of_the_batches_consumed_not_of_tho
         {"epoch": 0, "index": 10}, {"epoch": 0, "index": 20}]
 
 
-def test_array_checksums_change_with_any_flipped_bit_or_swapped_pair_and_not_with_the_device():
+def test_array_checksums_change_with_any_flipped_bit_or_swapped_pair_and_not_with_the_shape():
     import numpy as np
 
     base = np.random.default_rng(0).standard_normal(64).astype(np.float32)
