@@ -190,3 +190,18 @@ def test_evaluation_fetches_its_sums_from_the_devices_once(monkeypatch):
     monkeypatch.setattr(jax, "device_get", lambda tree: fetches.append(1) or real_device_get(tree))
     step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state, x, y, 32)
     assert len(x) // 32 > 5 and len(fetches) == 1
+
+
+def test_deterministic_asks_gpus_for_deterministic_ops_and_sets_nothing_on_cpu_or_tpu():
+    assert tiny_config().train.deterministic is True
+    assert step_lib.compiler_options(True, "gpu") == {"xla_gpu_deterministic_ops": True}
+    assert step_lib.compiler_options(False, "gpu") == {}
+    assert step_lib.compiler_options(True, "cpu") == step_lib.compiler_options(True, "tpu") == {}
+
+
+def test_a_run_records_its_platform_and_xla_options(tmp_path):
+    result = fit(tiny_config(**{"train.steps": 10}), tmp_path / "run")
+    expected = (jax.default_backend(), step_lib.compiler_options(True))
+    assert (result["platform"], result["xla_options"]) == expected
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "10" / "meta" / "metadata").read_text())
+    assert (meta["platform"], meta["xla_options"]) == expected

@@ -57,6 +57,10 @@ class TrainConfig:
     # dispatch dominates, 1 otherwise (XLA on CPU runs convolutions inside a scan ~20x slower);
     # on GPU and TPU 10 for every family.
     steps_per_call: int | None = None
+    # Deterministic ops where the platform needs asking (GPU: XLA's --xla_gpu_deterministic_ops, so
+    # scatter-based backwards and autotuned kernels give the same bits every run). CPU and TPU
+    # already are; nothing is set there.
+    deterministic: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -270,7 +270,8 @@ class _Steps:
         if count not in self._compiled:
             c = self.run.config
             jitted = step_lib.jit_train_step(self.run.model, self.run.tx, self.run.spec.num_classes,
-                                             c.train.label_smoothing, self.run.mesh, count)
+                                             c.train.label_smoothing, self.run.mesh, count,
+                                             c.train.deterministic)
             start = time.perf_counter()
             self._compiled[count] = jitted.lower(state, x, y).compile()
             self.compile_seconds += time.perf_counter() - start
@@ -309,13 +310,15 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size,
                             config.seed, shift=config.data.shift, position=position)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
-    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh)
+    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh, config.train.deterministic)
     evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
         eval_step, mesh, s.params, s.model_state, x, y, eval_bs)
     steps = _Steps(run)
     param_count = models.count_params(state.params)
     meta_base = {"config": config.to_dict(), "spec": spec.to_json(), "model": config.model.name,
-                 "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count()}
+                 "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count(),
+                 "platform": jax.default_backend(),
+                 "xla_options": step_lib.compiler_options(config.train.deterministic)}
     every_ckpt, every_eval = config.checkpoint.every, config.train.eval_every or config.checkpoint.every
     log_every, total = config.train.log_every, run.total_steps
 
@@ -446,6 +449,8 @@ def _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed
         "ms_per_step": 1000 * train_seconds / max(timed_steps, 1),
         "examples_per_sec": timed_steps * config.data.batch_size / max(train_seconds, 1e-9),
         "devices": jax.device_count(),
+        "platform": jax.default_backend(),
+        "xla_options": step_lib.compiler_options(config.train.deterministic),
     }
 
 

@@ -79,13 +79,23 @@ def multi_step_fn(step):
     return multi
 
 
-def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1):
+def compiler_options(deterministic: bool, backend: str | None = None) -> dict:
+    """XLA options for the jitted steps: deterministic ops on GPU when asked; nothing elsewhere
+    (CPU and TPU steps are deterministic already)."""
+    if deterministic and (backend or jax.default_backend()) == "gpu":
+        return {"xla_gpu_deterministic_ops": True}
+    return {}
+
+
+def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1,
+                   deterministic: bool = True):
     """The jitted step (K > 1: K steps per call); the state is donated and stays replicated."""
     step = train_step_fn(model, tx, num_classes, label_smoothing)
     fn, leading = (step, 0) if steps_per_call == 1 else (multi_step_fn(step), 1)
     data = batch_sharding(mesh, leading)
     return jax.jit(fn, in_shardings=(replicated(mesh), data, data),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
+                   compiler_options=compiler_options(deterministic) or None)
 
 
 def eval_step_fn(model, num_classes: int):
@@ -100,11 +110,11 @@ def eval_step_fn(model, num_classes: int):
     return step
 
 
-def jit_eval_step(model, num_classes, mesh: Mesh):
+def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True):
     data = batch_sharding(mesh)
     return jax.jit(eval_step_fn(model, num_classes),
                    in_shardings=(replicated(mesh), replicated(mesh), data, data, data),
-                   out_shardings=replicated(mesh))
+                   out_shardings=replicated(mesh), compiler_options=compiler_options(deterministic) or None)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
