@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench gpu test-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	touch $@
+
+# The GPU extra (jax[cuda12] pinned to the tested jax) into the same venv; then `make test-gpu`.
+$(VENV)/.installed-gpu: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,gpu]"
+	touch $@
+
+gpu: $(VENV)/.installed-gpu
+
+test-gpu: $(VENV)/.installed-gpu
+	JAX_PLATFORMS=cuda $(BIN)/python -m pytest -q
 
 demo: $(VENV)/.installed-test
 	$(BIN)/zoo compare configs/compare/digits.yaml --workdir $(DEMO_DIR)/compare_digits

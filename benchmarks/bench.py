@@ -162,11 +162,16 @@ PLAIN_FLAX = {"mlp": PlainMLP, "cnn": PlainCNN, "resnet20": PlainResNet20, "lstm
 class Runner:
     run: Callable[[int], None]
     compile_seconds: float | None = None
-    flops: float | None = None
+    flops: float | None = None  # XLA's cost analysis of the compiled step
+    lowered_flops: float | None = None  # the same analysis of the lowered (unoptimised) module
 
 
 def _flops_of(compiled) -> float | None:
-    cost = compiled.cost_analysis()
+    """FLOPs from XLA's cost analysis of a `Lowered` or `Compiled` step (None where unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends offer no analysis of lowered modules
+        return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
@@ -174,7 +179,8 @@ def _flops_of(compiled) -> float | None:
 
 def _jax_runner(jitted, state, *args) -> Runner:
     start = time.perf_counter()
-    compiled = jitted.lower(state, *args).compile()
+    lowered = jitted.lower(state, *args)
+    compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
     holder = [state]
 
@@ -185,7 +191,7 @@ def _jax_runner(jitted, state, *args) -> Runner:
         jax.block_until_ready(metrics)
         holder[0] = state
 
-    return Runner(run, compile_seconds, _flops_of(compiled))
+    return Runner(run, compile_seconds, _flops_of(compiled), _flops_of(lowered))
 
 
 def batch(workload: Workload, seed: int = 0):
@@ -195,8 +201,9 @@ def batch(workload: Workload, seed: int = 0):
     return x, y
 
 
-def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=None) -> Runner:
-    """The zoo's own path: the registry's model, the training package's state, optimizer and jitted step."""
+def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=None, mesh=None) -> Runner:
+    """The zoo's own path: the registry's model, the training package's state, optimizer and jitted step
+    (on `mesh`, all devices by default)."""
     from zoo import models
     from zoo.config import OptimizerConfig
     from zoo.training import optim, state as state_lib, step as step_lib
@@ -207,7 +214,7 @@ def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=
 
         model = with_compute_dtype(model, compute_dtype)
     tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
-    mesh = step_lib.make_mesh()
+    mesh = mesh or step_lib.make_mesh()
     sample = x[0, :1] if steps_per_call > 1 else x[:1]
     state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(sample)
     jitted = step_lib.jit_train_step(model, tx, workload.num_classes, 0.0, mesh, steps_per_call)

@@ -13,7 +13,25 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The platform under test: the user's JAX_PLATFORMS (`JAX_PLATFORMS=cuda make test` on a GPU), else cpu.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+PLATFORM = os.environ["JAX_PLATFORMS"].split(",")[0]
+if PLATFORM != "cpu":
+    import jax
+
+    # GPUs (TF32) and TPUs (bfloat16 passes) multiply float32 in reduced precision by default; the
+    # tests compare numbers against float32 references.
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+# Beyond matmul precision, accelerators sum in other orders (cuDNN's algorithms, TPU reductions).
+_TOLERANCE_SCALE = {"cpu": 1, "cuda": 10, "gpu": 10, "rocm": 10, "tpu": 100}
+
+
+def tolerance(rtol: float, atol: float = 0.0) -> dict:
+    """{'rtol', 'atol'} for the platform under test: the CPU figures, scaled on GPU and TPU."""
+    scale = _TOLERANCE_SCALE.get(PLATFORM, 100)
+    return {"rtol": rtol * scale, "atol": atol * scale}
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,10 +93,12 @@ def write_config(tmp_path):
 
 @pytest.fixture
 def cli_env(compile_cache):
-    """cli_env(devices=1) -> the environment for a `zoo` subprocess on `devices` simulated CPU devices."""
+    """cli_env(devices=1) -> the environment for a `zoo` subprocess: one device of the platform under
+    test, or `devices` simulated CPU devices."""
 
     def env(devices: int = 1) -> dict:
-        out = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
+        platform = os.environ["JAX_PLATFORMS"] if devices == 1 else "cpu"
+        out = {**os.environ, "JAX_PLATFORMS": platform, "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
         out.pop("XLA_FLAGS", None)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from zoo.models import layers
+from conftest import tolerance
 
-RTOL, ATOL = 1e-5, 1e-5
+RTOL, ATOL = tolerance(1e-5, 1e-5).values()
 
 
 def assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL):
@@ -100,7 +101,7 @@ def test_fast_conv_inside_a_batchnorm_residual_block_matches_flax():
     variables = Block(nn.Conv).init(jax.random.key(1), x)
     expected = value_and_grads(Block(nn.Conv), variables, x, mutable=["batch_stats"])
     actual = value_and_grads(Block(layers.Conv), variables, x, mutable=["batch_stats"])
-    assert_trees_close(actual, expected, rtol=1e-4, atol=1e-5)
+    assert_trees_close(actual, expected, **tolerance(1e-4, 1e-5))
 
 
 # --- LSTM ---------------------------------------------------------------------------------------

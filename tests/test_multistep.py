@@ -11,6 +11,7 @@ import pytest
 
 from zoo import models
 from zoo.training import state as state_lib, step as step_lib
+from conftest import tolerance
 
 K, BATCH, NUM_CLASSES = 4, 8, 3
 
@@ -42,7 +43,7 @@ def assert_trees_close(actual, expected):
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
         if jnp.issubdtype(jnp.asarray(e).dtype, jax.dtypes.prng_key):
             a, e = jax.random.key_data(a), jax.random.key_data(e)
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), **tolerance(1e-5, 1e-6))
 
 
 @pytest.mark.slow

@@ -92,6 +92,32 @@ def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     assert straight_meta["position"] == resumed_meta["position"]
 
 
+def test_a_checkpoint_saves_the_data_position_of_the_batches_consumed_not_of_those_fetched_ahead(
+        tmp_path, tiny_config):
+    config = tiny_config({"train": {"steps": 20, "steps_per_call": 4}, "checkpoint": {"every": 10, "keep": 2}})
+    loop.fit(config, tmp_path / "run")
+    checkpoints = ckpt.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True)
+    steps_per_epoch = loop.build_run(config).steps_per_epoch
+    assert steps_per_epoch > 20
+    assert [checkpoints.read_meta(step)["position"] for step in (10, 20)] == [
+        {"epoch": 0, "index": 10}, {"epoch": 0, "index": 20}]
+
+
+def test_array_checksums_change_with_any_flipped_bit_or_swapped_pair_and_not_with_the_shape():
+    import numpy as np
+
+    base = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    words = base.view(np.uint32)
+    changed = []
+    for position, bit in [(0, 0), (7, 31), (33, 12), (63, 23)]:
+        flipped = words.copy()
+        flipped[position] ^= np.uint32(1 << bit)
+        changed.append(flipped.view(np.float32))
+    changed.append(base[[1, 0, *range(2, 64)]])
+    sums = ckpt.checksums([base, *changed, base.reshape(8, 8)])
+    assert len(set(sums[:-1])) == len(sums) - 1 and sums[-1] == sums[0]
+
+
 # 2. Crash safety ---------------------------------------------------------------------------------
 
 @pytest.mark.slow

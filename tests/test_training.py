@@ -15,6 +15,7 @@ from conftest import TINY, merged
 from zoo import config as config_lib
 from zoo.data import BatchIterator, load_dataset, with_validation
 from zoo.training import build_run, fit, optim, step as step_lib
+from conftest import tolerance
 
 
 def tiny_config(**overrides):
@@ -156,4 +157,55 @@ def test_steps_per_call_is_automatic_by_family_unless_set():
     from zoo.training.loop import auto_steps_per_call
 
     assert tiny_config().train.steps_per_call is None
-    assert (auto_steps_per_call("dnn"), auto_steps_per_call("cnn"), auto_steps_per_call("resnet")) == (10, 1, 1)
+    assert tuple(auto_steps_per_call(family, "cpu") for family in ("dnn", "cnn", "resnet")) == (10, 1, 1)
+
+
+def test_steps_per_call_defaults_to_ten_for_every_family_on_gpu_and_tpu():
+    from zoo.training.loop import auto_steps_per_call
+
+    assert {auto_steps_per_call(family, backend) for family in ("dnn", "cnn", "rnn", "resnet", "transformer")
+            for backend in ("gpu", "tpu")} == {10}
+
+
+def _evaluation_case():
+    """A trained-from-init MLP's eval step and the digits test split, with a batch size that pads."""
+    run = build_run(tiny_config())
+    state = run.init_state()
+    eval_step = step_lib.jit_eval_step(run.model, 10, run.mesh)
+    return run, state, eval_step, run.dataset.x_test, run.dataset.y_test
+
+
+def test_evaluation_matches_per_example_float64_sums_over_a_padded_last_batch():
+    run, state, eval_step, x, y = _evaluation_case()
+    assert len(x) % 64
+    metrics = step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state, x, y, 64)
+    logits, _ = run.model.apply({"params": state.params, **state.model_state}, x, train=False)
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    assert metrics["accuracy"] == np.mean(logits.argmax(-1) == y)
+    assert metrics["loss"] == pytest.approx(-np.mean(log_probs[np.arange(len(y)), y]), rel=tolerance(1e-5)["rtol"])
+
+
+def test_evaluation_fetches_its_sums_from_the_devices_once(monkeypatch):
+    run, state, eval_step, x, y = _evaluation_case()
+    fetches = []
+    real_device_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda tree: fetches.append(1) or real_device_get(tree))
+    step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state, x, y, 32)
+    assert len(x) // 32 > 5 and len(fetches) == 1
+
+
+def test_deterministic_asks_gpus_for_deterministic_ops_and_sets_nothing_on_cpu_or_tpu():
+    assert tiny_config().train.deterministic is True
+    assert step_lib.compiler_options(True, "gpu") == {"xla_gpu_deterministic_ops": True}
+    assert step_lib.compiler_options(False, "gpu") == {}
+    assert step_lib.compiler_options(True, "cpu") == step_lib.compiler_options(True, "tpu") == {}
+
+
+def test_a_run_records_its_platform_and_xla_options(tmp_path):
+    result = fit(tiny_config(**{"train.steps": 10}), tmp_path / "run")
+    expected = (jax.default_backend(), step_lib.compiler_options(True))
+    assert (result["platform"], result["xla_options"]) == expected
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "10" / "meta" / "metadata").read_text())
+    assert (meta["platform"], meta["xla_options"]) == expected

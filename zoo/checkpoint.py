@@ -1,7 +1,7 @@
 """The one module that talks to Orbax: save and restore any pytree plus a JSON document.
 
 It knows nothing of models or train states. What Orbax 0.12 does not guarantee we add here:
-the shape, dtype and CRC32 of every array, checked on restore; steps offered only when committed;
+the shape, dtype and a checksum of every array, checked on restore; steps offered only when committed;
 old steps renamed aside (atomic) before removal; stale temporary directories cleaned; damaged
 steps moved aside on request; errors that name the step and the damage instead of TensorStore dumps.
 """
@@ -20,27 +20,71 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from zoo.errors import CheckpointError, DamagedCheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-array checksums computed on the devices; 1: CRC32 on the host
 TRASH, DAMAGED = "trash", "damaged"  # old steps are renamed into TRASH, then removed
 COMMITTED = "commit_success.txt"  # Orbax writes it before the step directory gets its final name
 _STATE, _META = "state", "meta"
 
 
-def describe_arrays(tree, with_crc: bool = True) -> dict[str, dict]:
-    """Shape, dtype and (optionally) the CRC32 of the bytes of every array, by its path in the tree."""
-    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree) if with_crc else tree)
+def describe_arrays(tree, with_checksum: bool = True) -> dict[str, dict]:
+    """Shape, dtype and (optionally) the checksum of every array, by its path in the tree.
+
+    The checksums are computed where the arrays live (`checksums`): only one 32-bit number per array
+    comes back to the host, not a second full copy of the state before Orbax makes its own."""
+    sums = checksums(tree) if with_checksum else None
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
     return {jax.tree_util.keystr(path): {"shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype)),
-                                         **({"crc32": _crc(leaf)} if with_crc else {})}
-            for path, leaf in leaves}
+                                         **({"checksum": sums[i]} if with_checksum else {})}
+            for i, (path, leaf) in enumerate(leaves)}
+
+
+# Murmur3's 32-bit finalizer: a bijection on uint32, so a changed word always changes its term.
+def _fmix32(h):
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(array):
+    """The array's bytes as uint32 words (8- and 16-bit types one per element, 64-bit types two)."""
+    if jnp.issubdtype(array.dtype, jax.dtypes.prng_key):
+        array = jax.random.key_data(array)
+    if array.dtype == jnp.bool_:
+        return array.astype(jnp.uint32).ravel()
+    size = np.dtype(array.dtype).itemsize
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
+    return jax.lax.bitcast_convert_type(array, unsigned).astype(jnp.uint32).ravel()
+
+
+def _checksum(array):
+    """Sum over words of fmix32(word ^ index * golden ratio) mod 2**32: position-dependent, exact
+    (integer arithmetic) and the same on every platform and device count."""
+    words = _words(array)
+    index = jnp.arange(words.size, dtype=jnp.uint32)
+    return jnp.sum(_fmix32(words ^ (index * jnp.uint32(0x9E3779B9))), dtype=jnp.uint32)
+
+
+@jax.jit
+def _checksums(leaves):
+    return [_checksum(leaf) for leaf in leaves]
+
+
+def checksums(tree) -> list[int]:
+    """The checksum of every leaf of `tree`, in `tree_leaves` order, computed on its devices."""
+    return [int(value) for value in jax.device_get(_checksums(jax.tree_util.tree_leaves(tree)))]
 
 
 def _crc(array) -> int:
+    """Format 1 checksums (CRC32 of the bytes on the host): still verified on restore."""
     return zlib.crc32(np.ascontiguousarray(array).tobytes())
 
 
@@ -182,7 +226,7 @@ class Checkpoints:
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint step {step} has format {version}, newer than this zoo reads "
                                   f"({FORMAT_VERSION}): upgrade zoo")
-        if not isinstance(version, int) or not _is_array_list(document.get("arrays")):
+        if not isinstance(version, int) or version < 1 or not _is_array_list(document.get("arrays"), version):
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: '{path}' lacks the format "
                                          "version or the array list zoo writes; use another step")
         return document
@@ -190,7 +234,7 @@ class Checkpoints:
     def restore(self, step: int, abstract_tree: Any) -> tuple[Any, dict]:
         """Restores `step` into the structure, dtypes and shardings of `abstract_tree`, verified."""
         meta = self.read_meta(step)
-        _check_same_arrays(step, meta["arrays"], describe_arrays(abstract_tree, with_crc=False))
+        _check_same_arrays(step, meta["arrays"], describe_arrays(abstract_tree, with_checksum=False))
         try:
             with _quiet_tensorstore():
                 restored = self._manager.restore(int(step), args=ocp.args.Composite(**{
@@ -199,8 +243,8 @@ class Checkpoints:
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: its files in "
                                          f"'{self._step_dir(step)}' cannot be read ({_short(error)}); "
                                          "use another step") from None
-        bad = [name for name, array in describe_arrays(restored).items()
-               if array["crc32"] != meta["arrays"][name]["crc32"]]
+        bad = [name for name, actual in _verified_checksums(restored, meta["format"])
+               if actual != meta["arrays"][name][_CHECKSUM_FIELD[meta["format"]]]]
         if bad:
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: checksum mismatch in "
                                          f"{len(bad)} array(s), first {bad[0]}; use another step")
@@ -226,8 +270,21 @@ def _quiet_tensorstore():
         os.close(saved)
 
 
-def _is_array_list(arrays) -> bool:
-    fields = {"shape", "dtype", "crc32"}
+_CHECKSUM_FIELD = {1: "crc32", 2: "checksum"}
+
+
+def _verified_checksums(tree, version: int):
+    """(path, checksum) of every array of a restored tree, by the method of format `version`."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    if version >= 2:
+        values = checksums(tree)
+    else:
+        values = [_crc(leaf) for leaf in jax.device_get([leaf for _, leaf in leaves])]
+    return [(jax.tree_util.keystr(path), value) for (path, _), value in zip(leaves, values)]
+
+
+def _is_array_list(arrays, version: int) -> bool:
+    fields = {"shape", "dtype", _CHECKSUM_FIELD.get(version, "checksum")}
     return isinstance(arrays, dict) and all(isinstance(a, dict) and fields <= set(a) for a in arrays.values())
 
 

@@ -74,10 +74,15 @@ class TrainConfig:
     eval_every: int = 0  # steps between test evaluations (0: at checkpoints and at the end)
     log_every: int = 50
     label_smoothing: float = 0.0
-    # Training steps per jitted call (lax.scan over batches). null: 10 for MLPs, where dispatch
-    # dominates, 1 otherwise (XLA on CPU runs convolutions inside a scan ~20x slower).
+    # Training steps per jitted call (lax.scan over batches). null: on CPU 10 for MLPs, where
+    # dispatch dominates, 1 otherwise (XLA on CPU runs convolutions inside a scan ~20x slower);
+    # on GPU and TPU 10 for every family.
     steps_per_call: int | None = None
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    # Deterministic ops where the platform needs asking (GPU: XLA's --xla_gpu_deterministic_ops, so
+    # scatter-based backwards and autotuned kernels give the same bits every run). CPU and TPU
+    # already are; nothing is set there.
+    deterministic: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,10 +53,15 @@ def _channels_last(ndim: int) -> jax.lax.ConvDimensionNumbers:
     return jax.lax.ConvDimensionNumbers(lhs, (ndim - 1, ndim - 2, *range(ndim - 2)), lhs)
 
 
+# The name the CPU-only branch carries in lowered modules (tests/test_lowering.py looks for it).
+CPU_ONLY_SCOPE = "zoo_cpu_only_materialize"
+
+
 def _materialize(x):
     """x, read from a buffer XLA cannot fuse x's producers into (the output of a conditional)."""
-    keep = jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))  # always true, but unknown at compile time
-    return jax.lax.cond(keep, lambda x: x, lambda x: x + 0, x)
+    with jax.named_scope(CPU_ONLY_SCOPE):
+        keep = jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))  # always true, but unknown at compile time
+        return jax.lax.cond(keep, lambda x: x, lambda x: x + 0, x)
 
 
 def _plain_conv(x, kernel, strides, padding):

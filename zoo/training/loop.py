@@ -235,9 +235,47 @@ def restore_latest_good(checkpoints: ckpt.Checkpoints, run: Run, progress: Progr
     return None, None, None
 
 
-def auto_steps_per_call(family: str) -> int:
-    """Steps per call where the config leaves it open: only MLP steps are short enough to gain."""
-    return 10 if family == "dnn" else 1
+def auto_steps_per_call(family: str, backend: str | None = None) -> int:
+    """Steps per call where the config leaves it open. On CPU only MLP steps are short enough to
+    gain (XLA:CPU runs convolutions inside a scan ~20x slower); on GPU and TPU the zoo's small
+    models are dispatch-bound whatever the family, and a scan costs nothing there."""
+    if (backend or jax.default_backend()) == "cpu":
+        return 10 if family == "dnn" else 1
+    return 10
+
+
+class DevicePrefetch:
+    """Each call's batches, gathered and put on the mesh one call ahead: the host work and the
+    transfer overlap the step already dispatched. `position` is the data position after the batches
+    handed out, not after those fetched ahead: the one a checkpoint must save to resume exactly."""
+
+    def __init__(self, batches, call_size, put):
+        self._batches, self._call_size, self._put = batches, call_size, put
+        self.position = dataclasses.replace(batches.position)
+        self._ahead = None  # (step, count, device batches or the error raised fetching them, position)
+
+    def _fetch(self, step: int):
+        count = self._call_size(step)
+        try:
+            x, y = next(self._batches) if count == 1 else self._batches.take(count)
+            loaded = self._put(x, y, count)
+        except Exception as error:  # noqa: BLE001 - raised when that batch is consumed, not before
+            loaded = error
+        return step, count, loaded, dataclasses.replace(self._batches.position)
+
+    def fetch_ahead(self, step: int) -> None:
+        """Starts loading the batches of the call that will start at `step`."""
+        self._ahead = self._fetch(step)
+
+    def next(self, step: int):
+        """(count, x, y) on the devices for the call starting at `step`."""
+        ahead, self._ahead = self._ahead, None
+        assert ahead is None or ahead[0] == step, "batches fetched ahead for another step"
+        ahead = ahead or self._fetch(step)
+        _, count, loaded, self.position = ahead
+        if isinstance(loaded, Exception):
+            raise loaded
+        return (count, *loaded)
 
 
 class _Steps:
@@ -253,7 +291,8 @@ class _Steps:
         if count not in self._compiled:
             c = self.run.config
             jitted = step_lib.jit_train_step(self.run.model, self.run.tx, self.run.spec.num_classes,
-                                             c.train.label_smoothing, self.run.mesh, count)
+                                             c.train.label_smoothing, self.run.mesh, count,
+                                             c.train.deterministic)
             start = time.perf_counter()
             self._compiled[count] = jitted.lower(state, x, y).compile()
             self.compile_seconds += time.perf_counter() - start
@@ -324,17 +363,29 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
                             shift=config.data.shift, position=position, workers=workers,
                             rows=Rows.of_jax_processes())
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
-    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh)
+    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh, config.train.deterministic)
     evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
         eval_step, mesh, s.params, s.model_state, x, y, eval_bs)
     steps = _Steps(run)
     param_count = models.count_params(state.params)
     meta_base = {"config": config.to_dict(), "spec": spec.to_json(), "model": config.model.name,
                  "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count(),
-                 "in_memory": in_memory}
+                 "in_memory": in_memory, "platform": jax.default_backend(),
+                 "xla_options": step_lib.compiler_options(config.train.deterministic)}
     every_ckpt, every_eval = config.checkpoint.every, config.train.eval_every or config.checkpoint.every
     log_every, total = config.train.log_every, run.total_steps
 
+    def call_size(step: int) -> int:  # K steps per call, unless a log, eval or checkpoint comes first
+        next_event = min(total, _next_multiple(step, log_every), _next_multiple(step, every_eval),
+                         _next_multiple(step, every_ckpt))
+        return steps.k if next_event - step >= steps.k else 1
+
+    def put(x, y, count: int):
+        check_inputs(spec, x[0] if count > 1 else x)
+        leading = 1 if count > 1 else 0
+        return _put_rows(mesh, x, leading), _put_rows(mesh, y, leading)
+
+    feed = DevicePrefetch(batches, call_size, put)
     pending, timed_steps, train_seconds = [], 0, 0.0
     step, last_sync = start_step, time.perf_counter()
     last_eval = None
@@ -342,22 +393,15 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
     progress.start(total, start_step)
     with stop_requests() as stop:
         while step < total and not stopped_by and not (watch and watch.stopped_at is not None):
-            next_event = min(total, _next_multiple(step, log_every), _next_multiple(step, every_eval),
-                             _next_multiple(step, every_ckpt))
-            count = steps.k if next_event - step >= steps.k else 1
-            if count == 1:
-                x, y = next(batches)
-            else:
-                x, y = batches.take(count)
-            check_inputs(spec, x[0] if count > 1 else x)
-            leading = 1 if count > 1 else 0
-            xd, yd = _put_rows(mesh, x, leading), _put_rows(mesh, y, leading)
+            count, xd, yd = feed.next(step)
             compile_before = steps.compile_seconds
             compiled = steps.get(count, state, xd, yd)
             last_sync += steps.compile_seconds - compile_before  # compile time is reported apart
             state, metrics = compiled(state, xd, yd)
             pending.append((step, count, metrics))
             step += count
+            if step < total:
+                feed.fetch_ahead(step)  # while the step just dispatched runs
             if stop["signal"]:
                 stopped_by = stop["signal"]
             at_log, at_eval = step % log_every == 0 or step == total, step % every_eval == 0 or step == total
@@ -397,7 +441,7 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
                     at_ckpt = True
             if at_ckpt:
                 extra = {"early_stopping": watch.state()} if watch else {}
-                checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(batches.position),
+                checkpoints.save(step, state, {**meta_base, "position": dataclasses.asdict(feed.position),
                                                **extra}, last_eval)
             last_sync = time.perf_counter()
     batches.close()
@@ -523,6 +567,8 @@ def _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed
         "ms_per_step": 1000 * train_seconds / max(timed_steps, 1),
         "examples_per_sec": timed_steps * config.data.batch_size / max(train_seconds, 1e-9),
         "devices": jax.device_count(),
+        "platform": jax.default_backend(),
+        "xla_options": step_lib.compiler_options(config.train.deterministic),
     }
 
 

@@ -8,14 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from zoo.training.state import TrainState
 
 
 def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process; batches are split along its 'data' axis."""
-    return Mesh(np.array(jax.devices()), ("data",))
+    """A 1-D mesh over every device of every process; batches are split along its 'data' axis.
+
+    `jax.make_mesh` orders the devices for the platform's topology (TPU slices, NVLink islands),
+    which `jax.devices()` order does not. Axis type Auto: the jitted steps place data by their
+    in/out shardings, as with a plain `Mesh`."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -75,13 +79,23 @@ def multi_step_fn(step):
     return multi
 
 
-def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1):
+def compiler_options(deterministic: bool, backend: str | None = None) -> dict:
+    """XLA options for the jitted steps: deterministic ops on GPU when asked; nothing elsewhere
+    (CPU and TPU steps are deterministic already)."""
+    if deterministic and (backend or jax.default_backend()) == "gpu":
+        return {"xla_gpu_deterministic_ops": True}
+    return {}
+
+
+def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1,
+                   deterministic: bool = True):
     """The jitted step (K > 1: K steps per call); the state is donated and stays replicated."""
     step = train_step_fn(model, tx, num_classes, label_smoothing)
     fn, leading = (step, 0) if steps_per_call == 1 else (multi_step_fn(step), 1)
     data = batch_sharding(mesh, leading)
     return jax.jit(fn, in_shardings=(replicated(mesh), data, data),
-                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
+                   compiler_options=compiler_options(deterministic) or None)
 
 
 def eval_step_fn(model, num_classes: int):
@@ -96,21 +110,28 @@ def eval_step_fn(model, num_classes: int):
     return step
 
 
-def jit_eval_step(model, num_classes, mesh: Mesh):
+def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True):
     data = batch_sharding(mesh)
     return jax.jit(eval_step_fn(model, num_classes),
                    in_shardings=(replicated(mesh), replicated(mesh), data, data, data),
-                   out_shardings=replicated(mesh))
+                   out_shardings=replicated(mesh), compiler_options=compiler_options(deterministic) or None)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(totals, sums):
+    return jax.tree.map(jnp.add, totals, sums)
 
 
 def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int) -> dict:
-    """Test loss and accuracy over all of (x, y), batch by batch, in float64 on the host."""
+    """Loss and accuracy over all of (x, y), batch by batch. The sums stay on the devices and are
+    fetched once; each batch is put on the devices while the one before it is evaluated."""
     from zoo.data import eval_batches
 
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    for xb, yb, mask in eval_batches(x, y, batch_size):
-        sums = eval_step(params, model_state, put_batch(mesh, xb), put_batch(mesh, yb),
-                         put_batch(mesh, mask))
-        for key, value in jax.device_get(sums).items():
-            totals[key] += float(value)
+    batches = (tuple(put_batch(mesh, array) for array in batch) for batch in eval_batches(x, y, batch_size))
+    totals, upcoming = None, next(batches)
+    while upcoming is not None:
+        sums = eval_step(params, model_state, *upcoming)
+        upcoming = next(batches, None)  # put on the devices while `sums` is computed
+        totals = sums if totals is None else _accumulate(totals, sums)
+    totals = {key: float(value) for key, value in jax.device_get(totals).items()}
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
