@@ -1,0 +1,196 @@
+"""Mutation testing of the core modules with mutmut; writes benchmarks/MUTATION.md.
+
+    python scripts/mutation.py [MODULE ...] [--timeout SECONDS] [--children N]
+
+Each module is mutated in a scratch copy of the repository (/tmp/zoo-mutation/<module>) with its
+own [tool.mutmut] section, so the project's pyproject.toml stays untouched. mutmut runs the module's
+test files once to learn which tests reach each function, then runs only those tests per mutant.
+Results of modules run earlier are kept (benchmarks/mutation.json) and merged into the report.
+Not part of `make test`: a full run takes hours on 2 shared cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MUTMUT = Path(sys.executable).with_name("mutmut")
+SCRATCH = Path(os.environ.get("ZOO_MUTATION_DIR", "/tmp/zoo-mutation"))
+RESULTS, REPORT = REPO / "benchmarks" / "mutation.json", REPO / "benchmarks" / "MUTATION.md"
+
+# Module -> (the test files that cover it, the functions to mutate or None for all). mutmut narrows
+# the files further to the tests reaching each mutated function. Ordered by priority.
+SPEC = ["tests/test_specifications.py", "tests/test_properties.py"]
+MODULES = {
+    "zoo/training/optim.py": (SPEC, None),
+    "zoo/training/step.py": (SPEC, None),
+    "zoo/report.py": (SPEC, ["_mean_std", "summarize", "label_for", "_pm", "markdown_table", "_si", "_clock"]),
+    "zoo/checkpoint.py": (SPEC + ["tests/test_reliability.py"], None),
+    "zoo/data/batching.py": (SPEC + ["tests/test_data.py"], None),
+    "zoo/models/rnn.py": (SPEC + ["tests/test_models.py"], None),
+    "zoo/models/resnet.py": (SPEC + ["tests/test_models.py"], None),
+    "zoo/models/mlp.py": (SPEC + ["tests/test_models.py"], None),
+    "zoo/models/cnn.py": (SPEC + ["tests/test_models.py"], None),
+    "zoo/models/transformer.py": (SPEC + ["tests/test_models.py"], None),
+    "zoo/data/__init__.py": (SPEC + ["tests/test_data.py"], None),
+    "zoo/training/state.py": (SPEC + ["tests/test_training.py"], None),
+    "zoo/training/loop.py": (SPEC + ["tests/test_training.py", "tests/test_reliability.py"], None),
+}
+
+# Surviving mutants judged by reading them: name -> why it survives (equivalent) or what kills it.
+TRIAGE: dict[str, str] = {}
+
+STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "not checked",
+            "caught by type check", "segfault", "check was interrupted by user")
+
+
+def slug(module: str) -> str:
+    return module.replace("/", "_").removesuffix(".py")
+
+
+def prepare(module: str, tests: list[str]) -> Path:
+    """A scratch copy of zoo/, tests/ and pyproject.toml with a [tool.mutmut] section for `module`."""
+    work = SCRATCH / slug(module)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in ("zoo", "tests", "scripts", "configs"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = (REPO / "pyproject.toml").read_text()
+    config += "\n[tool.mutmut]\n" + "\n".join([
+        'source_paths = ["zoo"]',
+        f'only_mutate = ["{module}"]',
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        'pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-x", "-q"]',
+        'also_copy = ["scripts", "configs"]',
+    ]) + "\n"
+    (work / "pyproject.toml").write_text(config)
+    return work
+
+
+def run_module(module: str, children: int, timeout: float) -> dict:
+    tests, functions = MODULES[module]
+    work = prepare(module, tests)
+    dotted = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    names = [f"{dotted}.x_{function}__mutmut_*" for function in functions or []]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
+    env.pop("XLA_FLAGS", None)
+    start = time.time()
+    try:
+        proc = subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *names], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        finished = proc.returncode == 0
+    except subprocess.TimeoutExpired:
+        finished = False
+    seconds = time.time() - start
+    listing = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=work, env=env,
+                             capture_output=True, text=True).stdout
+    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
+    survivors = {}
+    for name, status in statuses.items():
+        if status in ("survived", "no tests", "suspicious"):
+            diff = subprocess.run([str(MUTMUT), "show", name], cwd=work, env=env, capture_output=True,
+                                  text=True).stdout
+            survivors[name] = {"status": status, "diff": "\n".join(
+                line for line in diff.splitlines() if line.startswith(("+", "-")) and
+                not line.startswith(("+++", "---")))}
+    counts = {status: sum(1 for s in statuses.values() if s == status) for status in STATUSES}
+    if names:  # mutmut lists every generated mutant; count those of the functions asked for
+        statuses = {n: s for n, s in statuses.items() if any(fnmatch.fnmatch(n, g) for g in names)}
+        survivors = {n: s for n, s in survivors.items() if n in statuses}
+    return {"module": module, "tests": tests, "functions": functions, "seconds": round(seconds), "finished": finished,
+            "counts": {k: v for k, v in counts.items() if v}, "survivors": survivors,
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
+        avx = sorted(set(re.findall(r"avx512[a-z]*", flags)))[:1]
+    except OSError:
+        avx = []
+    return (f"{os.cpu_count()} cores ({cpu}{', ' + avx[0] if avx else ', no AVX-512'}), shared with other jobs; "
+            f"Python {platform.python_version()}")
+
+
+def score(result: dict) -> tuple[int, int, int]:
+    """(killed, equivalent, non-equivalent total) over the mutants mutmut ran."""
+    counts = result["counts"]
+    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("caught by type check", 0)
+    equivalent = sum(1 for name in result["survivors"] if TRIAGE.get(name, "").startswith("equivalent"))
+    checked = killed + sum(counts.get(s, 0) for s in ("survived", "no tests", "suspicious"))
+    return killed, equivalent, checked - equivalent
+
+
+def write_report(results: dict, command: str) -> None:
+    lines = ["# Mutation testing of the core modules", "",
+             f"Produced by `{command}` (mutmut {mutmut_version()}) on {machine()}.", "",
+             "Each mutant runs only the tests of its module's test files that reach the mutated function "
+             "(mutmut's per-function test selection), `-m 'not slow'`, stopping at the first failure. "
+             "Timeouts count as killed. Score = killed / (mutants checked - equivalent survivors).", "",
+             "| module | mutants checked | killed | survived | equivalent | score | finished | time |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for module in MODULES:
+        if module not in results:
+            lines.append(f"| `{module}` | not run | | | | | | |")
+            continue
+        r = results[module]
+        killed, equivalent, total = score(r)
+        survived = sum(r["counts"].get(s, 0) for s in ("survived", "no tests", "suspicious"))
+        pct = f"{100 * killed / total:.0f}%" if total else "-"
+        scope = f" ({', '.join(r['functions'])})" if r.get("functions") else ""
+        lines.append(f"| `{module}`{scope} | {killed + survived} | {killed} | {survived} | {equivalent} | {pct} | "
+                     f"{'yes' if r['finished'] else 'cut short'} | {r['seconds'] // 60} min |")
+    lines += ["", "## Surviving mutants", ""]
+    for module, r in results.items():
+        if not r["survivors"]:
+            continue
+        lines += [f"### `{module}`", ""]
+        for name, s in r["survivors"].items():
+            verdict = TRIAGE.get(name, "not triaged yet")
+            lines += [f"- `{name}` ({s['status']}): {verdict}", "", "  ```diff",
+                      *("  " + line for line in s["diff"].splitlines()[:6]), "  ```", ""]
+    REPORT.write_text("\n".join(lines) + "\n")
+
+
+def mutmut_version() -> str:
+    out = subprocess.run([str(MUTMUT), "--version"], capture_output=True, text=True, cwd=SCRATCH)
+    return out.stdout.strip().split()[-1] if out.stdout.strip() else "?"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="modules to run (default: all, in priority order)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per module")
+    parser.add_argument("--children", type=int, default=2, help="mutants run in parallel")
+    parser.add_argument("--report-only", action="store_true", help="rewrite MUTATION.md from mutation.json")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    command = "python scripts/mutation.py " + " ".join(sys.argv[1:])
+    if not args.report_only:
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        for module in args.modules or list(MODULES):
+            if module not in MODULES:
+                parser.error(f"unknown module '{module}': choose from {', '.join(MODULES)}")
+            print(f"mutating {module} ...", flush=True)
+            results[module] = run_module(module, args.children, args.timeout)
+            print(f"  {results[module]['counts']} in {results[module]['seconds']} s", flush=True)
+            RESULTS.write_text(json.dumps(results, indent=1))
+    write_report(results, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
