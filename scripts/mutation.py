@@ -1,6 +1,6 @@
 """Mutation testing of the core modules with mutmut; writes benchmarks/MUTATION.md.
 
-    python scripts/mutation.py [MODULE ...] [--timeout SECONDS] [--children N]
+    python scripts/mutation.py [MODULE ...] [--timeout SECONDS] [--mutant-timeout SECONDS]
 
 Each module is mutated in a scratch copy of the repository (/tmp/zoo-mutation/<module>) with its
 own [tool.mutmut] section, so the project's pyproject.toml stays untouched. mutmut runs the module's
@@ -61,6 +61,8 @@ def slug(module: str) -> str:
 def prepare(module: str, tests: list[str]) -> Path:
     """A scratch copy of zoo/, tests/ and pyproject.toml with a [tool.mutmut] section for `module`."""
     work = SCRATCH / slug(module)
+    if (work / "mutants" / "mutmut-stats.json").exists() and os.environ.get("ZOO_MUTATION_REUSE"):
+        return work  # mutants and the test map of an earlier run
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     for name in ("zoo", "tests", "scripts", "configs"):
@@ -78,7 +80,11 @@ def prepare(module: str, tests: list[str]) -> Path:
     return work
 
 
-def run_module(module: str, children: int, timeout: float) -> dict:
+def run_module(module: str, timeout: float, mutant_timeout: float) -> dict:
+    """mutmut generates the mutants and maps each function to the tests reaching it; each mutant
+    then runs in a fresh `pytest` process (MUTANT_UNDER_TEST=<name>) on exactly those tests.
+    mutmut's own runner forks workers from a process that already ran JAX, and forked JAX workers
+    hang (XLA's thread pools do not survive fork), so it is not used."""
     tests, functions = MODULES[module]
     work = prepare(module, tests)
     dotted = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
@@ -86,29 +92,37 @@ def run_module(module: str, children: int, timeout: float) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
     env.pop("XLA_FLAGS", None)
     start = time.time()
-    try:
-        proc = subprocess.run([str(MUTMUT), "run", "--max-children", str(children), *names], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-        finished = proc.returncode == 0
-    except subprocess.TimeoutExpired:
-        finished = False
-    seconds = time.time() - start
-    listing = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=work, env=env,
-                             capture_output=True, text=True).stdout
-    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.M))
-    survivors = {}
-    for name, status in statuses.items():
-        if status in ("survived", "no tests", "suspicious"):
+    subprocess.run([str(MUTMUT), "print-time-estimates"], cwd=work, env=env, capture_output=True, text=True)
+    meta = json.loads((work / "mutants" / (module + ".meta")).read_text())
+    stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text())
+    mutants = [n for n in meta["exit_code_by_key"] if not names or any(fnmatch.fnmatch(n, g) for g in names)]
+    statuses, survivors = {}, {}
+    for name in mutants:
+        if time.time() - start > timeout:
+            statuses[name] = "not checked"
+            continue
+        function = name.rsplit("__mutmut_", 1)[0]
+        selected = sorted(stats["tests_by_mangled_function_name"].get(function, []))
+        if not selected:
+            statuses[name] = "no tests"
+        else:
+            try:
+                proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                       *selected], cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": name},
+                                      capture_output=True, text=True, timeout=mutant_timeout)
+                statuses[name] = "survived" if proc.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                statuses[name] = "timeout"
+        print(f"  {name}: {statuses[name]}", flush=True)
+        if statuses[name] in ("survived", "no tests"):
             diff = subprocess.run([str(MUTMUT), "show", name], cwd=work, env=env, capture_output=True,
                                   text=True).stdout
-            survivors[name] = {"status": status, "diff": "\n".join(
+            survivors[name] = {"status": statuses[name], "diff": "\n".join(
                 line for line in diff.splitlines() if line.startswith(("+", "-")) and
                 not line.startswith(("+++", "---")))}
     counts = {status: sum(1 for s in statuses.values() if s == status) for status in STATUSES}
-    if names:  # mutmut lists every generated mutant; count those of the functions asked for
-        statuses = {n: s for n, s in statuses.items() if any(fnmatch.fnmatch(n, g) for g in names)}
-        survivors = {n: s for n, s in survivors.items() if n in statuses}
-    return {"module": module, "tests": tests, "functions": functions, "seconds": round(seconds), "finished": finished,
+    return {"module": module, "tests": tests, "functions": functions, "seconds": round(time.time() - start),
+            "finished": "not checked" not in statuses.values(),
             "counts": {k: v for k, v in counts.items() if v}, "survivors": survivors,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -128,7 +142,7 @@ def machine() -> str:
 def score(result: dict) -> tuple[int, int, int]:
     """(killed, equivalent, non-equivalent total) over the mutants mutmut ran."""
     counts = result["counts"]
-    killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("caught by type check", 0)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
     equivalent = sum(1 for name in result["survivors"] if TRIAGE.get(name, "").startswith("equivalent"))
     checked = killed + sum(counts.get(s, 0) for s in ("survived", "no tests", "suspicious"))
     return killed, equivalent, checked - equivalent
@@ -137,8 +151,9 @@ def score(result: dict) -> tuple[int, int, int]:
 def write_report(results: dict, command: str) -> None:
     lines = ["# Mutation testing of the core modules", "",
              f"Produced by `{command}` (mutmut {mutmut_version()}) on {machine()}.", "",
-             "Each mutant runs only the tests of its module's test files that reach the mutated function "
-             "(mutmut's per-function test selection), `-m 'not slow'`, stopping at the first failure. "
+             "mutmut generates the mutants and records which tests (of the module's test files, `-m 'not slow'`) "
+             "reach each function; each mutant then runs in a fresh pytest process on those tests only, "
+             "stopping at the first failure. "
              "Timeouts count as killed. Score = killed / (mutants checked - equivalent survivors).", "",
              "| module | mutants checked | killed | survived | equivalent | score | finished | time |",
              "|---|---:|---:|---:|---:|---:|---|---:|"]
@@ -174,7 +189,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to run (default: all, in priority order)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per module")
-    parser.add_argument("--children", type=int, default=2, help="mutants run in parallel")
+    parser.add_argument("--mutant-timeout", type=float, default=600, help="seconds per mutant")
     parser.add_argument("--report-only", action="store_true", help="rewrite MUTATION.md from mutation.json")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -185,7 +200,7 @@ def main() -> int:
             if module not in MODULES:
                 parser.error(f"unknown module '{module}': choose from {', '.join(MODULES)}")
             print(f"mutating {module} ...", flush=True)
-            results[module] = run_module(module, args.children, args.timeout)
+            results[module] = run_module(module, args.timeout, args.mutant_timeout)
             print(f"  {results[module]['counts']} in {results[module]['seconds']} s", flush=True)
             RESULTS.write_text(json.dumps(results, indent=1))
     write_report(results, command)

@@ -105,7 +105,7 @@ def test_evaluation_runs_in_inference_mode_whatever_the_batch_size():
 # Optimizer schedule ------------------------------------------------------------------------------
 
 def sgd(schedule: str, **fields) -> OptimizerConfig:
-    return OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.0, schedule=schedule, **fields)
+    return OptimizerConfig(**{"name": "sgd", "learning_rate": 0.1, "momentum": 0.0, "schedule": schedule, **fields})
 
 
 def test_warmup_from_zero_leaves_the_parameters_unchanged_after_the_first_sgd_step():
@@ -145,6 +145,37 @@ def test_the_logged_learning_rate_is_the_one_the_last_update_used(tmp_path, tiny
     assert sorted(train) == [5, 10, 15, 20]
     for step, lr in train.items():
         assert lr == pytest.approx(float(reference(step - 1)), abs=1e-9), step  # update `step` ran at count step-1
+
+
+def reference_optimizers():
+    constant = optax.constant_schedule(0.1)
+    return [
+        (sgd("constant", momentum=0.9, nesterov=True), optax.sgd(constant, momentum=0.9, nesterov=True)),
+        (sgd("constant"), optax.sgd(constant)),
+        (OptimizerConfig(name="adam", learning_rate=0.1, schedule="constant"), optax.adam(constant)),
+        (OptimizerConfig(name="adamw", learning_rate=0.1, schedule="constant", weight_decay=0.3),
+         optax.adamw(constant, weight_decay=0.3)),
+        (OptimizerConfig(name="rmsprop", learning_rate=0.1, momentum=0.5, schedule="constant"),
+         optax.rmsprop(constant, momentum=0.5)),
+        (sgd("constant", weight_decay=0.3, clip_norm=0.5),
+         optax.chain(optax.clip_by_global_norm(0.5), optax.add_decayed_weights(0.3), optax.sgd(constant))),
+    ]
+
+
+@pytest.mark.parametrize("config, reference", reference_optimizers(),
+                         ids=["sgd-nesterov", "sgd", "adam", "adamw", "rmsprop", "sgd-clip-l2"])
+def test_each_optimizer_updates_like_its_optax_definition(config, reference):
+    """Clipping first, then coupled (L2) weight decay for all but AdamW, then the update rule."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([0.5])}
+    tx = optim.make_optimizer(config, total_steps=20)
+    ours, theirs = tx.init(params), reference.init(params)
+    for k in range(3):
+        grads = {"w": jnp.array([0.3, -1.0, 2.0]) * (k + 1), "b": jnp.array([-0.7])}
+        got, ours = tx.update(grads, ours, params)
+        want, theirs = reference.update(grads, theirs, params)
+        for name in params:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
+        params = optax.apply_updates(params, got)
 
 
 # Checkpoints -------------------------------------------------------------------------------------
