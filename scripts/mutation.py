@@ -80,7 +80,7 @@ def prepare(module: str, tests: list[str]) -> Path:
     return work
 
 
-def run_module(module: str, timeout: float, mutant_timeout: float) -> dict:
+def run_module(module: str, timeout: float, mutant_timeout: float, progress=None) -> dict:
     """mutmut generates the mutants and maps each function to the tests reaching it; each mutant
     then runs in a fresh `pytest` process (MUTANT_UNDER_TEST=<name>) on exactly those tests.
     mutmut's own runner forks workers from a process that already ran JAX, and forked JAX workers
@@ -92,7 +92,14 @@ def run_module(module: str, timeout: float, mutant_timeout: float) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
     env.pop("XLA_FLAGS", None)
     start = time.time()
-    subprocess.run([str(MUTMUT), "print-time-estimates"], cwd=work, env=env, capture_output=True, text=True)
+    # mutmut's generation and test-mapping steps (the first half of `mutmut run`), without its forking runner.
+    prepare_code = ("import os, pathlib, mutmut.__main__ as m\n"
+                    "m.set_mutant_under_test('mutant_generation'); os.makedirs('mutants', exist_ok=True)\n"
+                    "m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths()\n"
+                    "m.store_lines_covered_by_tests(); m.create_mutants(2)\n"
+                    "m.collect_or_load_stats(m.get_mutant_runner(1))\n")
+    if not (work / "mutants" / "mutmut-stats.json").exists():
+        subprocess.run([sys.executable, "-c", prepare_code], cwd=work, env=env, capture_output=True, text=True)
     meta = json.loads((work / "mutants" / (module + ".meta")).read_text())
     stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text())
     mutants = [n for n in meta["exit_code_by_key"] if not names or any(fnmatch.fnmatch(n, g) for g in names)]
@@ -114,15 +121,21 @@ def run_module(module: str, timeout: float, mutant_timeout: float) -> dict:
             except subprocess.TimeoutExpired:
                 statuses[name] = "timeout"
         print(f"  {name}: {statuses[name]}", flush=True)
+        if progress:
+            progress(summary(module, tests, functions, start, statuses, survivors, len(mutants)))
         if statuses[name] in ("survived", "no tests"):
             diff = subprocess.run([str(MUTMUT), "show", name], cwd=work, env=env, capture_output=True,
                                   text=True).stdout
             survivors[name] = {"status": statuses[name], "diff": "\n".join(
                 line for line in diff.splitlines() if line.startswith(("+", "-")) and
                 not line.startswith(("+++", "---")))}
+    return summary(module, tests, functions, start, statuses, survivors, len(mutants))
+
+
+def summary(module, tests, functions, start, statuses, survivors, total) -> dict:
     counts = {status: sum(1 for s in statuses.values() if s == status) for status in STATUSES}
     return {"module": module, "tests": tests, "functions": functions, "seconds": round(time.time() - start),
-            "finished": "not checked" not in statuses.values(),
+            "finished": "not checked" not in statuses.values() and len(statuses) == total, "total": total,
             "counts": {k: v for k, v in counts.items() if v}, "survivors": survivors,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -200,7 +213,10 @@ def main() -> int:
             if module not in MODULES:
                 parser.error(f"unknown module '{module}': choose from {', '.join(MODULES)}")
             print(f"mutating {module} ...", flush=True)
-            results[module] = run_module(module, args.timeout, args.mutant_timeout)
+            def progress(partial, module=module):
+                results[module] = partial
+                RESULTS.write_text(json.dumps(results, indent=1))
+            results[module] = run_module(module, args.timeout, args.mutant_timeout, progress)
             print(f"  {results[module]['counts']} in {results[module]['seconds']} s", flush=True)
             RESULTS.write_text(json.dumps(results, indent=1))
     write_report(results, command)
