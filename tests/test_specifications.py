@@ -135,6 +135,19 @@ def test_the_schedule_gives_update_k_the_optax_learning_rate_at_count_k(config, 
         assert float(schedule(count)) == pytest.approx(float(reference(count)), abs=1e-9), count
 
 
+@pytest.mark.parametrize("config, total, reference", [
+    (sgd("warmup_cosine", warmup_steps=50), 20, optax.warmup_cosine_decay_schedule(0.0, 0.1, 19, 20)),
+    (sgd("warmup_cosine", warmup_steps=3), 1, optax.warmup_cosine_decay_schedule(0.0, 0.1, 0, 1)),
+    (sgd("cosine"), 1, optax.cosine_decay_schedule(0.1, 1)),
+    (sgd("step", decay_boundaries=(0.3,), decay_factor=0.5), 7, optax.piecewise_constant_schedule(0.1, {2: 0.5})),
+], ids=["warmup-longer-than-the-run", "warmup-one-step-run", "cosine-one-step-run", "step-rounds-down"])
+def test_schedules_at_the_edges_of_a_run_match_optax(config, total, reference):
+    """A warm-up longer than the run ends one step before it; boundaries round down to a step."""
+    schedule = optim.make_schedule(config, total_steps=total)
+    for count in range(total + 2):
+        assert float(schedule(count)) == pytest.approx(float(reference(count)), abs=1e-9), count
+
+
 def test_the_logged_learning_rate_is_the_one_the_last_update_used(tmp_path, tiny_config):
     config = tiny_config({"optimizer": {"schedule": "warmup_cosine", "warmup_steps": 10},
                           "train": {"steps": 20, "log_every": 5, "steps_per_call": 1}})
