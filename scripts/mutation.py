@@ -32,7 +32,7 @@ RESULTS, REPORT = REPO / "benchmarks" / "mutation.json", REPO / "benchmarks" / "
 # the files further to the tests reaching each mutated function. Ordered by priority.
 SPEC = ["tests/test_specifications.py", "tests/test_properties.py"]
 MODULES = {
-    "zoo/training/optim.py": (SPEC, None),
+    "zoo/training/optim.py": (["tests/test_specifications.py"], None),
     "zoo/training/step.py": (SPEC, None),
     "zoo/report.py": (SPEC, ["_mean_std", "summarize", "label_for", "_pm", "markdown_table", "_si", "_clock"]),
     "zoo/checkpoint.py": (SPEC + ["tests/test_reliability.py"], None),
@@ -140,6 +140,33 @@ def summary(module, tests, functions, start, statuses, survivors, total) -> dict
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def retest(module: str, result: dict, select: str, mutant_timeout: float) -> dict:
+    """Runs the survivors of an earlier run again against the repository's current tests (those of
+    the module's test files matching `-k select`): a survivor a new test kills becomes 'killed'."""
+    work = SCRATCH / slug(module)
+    shutil.rmtree(work / "mutants" / "tests")
+    shutil.copytree(REPO / "tests", work / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
+    env.pop("XLA_FLAGS", None)
+    for name in list(result["survivors"]):
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m",
+                                   "not slow", "-k", select, *result["tests"]], cwd=work / "mutants",
+                                  env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, text=True,
+                                  timeout=mutant_timeout)
+            killed = proc.returncode != 0
+        except subprocess.TimeoutExpired:
+            killed = True
+        print(f"  {name}: {'killed by a new test' if killed else 'survived'}", flush=True)
+        if killed:
+            old = result["survivors"].pop(name)["status"]
+            result["counts"][old] -= 1
+            result["counts"]["killed"] = result["counts"].get("killed", 0) + 1
+            result.setdefault("killed_on_retest", []).append(name)
+    result["retest"] = f"-k '{select}' on the tests of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    return result
+
+
 def machine() -> str:
     cpu = ""
     try:
@@ -204,10 +231,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per module")
     parser.add_argument("--mutant-timeout", type=float, default=600, help="seconds per mutant")
     parser.add_argument("--report-only", action="store_true", help="rewrite MUTATION.md from mutation.json")
+    parser.add_argument("--retest", metavar="K_EXPR", help="rerun the survivors against the current tests (-k K_EXPR)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     command = "python scripts/mutation.py " + " ".join(sys.argv[1:])
-    if not args.report_only:
+    if args.retest:
+        for module in args.modules:
+            results[module] = retest(module, results[module], args.retest, args.mutant_timeout)
+            RESULTS.write_text(json.dumps(results, indent=1))
+    elif not args.report_only:
         SCRATCH.mkdir(parents=True, exist_ok=True)
         for module in args.modules or list(MODULES):
             if module not in MODULES:
