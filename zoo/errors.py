@@ -29,3 +29,7 @@ class DamagedCheckpointError(CheckpointError):
 
 class RunError(ZooError):
     """A run directory cannot be used (locked by another writer, or training diverged)."""
+
+
+class WeightsError(ZooError):
+    """A weights file to import is unreadable, or its tensors do not fit the model."""
