@@ -152,6 +152,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from zoo.interop.importer import import_run
+
+    result = import_run(args.model, args.weights, args.out, dataset=args.dataset, num_classes=args.num_classes,
+                        config_path=args.config, overrides=args.set or [])
+    fresh = f"; new head: {', '.join(result['reinitialised'])}" if result["reinitialised"] else ""
+    print(f"{result['model']} from {args.weights} -> {result['run_dir']}: test accuracy on "
+          f"{result['dataset']} {result['test']['accuracy']:.4f}{fresh}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -192,6 +203,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
     p.add_argument("--out", default="benchmarks", help="where RESULTS.md and results.json go ('' for none)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("import", help="a run directory from PyTorch weights (.safetensors)")
+    p.add_argument("model", help="a zoo model: resnet18..152, vit_tiny, transformer, lstm, gru, rnn")
+    p.add_argument("weights", help="a .safetensors file in torchvision / timm / torch.nn naming")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--dataset", help="the dataset the run evaluates on (default: the config's)")
+    p.add_argument("--num-classes", type=int, help="a new head of this many classes (the file's is skipped)")
+    p.add_argument("--config", help="a YAML config for later fine-tuning (default: zoo's defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_heads=3")
+    p.set_defaults(func=cmd_import)
     return parser
 
 

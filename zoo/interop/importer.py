@@ -366,7 +366,11 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
                 missing += absent
             continue
         used.update(rule.sources)
-        arrays = rule.convert(*[np.asarray(tensors[s], np.float32) for s in rule.sources])
+        try:
+            arrays = rule.convert(*[np.asarray(tensors[s], np.float32) for s in rule.sources])
+        except (ValueError, IndexError):  # e.g. LSTM's 4 gates given to a GRU
+            misfit.append(f"{rule.sources[0]} {list(tensors[rule.sources[0]].shape)} for {rule.targets[0]}")
+            continue
         for target, array in zip(rule.targets, arrays):
             if target not in targets:
                 misfit.append(f"{target} (no such variable)")
@@ -421,3 +425,89 @@ def _get(tree, target: str):
     for part in target.split("/"):
         tree = tree[part]
     return tree
+
+
+# A run directory from imported weights -------------------------------------------------------------
+
+def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str | None = None,
+               num_classes: int | None = None, config_path: str | Path | None = None,
+               overrides: list[str] = (), seed: int = 0) -> dict:
+    """Imports `path` into a new run directory `out`: config.json, metrics.jsonl and an Orbax checkpoint
+    at step 0 in the layout `zoo train` writes. `zoo eval OUT` evaluates it and
+    `zoo train OUT/config.json --workdir OUT` fine-tunes from it (it resumes from step 0).
+
+    The config is `config_path` (or the defaults) with `overrides`, the model and `dataset` set."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from zoo import config as config_lib
+    from zoo.data import load_dataset
+    from zoo.data.batching import Position
+    from zoo.training import loop, step as step_lib
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WeightsError(f"'{out}' already exists: give a new --out directory (nothing was written)")
+    raw = config_lib.load_yaml(config_path) if config_path else {
+        "name": f"import_{model_name}", "seed": seed, "train": {"steps": 1000}}
+    raw = config_lib.apply_overrides(raw, list(overrides))
+    raw.setdefault("data", {})
+    if dataset:
+        raw["data"]["name"] = dataset
+    if "name" not in raw["data"]:
+        raise WeightsError("the run needs a dataset to evaluate on: pass --dataset NAME "
+                           "(or a --config naming data.name)")
+    data = load_dataset(raw["data"]["name"])
+    spec = data.spec
+    if num_classes is not None and num_classes != spec.num_classes:
+        raise WeightsError(f"--num-classes {num_classes} differs from the {spec.num_classes} classes of "
+                           f"dataset '{spec.name}': use --num-classes {spec.num_classes}")
+    given = {k: v for k, v in (raw.get("model") or {}).items() if k != "name"}
+    imported = import_weights(model_name, path, num_classes=num_classes, hparams=given,
+                              input_shape=spec.input_shape, seed=raw.get("seed", seed))
+    if imported.num_classes != spec.num_classes:
+        raise WeightsError(f"the head of '{path}' has {imported.num_classes} classes, dataset '{spec.name}' "
+                           f"has {spec.num_classes}: pass --num-classes {spec.num_classes} to start a new head")
+    raw["model"] = {"name": model_name, **imported.hparams, **given}
+    config = config_lib.from_dict(raw)
+    run = loop.build_run(config, data, training=False)
+    state = run.init_state()
+    replicated = step_lib.replicated(run.mesh)
+    params = _fill(state.params, imported.variables["params"], replicated)
+    model_state = _fill(state.model_state, {k: v for k, v in imported.variables.items() if k != "params"},
+                        replicated)
+    state = state.replace(params=params, model_state=model_state, opt_state=run.tx.init(params))
+    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, run.mesh)
+    eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
+    test = step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state,
+                                    data.x_test, data.y_test, eval_bs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+    try:
+        checkpoints = loop.checkpoints_for(staging, config)
+        meta = {"config": config.to_dict(), "spec": spec.to_json(), "model": model_name,
+                "family": run.model.info.family, "param_count": models.count_params(state.params),
+                "devices": jax.device_count(), "position": dataclasses.asdict(Position()),
+                "imported_from": {"path": str(Path(path).absolute()), "reinitialised": imported.reinitialised}}
+        checkpoints.save(0, state, meta, test)
+        checkpoints.close()
+        (staging / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+        (staging / loop.METRICS_FILE).write_text(json.dumps({"step": 0, "split": "test", **test}) + "\n")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"run_dir": str(out), "model": model_name, "dataset": spec.name, "hparams": imported.hparams,
+            "reinitialised": imported.reinitialised, "test": test}
+
+
+def _fill(template, values: dict, sharding):
+    """`template`'s tree with each leaf replaced by the array at the same path in `values`."""
+    def leaf(path, old):
+        array = _get(values, _key(path))
+        return jax.device_put(np.asarray(array, old.dtype), sharding)
+    return jax.tree_util.tree_map_with_path(leaf, template)
