@@ -163,6 +163,49 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from zoo.interop.export import export_run
+
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    step, best = (None, True) if args.step == "best" else (_step_arg(args.step), False)
+    result = export_run(args.run_dir, args.out, step=step, best=best, platforms=platforms, fmt=args.format)
+    header = result["header"]
+    print(f"{header['model']} step {header['run_step']} -> {result['out']} ({header['format']}, input "
+          f"{header['input_shape']} {header['dtype']}, batch {header['batch']}, {', '.join(header['platforms'])})")
+    return 0
+
+
+def _step_arg(text):
+    if text in (None, "latest"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ZooError(f"--step '{text}' must be a step number, 'latest' or 'best'") from None
+
+
+def cmd_predict(args) -> int:
+    """A run directory (restores its checkpoint) or a .zoo export (never imports zoo.models)."""
+    from pathlib import Path
+
+    if Path(args.target).is_dir():
+        from zoo.interop.export import predict_run
+
+        step, best = (None, True) if args.step == "best" else (_step_arg(args.step), False)
+        result = predict_run(args.target, args.inputs, step=step, best=best)
+    else:
+        from zoo.interop.artifact import predict_file
+
+        result = predict_file(args.target, args.inputs)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(_table(("input", "index", "class", "probability"),
+                 [(r["input"], r["index"], r["class"], f"{r['probability']:.4f}") for r in result["rows"]],
+                 right=(1, 3)))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -213,6 +256,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML config for later fine-tuning (default: zoo's defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_heads=3")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="a run's model as one file: jax.export (.zoo) or ONNX")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.zoo or model.onnx")
+    p.add_argument("--step", default="latest", help="a step number, 'latest' (default) or 'best'")
+    p.add_argument("--format", default="zoo", help="zoo (jax.export, default) or onnx (needs the onnx extra)")
+    p.add_argument("--platforms", default="cpu", help="jax.export platforms, e.g. cpu,cuda,tpu (default cpu)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="class probabilities of .npy/.npz inputs from a .zoo export or a run")
+    p.add_argument("target", help="a .zoo file from `zoo export`, or a run directory")
+    p.add_argument("inputs", nargs="+", help=".npy or .npz files: one example or a batch each")
+    p.add_argument("--step", default="latest", help="with a run directory: a step, 'latest' or 'best'")
+    p.add_argument("--json", action="store_true", help="every probability, as JSON")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -391,7 +391,7 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
     if unfilled and not (missing or misfit):
         problems.append(f"zoo variables left unfilled: {_names(unfilled)}")
     if problems:
-        raise WeightsError(f"'{path}' does not fit {model_name} {_hp_text(hp)}: {'; '.join(problems)}; "
+        raise WeightsError(f"'{path}' does not fit {model_name}{_hp_text(hp)}: {'; '.join(problems)}; "
                            "check the model name, --set hyperparameters and --num-classes")
     reinitialised = sorted(t for t in targets if t not in values)
     if reinitialised:
@@ -414,7 +414,7 @@ def _head_classes(tensors: dict, family: str) -> int | None:
 
 
 def _hp_text(hp: dict) -> str:
-    return "(" + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())) + ")" if hp else ""
+    return " (" + ", ".join(f"{k}={v}" for k, v in sorted(hp.items())) + ")" if hp else ""
 
 
 def _key(path) -> str:
