@@ -22,7 +22,7 @@ from zoo.config import Config, from_dict
 from zoo.data import BatchIterator, Dataset, check_inputs, load_dataset, with_validation
 from zoo.data.batching import Position
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError
-from zoo.metrics import JsonlWriter, Progress, Silent
+from zoo.metrics import JsonlWriter, Progress, Silent, TensorBoardWriter, Tee
 from zoo.training import optim, state as state_lib, step as step_lib
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE = "config.json", "metrics.jsonl", "result.json", ".lock"
@@ -257,6 +257,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
     start_step, state, meta = restore_latest_good(checkpoints, run, progress)
     _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
     metrics_log = JsonlWriter(run_dir / METRICS_FILE)
+    if config.logging.tensorboard and jax.process_index() == 0:  # process 0 owns the bookkeeping
+        metrics_log = Tee(metrics_log, TensorBoardWriter(run_dir, config.to_dict()))
     position = Position()
     if state is None:
         state, start_step = run.init_state(), 0
@@ -340,6 +342,8 @@ def _train(run: Run, run_dir: Path, progress: Progress) -> dict:
             last_sync = time.perf_counter()
     checkpoints.wait()
     progress.close()
+    if isinstance(metrics_log, Tee):
+        metrics_log.close()
     if stopped_by:
         checkpoints.close()
         return {"run_dir": str(run_dir), "stopped": stopped_by, "step": step}
