@@ -206,6 +206,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from zoo.runs import list_runs
+
+    rows = list_runs(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table = [(r["name"], r["model"] or "-", r["dataset"] or "-", f"{r['steps_done']}/{r['steps_total'] or '?'}",
+              fmt(r["validation_last"]), fmt(r["validation_best"]), fmt(r["test_last"]), fmt(r["test_best"]),
+              r["status"], "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s") for r in rows]
+    print(_table(("run", "model", "dataset", "steps", "val last", "val best", "test last", "test best",
+                  "status", "wall"), table, right=(3, 4, 5, 6, 7, 9)))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -271,6 +287,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", default="latest", help="with a run directory: a step, 'latest' or 'best'")
     p.add_argument("--json", action="store_true", help="every probability, as JSON")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("runs", help="one row per run directory under DIR: steps, accuracies, status")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default runs/)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
     return parser
 
 
