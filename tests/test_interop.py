@@ -155,7 +155,8 @@ def test_imported_run_is_accepted_by_zoo_eval(zoo_main, lstm_file, tmp_path):
     assert status == 0
     result = json.loads(out)
     assert result["step"] == 0 and result["model"] == "lstm"
-    assert result["test"]["accuracy"] == pytest.approx(result["recorded"]["accuracy"])
+    assert result["test"]["accuracy"] == pytest.approx(result["recorded"]["test_accuracy"])
+    assert result["val"]["accuracy"] == pytest.approx(result["recorded"]["val_accuracy"])
 
 
 # Export ------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_tensorboard_events_hold_the_metrics_written_to_jsonl(finished_run):
     for record in records:
         for key in ("loss", "accuracy", "lr", "examples_per_sec") if record["split"] == "train" else ("loss", "accuracy"):
             assert events[(f"{record['split']}/{key}", record["step"])] == pytest.approx(record[key], rel=1e-6)
-    assert ("test/accuracy", 20) in events and ("train/lr", 5) in events
+    assert ("test/accuracy", 20) in events and ("val/accuracy", 20) in events and ("train/lr", 5) in events
 
 
 def test_tensorboard_events_hold_the_hyperparameters(finished_run):
@@ -66,6 +66,8 @@ def test_runs_lists_a_finished_run_with_its_accuracies(finished_run):
     assert row["name"] == "mlp/seed0" and row["model"] == "mlp" and row["dataset"] == "digits"
     assert (row["steps_done"], row["steps_total"], row["status"]) == (20, 20, "finished")
     assert (row["test_last"], row["test_best"]) == (tests[-1], max(tests))
+    vals = [r["accuracy"] for r in read_jsonl(finished_run / "metrics.jsonl") if r["split"] == "val"]
+    assert (row["validation_last"], row["validation_best"]) == (vals[-1], max(vals))
 
 
 def test_runs_reports_a_locked_run_as_running(finished_run):

@@ -87,7 +87,7 @@ def describe_run(run_dir: Path, root: Path) -> dict:
     latest, incomplete = _steps_on_disk(run_dir / "checkpoints")
     steps_seen = [r["step"] for r in records if isinstance(r.get("step"), int)]
     row["steps_done"] = latest if latest is not None else (max(steps_seen) if steps_seen else 0)
-    row["validation_last"], row["validation_best"] = _accuracies(records, "validation")
+    row["validation_last"], row["validation_best"] = _accuracies(records, "val")
     row["test_last"], row["test_best"] = _accuracies(records, "test")
     if row["wall_seconds"] is None and (run_dir / METRICS_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         row["wall_seconds"] = max(0.0, (run_dir / METRICS_FILE).stat().st_mtime - (run_dir / CONFIG_FILE).stat().st_mtime)

@@ -472,7 +472,7 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
                            f"has {spec.num_classes}: pass --num-classes {spec.num_classes} to start a new head")
     raw["model"] = {"name": model_name, **imported.hparams, **given}
     config = config_lib.from_dict(raw)
-    run = loop.build_run(config, data, training=False)
+    run = loop.build_run(config, data, training=False)  # holds the validation split the config asks for
     state = run.init_state()
     replicated = step_lib.replicated(run.mesh)
     params = _fill(state.params, imported.variables["params"], replicated)
@@ -481,20 +481,24 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
     state = state.replace(params=params, model_state=model_state, opt_state=run.tx.init(params))
     eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, run.mesh)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
-    test = step_lib.evaluate_arrays(eval_step, run.mesh, state.params, state.model_state,
-                                    data.x_test, data.y_test, eval_bs)
+    evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
+        eval_step, run.mesh, s.params, s.model_state, x, y, eval_bs)
+    metrics = loop.evaluate_splits(run, evaluate_split, state)  # val_* and test_*, as `zoo train` records
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        checkpoints = loop.checkpoints_for(staging, config)
+        checkpoints = loop.checkpoints_for(staging, config, has_validation=run.dataset.has_validation)
         meta = {"config": config.to_dict(), "spec": spec.to_json(), "model": model_name,
                 "family": run.model.info.family, "param_count": models.count_params(state.params),
                 "devices": jax.device_count(), "position": dataclasses.asdict(Position()),
                 "imported_from": {"path": str(Path(path).absolute()), "reinitialised": imported.reinitialised}}
-        checkpoints.save(0, state, meta, test)
+        checkpoints.save(0, state, meta, metrics)
         checkpoints.close()
         (staging / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
-        (staging / loop.METRICS_FILE).write_text(json.dumps({"step": 0, "split": "test", **test}) + "\n")
+        (staging / loop.METRICS_FILE).write_text("".join(
+            json.dumps({"step": 0, "split": split, "loss": metrics[f"{split}_loss"],
+                        "accuracy": metrics[f"{split}_accuracy"]}) + "\n"
+            for split in ("val", "test") if f"{split}_loss" in metrics))
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)
@@ -502,7 +506,9 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {"run_dir": str(out), "model": model_name, "dataset": spec.name, "hparams": imported.hparams,
-            "reinitialised": imported.reinitialised, "test": test}
+            "reinitialised": imported.reinitialised,
+            "test": {"loss": metrics["test_loss"], "accuracy": metrics["test_accuracy"]},
+            "val": {"loss": metrics["val_loss"], "accuracy": metrics["val_accuracy"]} if "val_loss" in metrics else None}
 
 
 def _fill(template, values: dict, sharding):
