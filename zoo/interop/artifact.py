@@ -2,7 +2,7 @@
 
 Layout: the magic line b"ZOOEXPORT1\\n", the JSON header's length (8 bytes, little endian), the JSON
 header (input shape and dtype, class names, platforms, zoo and jax versions, ...), then the bytes of
-`jax.export.Exported.serialize()` (a StableHLO module with its own versioning; no pickle).
+`jax.export.Exported.serialize()` (a StableHLO module with its own versioning; data only).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def check_inputs(header: dict, x: np.ndarray, where: str) -> np.ndarray:
 
 
 def read_inputs(paths) -> list[tuple[str, np.ndarray]]:
-    """(name, array) for every .npy file and every array of every .npz file (no pickle)."""
+    """(name, array) for every .npy file and every array of every .npz file (allow_pickle=False)."""
     out = []
     for path in map(Path, paths):
         if path.suffix not in (".npy", ".npz"):
@@ -100,7 +100,7 @@ def read_inputs(paths) -> list[tuple[str, np.ndarray]]:
                     out += [(f"{path}:{key}", archive[key]) for key in archive.files]
         except (OSError, ValueError, EOFError) as error:
             raise ExportError(f"input '{path}' cannot be read ({str(error).splitlines()[0]}): give arrays "
-                              "saved by numpy without pickled objects") from None
+                              "saved by numpy holding plain arrays (no Python objects)") from None
     return out
 
 

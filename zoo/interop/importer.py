@@ -1,4 +1,4 @@
-"""Import PyTorch weights from a `.safetensors` file (numpy backend: no pickle, no torch).
+"""Import PyTorch weights from a `.safetensors` file (numpy backend; no torch, no unsafe deserialisation).
 
 Naming conventions read: torchvision's ResNet (resnet18..152), timm's VisionTransformer (every
 transformer-family name; the encoder blocks may instead follow torch.nn.TransformerEncoder's naming),
@@ -282,7 +282,7 @@ FAMILIES = {  # family -> (rules(hparams, targets, names), infer(tensors) -> (hp
 # The import ------------------------------------------------------------------------------------
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of a .safetensors file as a numpy array (no pickle, no torch)."""
+    """Every tensor of a .safetensors file as a numpy array (safetensors only: no code runs on load)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' does not exist: give a .safetensors file")
