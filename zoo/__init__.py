@@ -1,22 +1,44 @@
 """zoo: five families of JAX models as init/apply pairs, one training loop, Orbax checkpoints.
 
 `zoo.compare` and `zoo.evaluate` are the submodules; their entry points are `zoo.run_compare` and
-`zoo.evaluate_run` (also `zoo.compare.compare`, `zoo.evaluate.evaluate`).
-"""
+`zoo.evaluate_run` (also `zoo.compare.compare`, `zoo.evaluate.evaluate`). Names are imported on
+first use (PEP 562), so `zoo predict model.zoo` runs an export without importing the models, data or
+training modules."""
 
-from zoo.compare import compare as run_compare, load_compare
-from zoo.config import Config, load as load_config
-from zoo.data import DataSpec, Dataset, list_datasets, load_dataset
-from zoo.errors import CheckpointError, ConfigError, DataError, ModelError, RunError, ZooError
-from zoo.evaluate import evaluate as evaluate_run
-from zoo.models import Model, build, list_models, param_count
-from zoo.run import LoadedRun, load_run
-from zoo.training import fit
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError", "Config", "ConfigError", "DataError", "DataSpec", "Dataset", "Model",
-    "LoadedRun", "ModelError", "RunError", "ZooError", "build", "evaluate_run", "fit", "list_datasets",
-    "list_models", "load_compare", "load_config", "load_dataset", "load_run", "param_count", "run_compare",
-]
+_PUBLIC = {  # name -> (module, attribute)
+    "run_compare": ("zoo.compare", "compare"), "load_compare": ("zoo.compare", "load_compare"),
+    "Config": ("zoo.config", "Config"), "load_config": ("zoo.config", "load"),
+    "DataSpec": ("zoo.data", "DataSpec"), "Dataset": ("zoo.data", "Dataset"),
+    "list_datasets": ("zoo.data", "list_datasets"), "load_dataset": ("zoo.data", "load_dataset"),
+    "CheckpointError": ("zoo.errors", "CheckpointError"), "ConfigError": ("zoo.errors", "ConfigError"),
+    "DataError": ("zoo.errors", "DataError"), "ModelError": ("zoo.errors", "ModelError"),
+    "RunError": ("zoo.errors", "RunError"), "WeightsError": ("zoo.errors", "WeightsError"),
+    "ZooError": ("zoo.errors", "ZooError"),
+    "evaluate_run": ("zoo.evaluate", "evaluate"),
+    "LoadedRun": ("zoo.run", "LoadedRun"), "load_run": ("zoo.run", "load_run"),
+    "Model": ("zoo.models", "Model"), "build": ("zoo.models", "build"),
+    "list_models": ("zoo.models", "list_models"), "param_count": ("zoo.models", "param_count"),
+    "fit": ("zoo.training", "fit"),
+    "import_weights": ("zoo.interop.importer", "import_weights"),
+    "import_run": ("zoo.interop.importer", "import_run"),
+    "export_run": ("zoo.interop.export", "export_run"),
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'zoo' has no attribute '{name}'")
+    module, attribute = _PUBLIC[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])

@@ -121,13 +121,15 @@ def cmd_predict(args) -> int:
 
     from zoo.predict import predict, to_csv
 
-    rows = predict(args.run_dir, args.inputs, step=_step_arg(args.step), top_k=args.top_k)
-    text = to_csv(rows)
+    rows = predict(args.target, args.inputs, step=_step_arg(args.step), top_k=args.top_k)
+    text = json.dumps(rows) + "\n" if args.json else to_csv(rows)
     if args.out:
+        from zoo.util import atomic_write
+
         out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        if not out.parent.is_dir():
+            raise ZooError(f"cannot write '{out}': directory '{out.parent}' does not exist")
+        atomic_write(out, text)
         print(f"{len(rows)} predictions written to {out}", file=err())
     else:
         sys.stdout.write(text)
@@ -172,6 +174,44 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from zoo.interop.importer import import_run
+
+    result = import_run(args.model, args.weights, args.out, dataset=args.dataset, num_classes=args.num_classes,
+                        config_path=args.config, overrides=args.set or [])
+    fresh = f"; new head: {', '.join(result['reinitialised'])}" if result["reinitialised"] else ""
+    print(f"{result['model']} from {args.weights} -> {result['run_dir']}: test accuracy on "
+          f"{result['dataset']} {result['test']['accuracy']:.4f}{fresh}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from zoo.interop.export import export_run
+
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    result = export_run(args.run_dir, args.out, step=_step_arg(args.step), platforms=platforms, fmt=args.format)
+    header = result["header"]
+    print(f"{header['model']} step {header['run_step']} -> {result['out']} ({header['format']}, input "
+          f"{header['input_shape']} {header['dtype']}, batch {header['batch']}, {', '.join(header['platforms'])})")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from zoo.runs import list_runs
+
+    rows = list_runs(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table = [(r["name"], r["model"] or "-", r["dataset"] or "-", f"{r['steps_done']}/{r['steps_total'] or '?'}",
+              fmt(r["validation_last"]), fmt(r["validation_best"]), fmt(r["test_last"]), fmt(r["test_best"]),
+              r["status"], "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s") for r in rows]
+    print(_table(("run", "model", "dataset", "steps", "val last", "val best", "test last", "test best",
+                  "status", "wall"), table, right=(3, 4, 5, 6, 7, 9)))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -202,13 +242,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="evaluate even though the data files changed since training")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict with a run's checkpoint on images, folders, .npy/.npz or .csv")
-    p.add_argument("run_dir")
+    p = sub.add_parser("predict", help="predict with a run's checkpoint or a .zoo export on images, folders, "
+                       ".npy/.npz or .csv")
+    p.add_argument("target", help="a run directory, or a .zoo file from `zoo export`")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="an image, a folder of images, a .npy, a .npz (its 'x' array) or a .csv (one row each)")
     p.add_argument("--step", default="latest", help="'latest' (default), 'best' (by validation) or a step number")
     p.add_argument("--top-k", type=int, default=3, help="classes listed per example (default 3)")
     p.add_argument("--out", help="write the CSV here instead of standard output")
+    p.add_argument("--json", action="store_true", help="one JSON list of rows, with every class probability")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("compare", help="train every model x seed of a compare config, then write a report")
@@ -223,6 +265,29 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
     p.add_argument("--out", default="benchmarks", help="where RESULTS.md and results.json go ('' for none)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("import", help="a run directory from PyTorch weights (.safetensors)")
+    p.add_argument("model", help="a zoo model: resnet18..152, vit_tiny, transformer, lstm, gru, rnn")
+    p.add_argument("weights", help="a .safetensors file in torchvision / timm / torch.nn naming")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--dataset", help="the dataset the run evaluates on (default: the config's)")
+    p.add_argument("--num-classes", type=int, help="a new head of this many classes (the file's is skipped)")
+    p.add_argument("--config", help="a YAML config for later fine-tuning (default: zoo's defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_heads=3")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="a run's model as one file: jax.export (.zoo) or ONNX")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.zoo or model.onnx")
+    p.add_argument("--step", default="latest", help="a step number, 'latest' (default) or 'best'")
+    p.add_argument("--format", default="zoo", help="zoo (jax.export, default) or onnx (needs the onnx extra)")
+    p.add_argument("--platforms", default="cpu", help="jax.export platforms, e.g. cpu,cuda,tpu (default cpu)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("runs", help="one row per run directory under DIR: steps, accuracies, status")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default runs/)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
     return parser
 
 

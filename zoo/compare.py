@@ -39,7 +39,7 @@ from zoo.util import atomic_write, clock
 
 DEFAULT_SEEDS = (0, 1, 2)
 RUN_TIMES_FILE = "run_times.json"  # {"<model config name>/seed<k>": seconds of the fit() call that finished it}
-_KEYS = ("name", "dataset", "seeds", "budget", "models", "eval_every", "reference")
+_KEYS = ("name", "dataset", "seeds", "budget", "models", "eval_every", "reference", "tensorboard")
 _REQUIRED = ("name", "dataset", "budget", "models")
 _BUDGET_KEYS = ("steps", "epochs")
 _REFERENCE_KEYS = ("source", "accuracy")
@@ -59,6 +59,7 @@ class CompareConfig:
     eval_every: int | None = None
     reference: dict | None = None  # {"source": str, "accuracy": {model config name: float}}
     path: str | None = None
+    tensorboard: bool = False  # every run writes TensorBoard events: --logdir <workdir>/runs shows model/seedK
 
     @property
     def budget(self) -> str:
@@ -71,6 +72,8 @@ class CompareConfig:
         raw["train"]["steps"], raw["train"]["epochs"] = self.steps, self.epochs
         if self.eval_every:
             raw["train"]["eval_every"] = self.eval_every
+        if self.tensorboard:
+            raw["logging"] = {"tensorboard": True}
         return from_dict(raw)
 
     def to_dict(self) -> dict:
@@ -165,7 +168,7 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     if reference is not None:
         reference = _check_reference(reference, names, where)
     compare = CompareConfig(name, dataset, tuple(configs), tuple(paths), seeds, steps, epochs, eval_every,
-                            reference, str(path) if path else None)
+                            reference, str(path) if path else None, _tensorboard(raw, where))
     for config in configs:  # the budget must give a valid train section for every model
         try:
             compare.run_config(config, seeds[0])
@@ -193,6 +196,13 @@ def _check_reference(reference, names: dict, where: str) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ConfigError(f"{where}reference.accuracy.{key}: expected a fraction in [0, 1], got {value!r}")
     return {"source": source, "accuracy": {k: float(v) for k, v in accuracy.items()}}
+
+
+def _tensorboard(raw: dict, where: str) -> bool:
+    value = raw.get("tensorboard", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}tensorboard: expected true or false, got {value!r}")
+    return value
 
 
 def load_compare(path: str | Path, overrides: list[str] = ()) -> CompareConfig:

@@ -102,6 +102,11 @@ class InitFromConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = False  # event files beside metrics.jsonl (needs the tensorboard extra)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -112,10 +117,13 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     init_from: InitFromConfig = dataclasses.field(default_factory=InitFromConfig)
     freeze: tuple[str, ...] = ()  # parameter patterns kept fixed during training (e.g. "Conv_*")
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         raw = dataclasses.asdict(self)
         raw["model"] = {"name": self.model.name, **self.model.hparams}
+        if self.logging == LoggingConfig():  # runs written before this section resume unchanged
+            del raw["logging"]
         return json.loads(json.dumps(raw))  # tuples to lists: the YAML/JSON form
 
     def total_steps(self, steps_per_epoch: int) -> int:

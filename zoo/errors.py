@@ -31,6 +31,10 @@ class RunError(ZooError):
     """A run directory cannot be used (locked by another writer, or training diverged)."""
 
 
+class WeightsError(ZooError):
+    """A weights file to import is unreadable, or its tensors do not fit the model."""
+
+
 def did_you_mean(value, choices) -> str:
     """"did you mean 'x'? " for the choice closest to `value`, or "" when none is close."""
     import difflib

@@ -29,6 +29,67 @@ class JsonlWriter:
         atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
+class TensorBoardWriter:
+    """Event files for TensorBoard (tensorboardX, no TensorFlow): each record's numbers as
+    '<split>/<key>' scalars at its step, and the run's hyperparameters once."""
+
+    def __init__(self, logdir: str | Path, hparams: dict | None = None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            from zoo.errors import ConfigError
+
+            raise ConfigError("logging.tensorboard needs tensorboardX: pip install 'zoo[tensorboard]' "
+                              "(or set logging.tensorboard: false)") from None
+        self._writer = SummaryWriter(str(logdir))
+        if hparams:
+            from tensorboardX.summary import hparams as hparams_summary
+
+            flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                    for k, v in _flatten(hparams).items() if v is not None}
+            for summary in hparams_summary(flat, {"test/accuracy": 0.0}):
+                self._writer.file_writer.add_summary(summary)
+
+    def write(self, record: dict) -> None:
+        split, step = record.get("split", "train"), int(record["step"])
+        for key, value in record.items():
+            if key not in ("step", "split") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{split}/{key}", value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class Tee:
+    """Writes each record to several writers; truncation (on resume) concerns the JSON lines only."""
+
+    def __init__(self, jsonl: JsonlWriter, *others):
+        self.jsonl, self.others = jsonl, others
+
+    def write(self, record: dict) -> None:
+        self.jsonl.write(record)
+        for writer in self.others:
+            writer.write(record)
+
+    def truncate_after(self, step: int) -> None:
+        self.jsonl.truncate_after(step)
+
+    def close(self) -> None:
+        for writer in self.others:
+            writer.close()
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     records = []
     for line in Path(path).read_text().splitlines():

@@ -1,4 +1,6 @@
-"""`predict(run_dir, inputs)`: one row per example (name, predicted class, probability, top-k)."""
+"""`predict(target, inputs)`: one row per example (name, predicted class, probability, top-k) from a
+run directory's checkpoint or from a `.zoo` export (which needs only jax: no zoo models, data or
+training modules are imported for it)."""
 
 from __future__ import annotations
 
@@ -9,35 +11,49 @@ from pathlib import Path
 import numpy as np
 
 from zoo import inputs as inputs_lib
-from zoo.errors import DataError
-from zoo.run import load_run
+from zoo.errors import DataError, ZooError
 
 COLUMNS = ("input", "class", "probability", "top_k")
 
 
-def predict(run_dir: str | Path, paths: list[str | Path], step: int | str = "latest", top_k: int = 3) -> list[dict]:
-    """Predictions of one checkpoint of `run_dir` on every example of `paths` (files or folders)."""
+def predict(target: str | Path, paths: list[str | Path], step: int | str = "latest", top_k: int = 3) -> list[dict]:
+    """Predictions on every example of `paths` (files or folders) by one checkpoint of the run
+    directory `target`, or by the export file `target` (then `step` does not apply)."""
     if top_k < 1:
         raise DataError(f"--top-k {top_k} must be at least 1")
-    run = load_run(run_dir, step)
+    if Path(target).is_dir():
+        from zoo.run import load_run
+
+        run = load_run(target, step)
+        shape, raw_uint8, class_names = tuple(run.spec.input_shape), run.takes_raw_uint8, run.class_names
+        probabilities_of = run.predict
+    else:
+        from zoo.interop import artifact
+
+        header, call = artifact.load(target)
+        shape, raw_uint8, class_names = tuple(header["input_shape"]), bool(header.get("raw_uint8")), \
+            header["class_names"]
+
+        def probabilities_of(x):
+            return np.asarray(call(artifact.check_inputs(header, x, "the input")))
     rows = []
     for path in paths:
-        names, x = inputs_lib.read(path, tuple(run.spec.input_shape), run.takes_raw_uint8)
+        names, x = inputs_lib.read(path, shape, raw_uint8)
         try:
-            probabilities = run.predict(x)
-        except DataError as error:
-            raise DataError(f"'{path}': {error}") from None
-        names_of = run.class_names
+            probabilities = np.asarray(probabilities_of(x), np.float64)
+        except ZooError as error:
+            raise type(error)(f"'{path}': {error}") from None
         for name, p in zip(names, probabilities):
             order = np.argsort(-p, kind="stable")[:min(top_k, len(p))]
-            rows.append({"input": name, "class": names_of[order[0]], "probability": float(p[order[0]]),
-                         "top_k": " ".join(f"{names_of[i]}:{p[i]:.4f}" for i in order)})
+            rows.append({"input": name, "class": class_names[order[0]], "probability": float(p[order[0]]),
+                         "top_k": " ".join(f"{class_names[i]}:{p[i]:.4f}" for i in order),
+                         "probabilities": p.tolist()})
     return rows
 
 
 def to_csv(rows: list[dict]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "probability": f"{row['probability']:.4f}"})

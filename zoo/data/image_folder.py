@@ -14,6 +14,7 @@ from zoo.data import source
 from zoo.data.arrays import take
 from zoo.data.split import stratified_indices
 from zoo.errors import DataError
+from zoo.inputs import decode
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -47,20 +48,6 @@ class LazyImages:
         for row, i in enumerate(index):
             out[row] = decode(self.files[i], self.size, self.channels)
         return out
-
-
-def decode(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image file -> (H, W, C) uint8, converted to grey or RGB and resized to `size` (H, W)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(image, np.uint8).reshape(size[0], size[1], channels)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"image {path} cannot be decoded ({error}): remove or replace the file") from None
 
 
 def _inspect(path: Path) -> tuple[tuple[int, int], str]:

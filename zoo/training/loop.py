@@ -23,7 +23,7 @@ from zoo.data import BatchIterator, DataSpec, Dataset, check_inputs, list_datase
 from zoo.data.batching import Position
 from zoo.data.pipeline import Rows
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError, ZooError
-from zoo.metrics import JsonlWriter, Progress, Silent
+from zoo.metrics import JsonlWriter, Progress, Silent, TensorBoardWriter, Tee
 from zoo.training import optim, state as state_lib, step as step_lib
 from zoo.util import atomic_write
 
@@ -334,6 +334,8 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
                        f"asked for: give train.steps above {start_step} to continue it")
     _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
     metrics_log = JsonlWriter(run_dir / METRICS_FILE)
+    if config.logging.tensorboard and jax.process_index() == 0:  # process 0 owns the bookkeeping
+        metrics_log = Tee(metrics_log, TensorBoardWriter(run_dir, config.to_dict()))
     position = Position()
     watch = EarlyStopping(config.train.early_stopping) if config.train.early_stopping.patience else None
     if state is None:
@@ -447,6 +449,8 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
     batches.close()
     checkpoints.wait()
     progress.close()
+    if isinstance(metrics_log, Tee):
+        metrics_log.close()
     if stopped_by:
         checkpoints.close()
         return {"run_dir": str(run_dir), "stopped": stopped_by, "step": step}

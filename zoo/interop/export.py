@@ -1,0 +1,94 @@
+"""Export a run's model as "preprocess -> model -> softmax": a jax.export file (.zoo) or ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.errors import ZooError
+from zoo.interop import artifact
+
+FORMATS = ("zoo", "onnx")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def preprocess_fn(spec):
+    """The run's preprocessing (`zoo.data.preprocess`: scale, then the training split's mean and
+    std, as recorded in `spec`) as a jittable function, so an export takes raw inputs as training did."""
+    if spec.dtype == "int32":
+        return lambda x: x.astype(jnp.int32)
+    norm = spec.normalization or {}
+    scale = float(norm.get("scale", 1.0))
+    mean = std = None
+    if norm.get("mean") is not None:
+        shape = tuple(norm["shape"])
+        mean = np.asarray(norm["mean"], np.float32).reshape(shape)
+        std = np.asarray(norm["std"], np.float32).reshape(shape)
+
+    def preprocess(x):
+        x = x.astype(jnp.float32)
+        if scale != 1.0:
+            x = x * scale
+        return x if mean is None else (x - mean) / std
+
+    return preprocess
+
+
+def load_inference(run_dir: str | Path, step: int | str = "latest"):
+    """(probabilities of a batch of raw inputs, the LoadedRun) for one checkpoint of a run."""
+    from zoo.run import load_run
+
+    run = load_run(run_dir, step)
+    model, variables, preprocess = run.model, run.variables, preprocess_fn(run.spec)
+
+    def probabilities(x):
+        logits, _ = model.apply(variables, preprocess(x), train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return probabilities, run
+
+
+def _header(run, fmt: str, platforms, batch) -> dict:
+    import zoo as zoo_package
+
+    spec = run.spec
+    return {"format": fmt, "model": run.config.model.name, "run_step": run.step,
+            "input_shape": list(spec.input_shape), "dtype": spec.dtype, "batch": batch,
+            "class_names": run.class_names, "platforms": list(platforms), "outputs": "probabilities",
+            # the run's preprocessing is inside: inputs are raw, as the training source gave them
+            "preprocess": "normalization" if spec.normalization else "identity",
+            "raw_uint8": run.takes_raw_uint8,
+            "zoo_version": zoo_package.__version__, "jax_version": jax.__version__}
+
+
+def export_run(run_dir: str | Path, out: str | Path, step: int | str = "latest", platforms=("cpu",),
+               fmt: str = "zoo") -> dict:
+    """Writes `out`: a .zoo file (jax.export, symbolic batch) or an ONNX model of the run's checkpoint."""
+    if fmt not in FORMATS:
+        raise ZooError(f"unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
+    bad = [p for p in platforms if p not in PLATFORMS]
+    if bad or not platforms:
+        raise ZooError(f"unknown platform '{bad[0] if bad else ''}': choose from {', '.join(PLATFORMS)}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ZooError(f"cannot write '{out}': directory '{out.parent}' does not exist")
+    probabilities, run = load_inference(run_dir, step)
+    spec = run.spec
+    if fmt == "onnx":
+        from zoo.interop import onnx_export
+
+        batch = onnx_export.write(probabilities, spec, run.meta, out)
+        header = _header(run, "onnx", ["onnxruntime"], batch)
+        return {"out": str(out), "header": header}
+    (batch,) = jax.export.symbolic_shape("batch")
+    x = jax.ShapeDtypeStruct((batch, *spec.input_shape), np.dtype(spec.dtype))
+    try:
+        exported = jax.export.export(jax.jit(probabilities), platforms=list(platforms))(x)
+    except Exception as error:  # noqa: BLE001 - a model jax.export cannot lower: one line
+        raise ZooError(f"jax.export failed for {run.config.model.name}: {str(error).splitlines()[0]}") from None
+    header = _header(run, "zoo", platforms, "symbolic")
+    artifact.write(out, header, exported.serialize())
+    return {"out": str(out), "header": header}
