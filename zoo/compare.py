@@ -51,6 +51,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 RUN_TIMES_FILE = "run_times.json"  # {"<run dir under runs/>": seconds of the fit() call that finished it}
 CALIBRATION_FILE = "calibration.json"  # {"<run dir under runs/>": {"seconds_per_step", "flops_per_step"}}
 CALIBRATION_STEPS = 20  # timed steps (after one warm-up call) behind a {seconds: S} budget
+_now = time.perf_counter  # the clock behind --budget-s (tests replace it)
 _PROBE_STEPS = 100_000  # the schedule length of the config that is measured (step cost does not depend on it)
 
 
@@ -621,7 +622,7 @@ class _Runner:
     def __init__(self, config: CompareConfig, workdir: Path, datasets: dict, progress: Progress,
                  budget_s: float | None, planned: int):
         self.config, self.workdir, self.datasets, self.progress = config, workdir, datasets, progress
-        self.started = time.perf_counter()
+        self.started = _now()
         self.deadline = self.started + budget_s if budget_s else None
         self.times_path = workdir / RUN_TIMES_FILE
         self.times = _read_json(self.times_path)
@@ -630,6 +631,7 @@ class _Runner:
         self.planned, self.done = planned, 0
         self.trained, self.reused, self.skipped = 0, 0, []
         self.run_seconds = []
+        self.records = {}  # run dir -> record, for this invocation
 
     def key(self, run_dir: Path) -> str:
         return str(run_dir.relative_to(self.workdir / "runs"))
@@ -667,6 +669,8 @@ class _Runner:
         steps = self.steps_for(arm, setting)
         config = self.config.run_config(arm, seed, steps, setting)
         run_dir = run_dir_for(self.workdir, config, seed, setting)
+        if run_dir in self.records:  # a sweep trial that is also a final run
+            return self.records[run_dir]
         self.done += 1
         tag = f"[{self.done}/{self.planned}] {config.name}{' ' + _describe(setting) if setting else ''} seed {seed}"
         result = finished_result(run_dir, config)
@@ -675,7 +679,7 @@ class _Runner:
             self.progress.log(f"{tag}: finished earlier, reused (val accuracy "
                               f"{_fmt(result['final'].get('val_accuracy'))})")
         else:
-            if self.deadline is not None and time.perf_counter() > self.deadline:
+            if self.deadline is not None and _now() > self.deadline:
                 self.skipped.append({"dataset": arm.dataset, "config": config.name, "setting": setting,
                                      "seed": seed, "why": why})
                 self.progress.log(f"{tag}: skipped, --budget-s is spent")
@@ -692,8 +696,9 @@ class _Runner:
             self.trained += 1
             self.progress.log(f"{tag}: val accuracy {_fmt(result['final'].get('val_accuracy'))} in "
                               f"{_clock(elapsed)}  ETA {self.eta()}")
-        return {"config": config, "run_dir": run_dir, "result": result, "setting": setting, "seed": seed,
-                "wall_seconds": self.times.get(self.key(run_dir))}
+        self.records[run_dir] = {"config": config, "run_dir": run_dir, "result": result, "setting": setting,
+                                 "seed": seed, "wall_seconds": self.times.get(self.key(run_dir))}
+        return self.records[run_dir]
 
     def eta(self) -> str:
         if not self.run_seconds:
@@ -737,9 +742,9 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
         rows, trials, sweeps = _run_all(config, runner, workdir)
     except _Stopped as stop:
         return {"stopped": stop.signal_name, "run_dir": str(stop.run_dir),
-                "wall_seconds": time.perf_counter() - runner.started}
+                "wall_seconds": _now() - runner.started}
 
-    wall = time.perf_counter() - runner.started
+    wall = _now() - runner.started
     meta = {"name": config.name, "dataset": config.dataset, "datasets": list(config.datasets),
             "budget": config.budget, "budget_kind": config.budget_spec.kind,
             "seeds": list(config.seeds), "models": list(dict.fromkeys(config.model_paths)), "command": command,

@@ -505,7 +505,8 @@ def plot_curves(path: Path, rows: list[dict], models: list[dict], colors: dict, 
     loss_ax.set(xlabel="step", ylabel="train loss", title="train loss (mean, min-max over seeds)", yscale="log")
     for ax in (val_ax, test_ax, loss_ax):
         ax.grid(True, alpha=0.3)
-    test_ax.legend(loc="lower right", fontsize=8)
+    if test_ax.get_legend_handles_labels()[0]:
+        test_ax.legend(loc="lower right", fontsize=8)
     figure.suptitle(_title(meta))
     figure.savefig(path)
 
