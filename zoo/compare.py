@@ -224,7 +224,15 @@ def _resolve(model_path: str, compare_path: Path | None) -> Path:
     return beside if beside.is_file() else path
 
 
-def _parse_sweep(raw, where: str) -> SweepConfig | None:
+def _parse_sweep(raw, key: str, where: str) -> SweepConfig | None:
+    """The sweep at `key` ('sweep' or 'models[i].sweep'); `where` prefixes every error (the file)."""
+    try:
+        return _sweep(raw, key)
+    except ConfigError as error:
+        raise ConfigError(f"{where}{error}") from None
+
+
+def _sweep(raw, where: str) -> SweepConfig | None:
     if raw is None or raw == {}:
         return None
     if not isinstance(raw, dict):
@@ -333,7 +341,7 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
                           "e.g. [configs/digits/mlp.yaml]")
     datasets = _dataset_entries(schema, where)
     multi = len(datasets) > 1
-    default_sweep = _parse_sweep(schema.sweep, f"{where}sweep")
+    default_sweep = _parse_sweep(schema.sweep, "sweep", where)
 
     compare_path = Path(path) if path else None
     entries = []
@@ -344,7 +352,7 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
             raise ConfigError(f"{where}{error}") from None
         if not (isinstance(entry.config, str) or all(isinstance(v, str) for v in entry.config.values())):
             raise ConfigError(f"{where}models[{i}].config: expected a path or a mapping of dataset to path")
-        sweep = default_sweep if entry.sweep is None else _parse_sweep(entry.sweep, f"{where}models[{i}].sweep")
+        sweep = default_sweep if entry.sweep is None else _parse_sweep(entry.sweep, f"models[{i}].sweep", where)
         entries.append((entry, sweep))
 
     arms, names, paths = [], {}, []
