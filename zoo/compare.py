@@ -777,6 +777,9 @@ def _run_all(config: CompareConfig, runner: _Runner, workdir: Path) -> tuple[lis
             trials += arm_trials
             sweeps.append(summary)
             if chosen is None:  # no trial finished within --budget-s
+                runner.skipped += [{"dataset": arm.dataset, "config": arm.base.name, "setting": {}, "seed": seed,
+                                    "why": "final, at the setting no trial has chosen yet"}
+                                   for seed in config.seeds]
                 continue
         spec = runner.datasets[arm.dataset].spec
         for seed in config.seeds:
