@@ -287,3 +287,16 @@ def test_train_step_flops_exceed_twice_the_forward_flops(compile_cache):
     measured = compare_lib.measure_step(config, dataset, timed_steps=2)
     forward = compare_lib.forward_flops(config, dataset.spec) * config.data.batch_size
     assert measured["flops_per_step"] > 2 * forward and measured["seconds_per_step"] > 0
+
+
+def test_dataset_entry_may_be_a_data_mapping_merged_into_every_model(tmp_path, stubbed):
+    mlp = _model(tmp_path, "tiny_mlp", {"name": "mlp", "hidden_sizes": [8]})
+    path = _compare(tmp_path, models=[mlp], datasets=["digits", {"name": "digits", "label": "digits_v20",
+                                                                 "validation": 0.2}])
+    raw = yaml.safe_load(open(path))
+    raw.pop("dataset")
+    open(path, "w").write(yaml.safe_dump(raw))
+    config = compare_lib.load_compare(path)
+    arms = {arm.dataset: arm.base for arm in config.arms}
+    assert (arms["digits"].data.validation, arms["digits_v20"].data.validation) == (0.1, 0.2)
+    assert (arms["digits"].name, arms["digits_v20"].name) == ("digits_tiny_mlp", "digits_v20_tiny_mlp")
