@@ -812,7 +812,8 @@ def _tune(config: CompareConfig, runner: _Runner, arm: Arm) -> tuple[dict | None
                            "setting": setting, "tag": setting_tag(setting), "seed": seed,
                            "val_accuracy": record["result"]["final"].get("val_accuracy"),
                            "val_loss": record["result"]["final"].get("val_loss"),
-                           "run_dir": str(record["run_dir"].relative_to(runner.workdir)), "chosen": False})
+                           "run_dir": str(record["run_dir"].relative_to(runner.workdir)),
+                           "wall_seconds": record["wall_seconds"], "chosen": False})
         scores.append(values)
     best = select_setting(scores, metric)
     chosen = settings[best] if best is not None else None

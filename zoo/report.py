@@ -300,7 +300,8 @@ def _dataset_section(models: list[dict], rows: list[dict], meta: dict, dataset: 
     lines = [f"## {dataset}", ""] if multi else []
     table = markdown_table(models, dataset, meta.get("reference") if not multi or any(
         m["config"] in ((meta.get("reference") or {}).get("accuracy") or {}) for m in models) else None)
-    lines += [f"- {_budget_line(models, meta)}", ""]
+    if multi or meta.get("budget_kind") in ("seconds", "flops"):
+        lines += [f"- {_budget_line(models, meta)}", ""]
     lines += [table, ""]
     significance = _significance(models, dataset)
     if significance:
@@ -334,9 +335,12 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dic
         lines.append(f"- Whole compare: **{_clock(wall)}** wall time{detail}.")
     run_walls = [r.get("wall_seconds") for r in rows] + [t.get("wall_seconds") for t in trials
                                                          if not t.get("chosen")]
-    if reused and run_walls and all(w is not None for w in run_walls):
-        lines.append(f"- The fit() calls that produced these {len(run_walls)} runs took {_clock(sum(run_walls))} "
-                     "in all (compile, training, evaluation and checkpoints).")
+    known = [w for w in run_walls if w is not None]
+    if reused and known:
+        counted = f"{len(known)} runs" if len(known) == len(run_walls) else \
+            f"{len(known)} of these {len(run_walls)} runs (the others' times were not recorded)"
+        lines.append(f"- The fit() calls that produced {counted} took {_clock(sum(known))} in all (compile, "
+                     "training, evaluation and checkpoints), on the machine as loaded then.")
     lines += [f"- Dataset{'s' if multi else ''}: {', '.join(datasets)}. Budget: {meta.get('budget', '-')} per run, "
               f"the same for every model; seeds {', '.join(map(str, seeds))}.",
               f"- Machine: {machine.get('cpu_count', '?')} CPUs, {machine.get('backend', '?')} backend "
