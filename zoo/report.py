@@ -133,7 +133,7 @@ def _compare_with_best(group: list[dict], runs_by_model: dict) -> None:
 def _si(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:
             return f"{value / scale:.3g} {suffix}"
     return f"{value:.3g}"
