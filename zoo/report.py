@@ -108,7 +108,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         models.append(entry)
     ordered = []
     for dataset in datasets:
-        group = sorted((m for m in models if m["dataset"] == dataset), key=lambda m: (-m["final_accuracy"], m["config"]))
+        group = sorted((m for m in models if m["dataset"] == dataset),
+                       key=lambda m: (-m["final_accuracy"], m["config"]))
         _compare_with_best(group, groups)
         ordered += group
     return ordered
@@ -241,9 +242,9 @@ def _budget_line(models: list[dict], meta: dict) -> str:
     kind = meta.get("budget_kind", "steps")
     line = f"Budget: {meta.get('budget', '-')} per run, the same for every model"
     if kind == "seconds":
+        reached = ", ".join(f"{m['label']} {_steps(m)} steps ({m['train_seconds']:.1f} s measured)" for m in models)
         line += ("; steps = seconds / the step time measured in a short calibration (excluding compile), "
-                 "so the steps differ by model: " + ", ".join(f"{m['label']} {_steps(m)} steps "
-                                                               f"({m['train_seconds']:.1f} s measured)" for m in models))
+                 f"so the steps differ by model: {reached}")
     elif kind == "flops":
         line += ("; steps = FLOPs / XLA's count for one compiled train step: "
                  + ", ".join(f"{m['label']} {_steps(m)} steps ({_si(m.get('flops_per_step'))} FLOPs/step)"
