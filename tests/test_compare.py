@@ -172,7 +172,7 @@ def test_unknown_key_raises_config_error(tmp_path):
 
 def test_unknown_budget_key_raises_config_error(tmp_path):
     path = _write_compare(tmp_path, budget={"step": 5})
-    with pytest.raises(ConfigError, match=r"budget: unknown key 'step': did you mean 'steps'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'budget.step': did you mean 'steps'"):
         compare_lib.load_compare(path)
 
 

@@ -163,7 +163,11 @@ def cmd_compare(args) -> int:
     workdir = Path(args.workdir or Path("runs") / f"compare_{config.name}")
     sets = [part for item in args.set or [] for part in ("--set", item)]
     command = shlex.join(["zoo", "compare", args.config, "--workdir", str(workdir), *sets])
-    result = compare(config, workdir, _progress(), command=command)
+    if args.budget_s is not None:
+        if args.budget_s <= 0:
+            raise ZooError(f"--budget-s {args.budget_s:g} must be a positive number of seconds, e.g. 3600")
+        command = shlex.join([*shlex.split(command), "--budget-s", f"{args.budget_s:g}"])
+    result = compare(config, workdir, _progress(), command=command, budget_s=args.budget_s)
     if result.get("stopped"):
         print(f"stopped by {result['stopped']} in {result['run_dir']}; rerun the same command to resume "
               "(finished runs are reused)", file=err())
@@ -171,6 +175,9 @@ def cmd_compare(args) -> int:
     print(result["table"])
     print(f"{result['trained']} runs trained, {result['reused']} reused, {result['wall_seconds']:.0f} s; "
           f"report: {Path(result['report_dir']) / 'report.md'}")
+    if result["skipped"]:
+        print(f"--budget-s {args.budget_s:g} ran out: {len(result['skipped'])} runs not started (listed in the "
+              "report); rerun the same command to train them", file=err())
     return 0
 
 
@@ -257,6 +264,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a compare YAML, e.g. configs/compare/digits.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. budget.steps=100")
     p.add_argument("--workdir", help="where runs/ and report/ go (default runs/compare_<name>)")
+    p.add_argument("--budget-s", type=float, metavar="S",
+                   help="launch no new run after S seconds; the report lists what was skipped (rerun to finish)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="time a training step of each family: zoo vs plain Flax vs PyTorch")

@@ -250,8 +250,9 @@ def _build(cls, raw: Any, path: str):
             values[name] = _build(tp, raw[name], key_path)
         else:
             values[name] = coerce(raw[name], tp, key_path)
-        if key_path in _RANGES:
-            test, must = _RANGES[key_path]
+        rule = _RANGES.get(key_path) or field.metadata.get("range")  # schemas beside Config carry their own
+        if rule:
+            test, must = rule
             if not test(values[name]):
                 raise ConfigError(f"{key_path}: {values[name]!r} is out of range; it must be {must}")
     return cls(**values)

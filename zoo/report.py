@@ -23,21 +23,58 @@ COLUMNS = (
     "compare", "dataset", "config", "model", "family", "seed", "params", "flops_per_example", "batch_size",
     "steps", "compile_seconds", "ms_per_step", "examples_per_sec", "train_seconds", "wall_seconds", "final_accuracy",
     "final_loss", "final_val_accuracy", "best_accuracy", "final_step", "resumed_from", "run_dir",
+    "label", "setting", "flops_per_step", "train_flops",
 )
 # One row per model in report.md.
 TABLE_HEADER = (
-    "model", "family", "params", "FLOPs/example", "compile (s)", "ms/step", "examples/s", "train time (s)",
-    "final test acc", "test acc at best val",
+    "model", "family", "params", "FLOPs/example", "steps", "train FLOPs", "compile (s)", "ms/step", "examples/s",
+    "train time (s)", "final test acc", "95% CI", "vs best (paired t)", "test acc at best val",
 )
-FILES = ("report.md", "results.csv", "results.json", "curves.png", "tradeoff.png")
+FILES = ("report.md", "results.csv", "results.json", "curves.png", "tradeoff.png", "flops.png")
+ALPHA = 0.05  # a model is distinguishable from the best when its paired t-test gives p < ALPHA
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics over seeds
+
+
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """The two-sided `level` quantile of Student's t with `df` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, df))
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, sample std, half-width of the t confidence interval of the mean); nan where undefined."""
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    if values.size == 1:
+        return float(values[0]), 0.0, math.nan
+    std = float(values.std(ddof=1))
+    return float(values.mean()), std, t_quantile(values.size - 1, level) * std / math.sqrt(values.size)
+
+
+def paired_t_test(a, b) -> float:
+    """Two-sided p-value of the paired t-test of equal means (a[i] and b[i] share seed i); nan for < 2 pairs.
+
+    Identical differences (zero spread) give p = 1 when they are all 0, else 0."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.size < 2:
+        return math.nan
+    spread = diff.std(ddof=1)
+    if spread == 0:
+        return 1.0 if diff.mean() == 0 else 0.0
+    from scipy import stats
+
+    t = diff.mean() / (spread / math.sqrt(diff.size))
+    return float(2 * stats.t.sf(abs(t), diff.size - 1))
 
 
 def _mean_std(values) -> tuple[float, float]:
-    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if values.size == 0:
-        return math.nan, math.nan
-    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return float(values.mean()), std
+    mean, std, _ = mean_ci(values)
+    return mean, std
 
 
 def label_for(config_name: str, dataset: str) -> str:
@@ -46,27 +83,59 @@ def label_for(config_name: str, dataset: str) -> str:
     return config_name[len(prefix):] if config_name.startswith(prefix) and len(config_name) > len(prefix) else config_name
 
 
+def _label(row: dict) -> str:
+    return row.get("label") or label_for(row["config"], row["dataset"])
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """One entry per model config (mean and sample std over seeds), sorted by final accuracy, best first."""
-    groups: dict[str, list[dict]] = {}
+    """One entry per (dataset, model config): mean, sample std and 95% CI over seeds, and a paired t-test
+    against the dataset's best model; sorted by dataset (first seen first), then accuracy, best first."""
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(row["config"], []).append(row)
+        groups.setdefault((row["dataset"], row["config"]), []).append(row)
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     models = []
-    for name, runs in groups.items():
-        entry = {"config": name, "model": runs[0]["model"], "family": runs[0]["family"], "seeds": len(runs),
+    for (dataset, name), runs in groups.items():
+        steps = sorted({r["steps"] for r in runs})
+        entry = {"dataset": dataset, "config": name, "label": _label(runs[0]), "model": runs[0]["model"],
+                 "family": runs[0]["family"], "seeds": len(runs), "seed_list": [r["seed"] for r in runs],
                  "params": runs[0]["params"], "flops_per_example": runs[0]["flops_per_example"],
-                 "steps": runs[0]["steps"], "batch_size": runs[0]["batch_size"]}
-        for key in ("compile_seconds", "ms_per_step", "examples_per_sec", "train_seconds", "wall_seconds", "final_accuracy",
-                    "best_accuracy", "final_loss"):
-            entry[key], entry[key + "_std"] = _mean_std(r[key] for r in runs)
+                 "flops_per_step": runs[0].get("flops_per_step"), "steps": steps[0] if len(steps) == 1 else steps,
+                 "batch_size": runs[0]["batch_size"], "setting": runs[0].get("setting") or ""}
+        for key in ("compile_seconds", "ms_per_step", "examples_per_sec", "train_seconds", "wall_seconds",
+                    "final_accuracy", "best_accuracy", "final_loss", "final_val_accuracy", "train_flops"):
+            entry[key], entry[key + "_std"] = _mean_std(r.get(key) for r in runs)
+        entry["final_accuracy_ci"] = mean_ci(r["final_accuracy"] for r in runs)[2]
         models.append(entry)
-    return sorted(models, key=lambda m: (-m["final_accuracy"], m["config"]))
+    ordered = []
+    for dataset in datasets:
+        group = sorted((m for m in models if m["dataset"] == dataset),
+                       key=lambda m: (-m["final_accuracy"], m["config"]))
+        _compare_with_best(group, groups)
+        ordered += group
+    return ordered
+
+
+def _compare_with_best(group: list[dict], runs_by_model: dict) -> None:
+    """Sets each entry's p-value against the best (paired by seed) and whether it is distinguishable."""
+    if not group:
+        return
+    best = group[0]
+    best_by_seed = {r["seed"]: r["final_accuracy"] for r in runs_by_model[(best["dataset"], best["config"])]}
+    best["p_vs_best"], best["vs_best"] = None, "best"
+    for entry in group[1:]:
+        mine = {r["seed"]: r["final_accuracy"] for r in runs_by_model[(entry["dataset"], entry["config"])]}
+        seeds = sorted(set(mine) & set(best_by_seed))
+        p = paired_t_test([best_by_seed[s] for s in seeds], [mine[s] for s in seeds])
+        entry["p_vs_best"] = None if math.isnan(p) else p
+        entry["paired_seeds"] = len(seeds)
+        entry["vs_best"] = "n/a" if math.isnan(p) else ("same" if p >= ALPHA else "worse")
 
 
 def _si(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:
             return f"{value / scale:.3g} {suffix}"
     return f"{value:.3g}"
@@ -76,7 +145,32 @@ def _pm(mean: float, std: float, seeds: int) -> str:
     return f"{mean:.4f} ± {std:.4f}" if seeds > 1 else f"{mean:.4f}"
 
 
+def _ci(mean: float, half: float) -> str:
+    return "-" if not math.isfinite(half) else f"[{mean - half:.4f}, {mean + half:.4f}]"
+
+
+def _p(p) -> str:
+    if p is None:
+        return "-"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _vs_best(m: dict) -> str:
+    if m.get("vs_best") == "best":
+        return "best"
+    if m.get("vs_best") == "n/a":
+        return "- (one seed)"
+    mark = "not distinguishable" if m["vs_best"] == "same" else "worse"
+    return f"{mark}, {_p(m['p_vs_best'])}"
+
+
+def _steps(m: dict) -> str:
+    steps = m["steps"]
+    return f"{steps:,}" if isinstance(steps, int) else "/".join(f"{s:,}" for s in steps)
+
+
 def markdown_table(models: list[dict], dataset: str, reference: dict | None = None) -> str:
+    """One row per model of one dataset (`models` as `summarize` returns them)."""
     header = list(TABLE_HEADER)
     accuracy_ref = (reference or {}).get("accuracy") or {}
     if accuracy_ref:
@@ -84,9 +178,11 @@ def markdown_table(models: list[dict], dataset: str, reference: dict | None = No
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
     for m in models:
-        cells = [label_for(m["config"], dataset), m["family"], f"{m['params']:,}", _si(m["flops_per_example"]),
+        cells = [m.get("label") or label_for(m["config"], dataset), m["family"], f"{m['params']:,}",
+                 _si(m["flops_per_example"]), _steps(m), _si(m.get("train_flops")),
                  f"{m['compile_seconds']:.1f}", f"{m['ms_per_step']:.2f}", f"{m['examples_per_sec']:,.0f}",
                  f"{m['train_seconds']:.1f}", _pm(m["final_accuracy"], m["final_accuracy_std"], m["seeds"]),
+                 _ci(m["final_accuracy"], m.get("final_accuracy_ci", math.nan)), _vs_best(m),
                  _pm(m["best_accuracy"], m["best_accuracy_std"], m["seeds"])]
         if accuracy_ref:
             published = accuracy_ref.get(m["config"])
@@ -95,9 +191,136 @@ def markdown_table(models: list[dict], dataset: str, reference: dict | None = No
     return "\n".join(lines)
 
 
-def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> str:
+def dataset_table(models: list[dict], datasets: list[str]) -> str:
+    """Model x dataset: final test accuracy, mean [95% CI] over seeds; the best of each dataset in bold."""
+    labels = list(dict.fromkeys(m["label"] for m in models))
+    cell = {(m["label"], m["dataset"]): m for m in models}
+    lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]
+    for label in labels:
+        cells = []
+        for dataset in datasets:
+            m = cell.get((label, dataset))
+            if m is None:
+                cells.append("-")
+                continue
+            text = f"{m['final_accuracy']:.3f}"
+            if math.isfinite(m.get("final_accuracy_ci", math.nan)):
+                text = (f"{m['final_accuracy']:.3f} [{m['final_accuracy'] - m['final_accuracy_ci']:.3f}, "
+                        f"{m['final_accuracy'] + m['final_accuracy_ci']:.3f}]")
+            if m.get("vs_best") == "best":
+                text = f"**{text}**"
+            elif m.get("vs_best") == "same":
+                text += " ≈"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _significance(models: list[dict], dataset: str) -> str:
+    if len(models) < 2:
+        return ""
+    best = models[0]
+    same = [m for m in models[1:] if m.get("vs_best") == "same"]
+    worse = [m for m in models[1:] if m.get("vs_best") == "worse"]
+    name = lambda m: f"{m['label']} ({_p(m['p_vs_best'])})"  # noqa: E731
+    parts = [f"Best: **{best['label']}**."]
+    if same:
+        parts.append(f"Not distinguishable from it (paired t-test over seeds, p ≥ {ALPHA}): "
+                     f"{', '.join(map(name, same))}.")
+    if worse:
+        parts.append(f"Worse than it (p < {ALPHA}): {', '.join(map(name, worse))}.")
+    if any(m.get("vs_best") == "n/a" for m in models[1:]):
+        parts.append("With one seed no test is possible.")
+    return " ".join(parts)
+
+
+def _budget_line(models: list[dict], meta: dict) -> str:
+    kind = meta.get("budget_kind", "steps")
+    line = f"Budget: {meta.get('budget', '-')} per run, the same for every model"
+    if kind == "seconds":
+        reached = ", ".join(f"{m['label']} {_steps(m)} steps ({m['train_seconds']:.1f} s measured)" for m in models)
+        line += ("; steps = seconds / the step time measured in a short calibration (excluding compile), "
+                 f"so the steps differ by model: {reached}")
+    elif kind == "flops":
+        line += ("; steps = FLOPs / XLA's count for one compiled train step: "
+                 + ", ".join(f"{m['label']} {_steps(m)} steps ({_si(m.get('flops_per_step'))} FLOPs/step)"
+                             for m in models))
+    return line + "."
+
+
+def _sweep_section(sweeps: list[dict], trials: list[dict], dataset: str) -> list[str]:
+    mine = [s for s in sweeps if s["dataset"] == dataset]
+    if not mine:
+        return []
+    lines = ["### Sweep trials", "",
+             "Every setting was trained on the tuning seed(s) and ranked by the validation metric alone; the "
+             "chosen one (**bold**, ←) was then trained on every seed and is what the table reports on test.",
+             ""]
+    for sweep in mine:
+        chosen = sweep.get("chosen")
+        grid = {k: v for k, v in sweep["grid"].items() if k not in ("random", "select")}
+        sampled = f", {sweep['grid']['random']} sampled" if sweep["grid"].get("random") else ""
+        lines.append(f"- **{sweep['label']}**: {sweep['settings']} settings{sampled} of "
+                     + ", ".join(f"{k} {v}" for k, v in grid.items())
+                     + f"; tuned on seed(s) {', '.join(map(str, sweep['tuning_seeds']))} by {sweep['metric']}; "
+                     + (f"chose {_setting_text(chosen)}" if chosen else "no trial finished")
+                     + "".join(f". **{flag}**" for flag in sweep.get("flags", [])) + ".")
+    lines += ["", "| model | setting | val accuracy | val loss | chosen |", "|---|---|---:|---:|:---:|"]
+    for sweep in mine:
+        by_setting: dict[str, list[dict]] = {}
+        for trial in trials:
+            if trial["dataset"] == dataset and trial["config"] == sweep["config"]:
+                by_setting.setdefault(trial["tag"], []).append(trial)
+        for group in by_setting.values():
+            acc = _mean_std(t["val_accuracy"] for t in group)[0]
+            loss = _mean_std(t["val_loss"] for t in group)[0]
+            chosen = group[0]["chosen"]
+            setting = _setting_text(group[0]["setting"])
+            row = [sweep["label"], f"**{setting}**" if chosen else setting, f"{acc:.4f}", f"{loss:.4f}",
+                   "←" if chosen else ""]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def _setting_text(setting: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in setting.items())
+
+
+def _figure_names(dataset: str, multi: bool) -> dict:
+    prefix = f"{dataset}_" if multi else ""
+    return {kind: f"{prefix}{kind}.png" for kind in ("curves", "tradeoff", "flops")}
+
+
+def _dataset_section(models: list[dict], rows: list[dict], meta: dict, dataset: str, trials: list[dict],
+                     multi: bool) -> list[str]:
+    lines = [f"## {dataset}", ""] if multi else []
+    table = markdown_table(models, dataset, meta.get("reference") if not multi or any(
+        m["config"] in ((meta.get("reference") or {}).get("accuracy") or {}) for m in models) else None)
+    if multi or meta.get("budget_kind") in ("seconds", "flops"):
+        lines += [f"- {_budget_line(models, meta)}", ""]
+    lines += [table, ""]
+    significance = _significance(models, dataset)
+    if significance:
+        lines += [significance, ""]
+    settings = [m for m in models if m.get("setting")]
+    if settings:
+        lines += ["Tuned settings: " + "; ".join(f"{m['label']}: {_setting_text(json.loads(m['setting']))}"
+                                                 for m in settings) + ".", ""]
+    names = _figure_names(dataset, multi)
+    lines += [f"![validation and test accuracy, train loss]({names['curves']})", "",
+              f"![accuracy against size and time]({names['tradeoff']})", "",
+              f"![accuracy against training FLOPs]({names['flops']})", ""]
+    lines += _sweep_section(meta.get("sweeps") or [], trials, dataset)
+    return lines
+
+
+def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dict]) -> str:
     machine = meta.get("machine") or {}
     seeds = meta.get("seeds") or sorted({r["seed"] for r in rows})
+    datasets = meta.get("datasets") or list(dict.fromkeys(r["dataset"] for r in rows))
+    datasets = [d for d in datasets if any(m["dataset"] == d for m in models)] or datasets
+    multi = len(datasets) > 1
     name, dataset = meta.get("name", ""), meta.get("dataset", "")
     lines = [f"# Compare: {name}" + (f" (dataset {dataset})" if name != dataset else ""), ""]
     if meta.get("command"):
@@ -107,12 +330,16 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> s
     if wall is not None:
         detail = f" ({trained} runs trained, {reused} reused from earlier)" if reused else f" ({trained} runs)"
         lines.append(f"- Whole compare: **{clock(wall)}** wall time{detail}.")
-    run_walls = [r.get("wall_seconds") for r in rows]
-    if reused and all(w is not None for w in run_walls):
-        lines.append(f"- The fit() calls that produced these {len(rows)} runs took {clock(sum(run_walls))} "
-                     "in all (compile, training, evaluation and checkpoints).")
-    lines += [f"- Dataset: {dataset}. Budget: {meta.get('budget', '-')} per run, the same for every model; "
-              f"seeds {', '.join(map(str, seeds))}.",
+    run_walls = [r.get("wall_seconds") for r in rows] + [t.get("wall_seconds") for t in trials
+                                                         if not t.get("chosen")]
+    known = [w for w in run_walls if w is not None]
+    if reused and known:
+        counted = f"{len(known)} runs" if len(known) == len(run_walls) else \
+            f"{len(known)} of these {len(run_walls)} runs (the others' times were not recorded)"
+        lines.append(f"- The fit() calls that produced {counted} took {clock(sum(known))} in all (compile, "
+                     "training, evaluation and checkpoints), on the machine as loaded then.")
+    lines += [f"- Dataset{'s' if multi else ''}: {', '.join(datasets)}. Budget: {meta.get('budget', '-')} per run, "
+              f"the same for every model; seeds {', '.join(map(str, seeds))}.",
               f"- Machine: {machine.get('cpu_count', '?')} CPUs, {machine.get('backend', '?')} backend "
               f"({machine.get('devices', '?')} device(s), {machine.get('device_kind', '?')}), "
               f"jax {machine.get('jax', '?')}, {machine.get('platform', '?')}."]
@@ -122,14 +349,27 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> s
                      f"{machine.get('cpu_count', '?')} CPUs; timings rise with other jobs on the machine.")
     if meta.get("models"):
         lines.append(f"- Model configs: {', '.join(f'`{path}`' for path in meta['models'])}.")
+    skipped = meta.get("skipped") or []
+    if skipped:
+        lines.append(f"- **Incomplete**: --budget-s {meta.get('budget_s'):g} ran out; {len(skipped)} runs were not "
+                     "started (rerun the command to train them): "
+                     + "; ".join(f"{s['config']}{' ' + _setting_text(s['setting']) if s['setting'] else ''} "
+                                 f"seed {s['seed']} ({s['why']})" for s in skipped) + ".")
     lines.append("")
-    lines += [table, ""]
-    lines += ["Columns: test accuracy as mean ± sample standard deviation over seeds. *final*: the last step's "
-              "checkpoint (what `zoo eval RUN_DIR` restores); *at best val*: test accuracy of the checkpoint "
-              "with the highest validation accuracy (selected on validation only, never on test). FLOPs/example: XLA cost "
-              "analysis of the compiled inference forward pass (scans unrolled), divided by the batch size. "
-              "ms/step, examples/s and train time exclude compilation and evaluation, and are means over seeds.",
-              ""]
+    if multi:
+        lines += ["## Final test accuracy, model × dataset", "",
+                  "Mean over seeds [95% t-interval]; **bold**: the dataset's best; ≈: not distinguishable from "
+                  f"the best (paired t-test over seeds, p ≥ {ALPHA}).", "",
+                  dataset_table(models, datasets), "", "![model x dataset](heatmap.png)", ""]
+    lines += ["Columns: test accuracy as mean ± sample standard deviation over seeds, and its 95% confidence "
+              "interval (t distribution, n−1 degrees of freedom). *vs best*: a paired t-test (two-sided) of this "
+              "model's per-seed test accuracy against the best model's on the same seeds (same data split and "
+              f"order); p ≥ {ALPHA}: not distinguishable from the best. *final*: the last step's checkpoint (what "
+              "`zoo eval RUN_DIR` restores); *at best val*: test accuracy of the checkpoint with the highest "
+              "validation accuracy (selected on validation only, never on test). FLOPs/example: XLA cost analysis "
+              "of the compiled inference forward pass (scans unrolled), divided by the batch size; train FLOPs: "
+              "XLA's count for one compiled train step (forward, backward, update) times the steps. ms/step, "
+              "examples/s and train time exclude compilation and evaluation, and are means over seeds.", ""]
     reference = meta.get("reference") or {}
     if reference.get("accuracy"):
         lines += [f"Published: {reference.get('source', 'reference')}.", ""]
@@ -137,9 +377,12 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, table: str) -> s
     if resumed:
         lines += [f"{len(resumed)} run(s) were resumed from a checkpoint; their times cover the resumed part only.",
                   ""]
-    lines += ["![test accuracy and train loss](curves.png)", "", "![accuracy against size and time](tradeoff.png)",
-              "", "Per run: `results.csv`, `results.json`; run directories under `runs/<model>/seed<k>/` in the "
-              "compare's workdir.", ""]
+    for dataset in datasets:
+        lines += _dataset_section([m for m in models if m["dataset"] == dataset],
+                                  [r for r in rows if r["dataset"] == dataset], meta, dataset, trials, multi)
+    lines += ["Per run: `results.csv`, `results.json` (sweep trials under `trials`); run directories under "
+              "`runs/<model>/seed<k>/` (swept models: `runs/<model>/<setting>/seed<k>/`) in the compare's workdir.",
+              ""]
     return "\n".join(lines)
 
 
@@ -152,23 +395,40 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, handle.getvalue())
 
 
-def write_report(report_dir: str | Path, rows: list[dict], meta: dict, runs_root: str | Path) -> dict:
+def write_report(report_dir: str | Path, rows: list[dict], meta: dict, runs_root: str | Path,
+                 trials: list[dict] | None = None) -> dict:
     """Writes every report file; `runs_root` is where each row's `run_dir` (if relative) lives."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
+    trials = trials or []
     models = summarize(rows)
-    dataset = meta.get("dataset", "")
-    table = markdown_table(models, dataset, meta.get("reference"))
-    atomic_write(report_dir / "report.md", _markdown(models, rows, meta, table))
+    datasets = [d for d in (meta.get("datasets") or list(dict.fromkeys(r["dataset"] for r in rows)))
+                if any(m["dataset"] == d for m in models)]
+    multi = len(datasets) > 1
+    tables = [markdown_table([m for m in models if m["dataset"] == d], d, meta.get("reference")) for d in datasets]
+    table = dataset_table(models, datasets) if multi else (tables[0] if tables else "")
+    atomic_write(report_dir / "report.md", _markdown(models, rows, meta, trials))
     write_csv(report_dir / "results.csv", rows)
     atomic_write(report_dir / "results.json",
                   json.dumps({"compare": meta, "models": models,
-                              "runs": [{key: row.get(key) for key in COLUMNS} for row in rows]},
-                             indent=2, default=_json_default) + "\n")
-    colors = {m["config"]: f"C{i % 10}" for i, m in enumerate(models)}
-    plot_curves(report_dir / "curves.png", rows, models, colors, Path(runs_root), meta)
-    plot_tradeoff(report_dir / "tradeoff.png", models, colors, meta)
-    return {"table": table, "models": models, "files": [str(report_dir / name) for name in FILES]}
+                              "runs": [{key: row.get(key) for key in COLUMNS} for row in rows],
+                              "trials": trials}, indent=2, default=_json_default) + "\n")
+    files = [report_dir / name for name in ("report.md", "results.csv", "results.json")]
+    labels = list(dict.fromkeys(m["label"] for m in models))
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    for dataset in datasets:
+        names = _figure_names(dataset, multi)
+        group = [m for m in models if m["dataset"] == dataset]
+        group_rows = [r for r in rows if r["dataset"] == dataset]
+        dataset_meta = {**meta, "dataset": dataset, "name": meta.get("name") if not multi else dataset}
+        plot_curves(report_dir / names["curves"], group_rows, group, colors, Path(runs_root), dataset_meta)
+        plot_tradeoff(report_dir / names["tradeoff"], group, colors, dataset_meta)
+        plot_flops(report_dir / names["flops"], group, colors, dataset_meta)
+        files += [report_dir / name for name in names.values()]
+    if multi:
+        plot_heatmap(report_dir / "heatmap.png", models, datasets, meta)
+        files.append(report_dir / "heatmap.png")
+    return {"table": table, "tables": tables, "models": models, "files": [str(f) for f in files]}
 
 
 def _json_default(value):
@@ -177,13 +437,14 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _curves(run_dir: Path) -> tuple[dict, dict]:
-    """{step: test accuracy}, {step: train loss} from one run's metrics.jsonl."""
+def _curves(run_dir: Path) -> tuple[dict, dict, dict]:
+    """{step: validation accuracy}, {step: test accuracy}, {step: train loss} from one run's metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
     records = read_jsonl(path) if path.exists() else []
+    val = {r["step"]: r["accuracy"] for r in records if r.get("split") == "val" and "accuracy" in r}
     test = {r["step"]: r["accuracy"] for r in records if r.get("split") == "test" and "accuracy" in r}
     train = {r["step"]: r["loss"] for r in records if r.get("split") == "train" and "loss" in r}
-    return test, train
+    return val, test, train
 
 
 def _band(series: list[dict]):
@@ -211,33 +472,35 @@ def _title(meta: dict) -> str:
 
 
 def plot_curves(path: Path, rows: list[dict], models: list[dict], colors: dict, runs_root: Path, meta: dict) -> None:
-    """Test accuracy and train loss against step: per model the mean over seeds, min-max band shaded."""
-    figure = _figure(12, 4.6)
-    acc_ax, loss_ax = figure.subplots(1, 2)
-    dataset = meta.get("dataset", "")
+    """Validation accuracy, test accuracy and train loss against step: per model the mean over seeds,
+    min-max band shaded."""
+    figure = _figure(15, 4.6)
+    val_ax, test_ax, loss_ax = figure.subplots(1, 3)
     for model in models:
         runs = [r for r in rows if r["config"] == model["config"]]
-        tests, trains = zip(*(_curves(_run_path(r["run_dir"], runs_root)) for r in runs))
-        label = f"{label_for(model['config'], dataset)} ({model['final_accuracy']:.3f})"
-        for ax, series in ((acc_ax, tests), (loss_ax, trains)):
+        vals, tests, trains = zip(*(_curves(_run_path(r["run_dir"], runs_root)) for r in runs))
+        color = colors[model["label"]]
+        label = f"{model['label']} ({model['final_accuracy']:.3f})"
+        for ax, series in ((val_ax, vals), (test_ax, tests), (loss_ax, trains)):
             band = _band([s for s in series if s])
             if band is None:
                 continue
             steps, mean, low, high = band
-            ax.plot(steps, mean, color=colors[model["config"]], label=label, lw=1.6,
-                    marker="o" if len(steps) < 15 else None, ms=3)
+            ax.plot(steps, mean, color=color, label=label, lw=1.6, marker="o" if len(steps) < 15 else None, ms=3)
             if len(series) > 1:
-                ax.fill_between(steps, low, high, color=colors[model["config"]], alpha=0.2, lw=0)
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
     published = (meta.get("reference") or {}).get("accuracy") or {}
     for model in models:
         if model["config"] in published:
-            acc_ax.axhline(published[model["config"]], color=colors[model["config"]], ls="--", lw=1, alpha=0.8)
-    acc_ax.set(xlabel="step", ylabel="test accuracy",
-               title="test accuracy (mean, min-max over seeds)" + ("; dashed: published" if published else ""))
+            test_ax.axhline(published[model["config"]], color=colors[model["label"]], ls="--", lw=1, alpha=0.8)
+    val_ax.set(xlabel="step", ylabel="validation accuracy", title="validation accuracy (selection reads this)")
+    test_ax.set(xlabel="step", ylabel="test accuracy",
+                title="test accuracy (mean, min-max over seeds)" + ("; dashed: published" if published else ""))
     loss_ax.set(xlabel="step", ylabel="train loss", title="train loss (mean, min-max over seeds)", yscale="log")
-    for ax in (acc_ax, loss_ax):
+    for ax in (val_ax, test_ax, loss_ax):
         ax.grid(True, alpha=0.3)
-    acc_ax.legend(loc="lower right", fontsize=8)
+    if test_ax.get_legend_handles_labels()[0]:
+        test_ax.legend(loc="lower right", fontsize=8)
     figure.suptitle(_title(meta))
     figure.savefig(path)
 
@@ -261,27 +524,77 @@ def _run_path(run_dir: str, runs_root: Path) -> Path:
     return path if path.is_absolute() else runs_root / path
 
 
+def _error_y(model: dict) -> float:
+    half = model.get("final_accuracy_ci", math.nan)
+    return half if math.isfinite(half) else 0.0
+
+
 def plot_tradeoff(path: Path, models: list[dict], colors: dict, meta: dict) -> None:
-    """Final test accuracy against parameters and against training time (log x), error bars = std over seeds."""
+    """Final test accuracy against parameters and against training time (log x), error bars = 95% CI."""
     figure = _figure(12, 4.6)
     params_ax, time_ax = figure.subplots(1, 2)
-    dataset = meta.get("dataset", "")
     for model in models:
-        color, label = colors[model["config"]], label_for(model["config"], dataset)
-        y, yerr = model["final_accuracy"], model["final_accuracy_std"]
+        color, label = colors[model["label"]], model["label"]
+        y, yerr = model["final_accuracy"], _error_y(model)
         params_ax.errorbar(model["params"], y, yerr=yerr, fmt="o", color=color, capsize=3)
         time_ax.errorbar(model["train_seconds"], y, yerr=yerr, xerr=model["train_seconds_std"], fmt="o",
                          color=color, capsize=3)
         for ax, x in ((params_ax, model["params"]), (time_ax, model["train_seconds"])):
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    params_ax.set(xscale="log", xlabel="parameters", ylabel="final test accuracy",
+    params_ax.set(xscale="log", xlabel="parameters", ylabel="final test accuracy (95% CI)",
                   title="accuracy vs parameters")
-    time_ax.set(xscale="log", xlabel="training time (s, excluding compile)", ylabel="final test accuracy",
+    time_ax.set(xscale="log", xlabel="training time (s, excluding compile)", ylabel="final test accuracy (95% CI)",
                 title="accuracy vs training time")
     for ax in (params_ax, time_ax):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.xaxis.set_major_formatter(_si_formatter())
-        ax.xaxis.set_minor_formatter(_si_formatter(minor=True))
-        ax.margins(x=0.15, y=0.1)
+        _log_axis(ax)
     figure.suptitle(_title(meta))
+    figure.savefig(path)
+
+
+def _log_axis(ax) -> None:
+    ax.grid(True, which="both", alpha=0.3)
+    ax.xaxis.set_major_formatter(_si_formatter())
+    ax.xaxis.set_minor_formatter(_si_formatter(minor=True))
+    ax.margins(x=0.15, y=0.1)
+
+
+def plot_flops(path: Path, models: list[dict], colors: dict, meta: dict) -> None:
+    """Final test accuracy against training FLOPs (XLA's train-step count times steps; log x)."""
+    figure = _figure(6.5, 4.6)
+    ax = figure.subplots()
+    for model in models:
+        x = model.get("train_flops")
+        if x is None or not math.isfinite(x) or x <= 0:
+            continue
+        color = colors[model["label"]]
+        ax.errorbar(x, model["final_accuracy"], yerr=_error_y(model), fmt="o", color=color, capsize=3)
+        ax.annotate(model["label"], (x, model["final_accuracy"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.set(xscale="log", xlabel="training FLOPs (XLA count per train step x steps)",
+           ylabel="final test accuracy (95% CI)", title="accuracy vs training compute")
+    _log_axis(ax)
+    figure.suptitle(_title(meta), fontsize=10)
+    figure.savefig(path)
+
+
+def plot_heatmap(path: Path, models: list[dict], datasets: list[str], meta: dict) -> None:
+    """Model x dataset final test accuracy (mean over seeds), numbers in the cells."""
+    labels = list(dict.fromkeys(m["label"] for m in models))
+    cell = {(m["label"], m["dataset"]): m["final_accuracy"] for m in models}
+    values = np.array([[cell.get((label, d), np.nan) for d in datasets] for label in labels])
+    figure = _figure(1.6 + 1.5 * len(datasets), 1.2 + 0.45 * len(labels))
+    ax = figure.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=np.nanmin(values), vmax=np.nanmax(values),
+                      aspect="auto")
+    ax.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2
+    for i in range(len(labels)):
+        for j in range(len(datasets)):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if values[i, j] > middle else "white")
+    figure.colorbar(image, ax=ax, label="final test accuracy")
+    figure.suptitle(f"{meta.get('name', '')}: {meta.get('budget', '')} per run, "
+                    f"mean over {len(meta.get('seeds') or [])} seeds", fontsize=10)
     figure.savefig(path)

@@ -19,7 +19,7 @@ from zoo import checkpoint as ckpt
 from zoo import models
 from zoo.config import Config, from_dict
 from zoo import data as data_lib
-from zoo.data import BatchIterator, DataSpec, Dataset, check_inputs, list_datasets, select_classes
+from zoo.data import BatchIterator, DataSpec, Dataset, check_inputs, select_classes
 from zoo.data.batching import Position
 from zoo.data.pipeline import Rows
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError, ZooError
@@ -321,7 +321,7 @@ def _in_memory(config: Config, dataset: Dataset | None) -> bool:
     """True when the data came from Python arrays that the run directory cannot reload by name."""
     if dataset is None:
         return False
-    return config.data.name not in list_datasets() or dataset.spec.name != config.data.name
+    return (dataset.spec.source or {}).get("kind") != config.data.name  # arrays, or not what the config reads
 
 
 def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = None, initial=None,
