@@ -255,7 +255,7 @@ def test_onnx_export_matches_jax_in_onnxruntime(trained, tmp_path, family):
 def test_export_of_a_missing_run_is_refused_in_one_line(zoo_main, one_line_error, tmp_path):
     status, _, err = zoo_main("export", tmp_path / "nothing", "--out", tmp_path / "m.zoo")
     assert status == 2
-    one_line_error(err, "holds no checkpoints")
+    one_line_error(err, "does not exist")
     assert not (tmp_path / "m.zoo").exists()
 
 

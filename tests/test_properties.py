@@ -192,7 +192,7 @@ def test_the_checksum_of_any_pytree_changes_when_any_element_changes(tree, data)
     before = ckpt.describe_arrays(tree)
     after = ckpt.describe_arrays(jax.tree.unflatten(treedef, changed))
     assert list(before) == list(after)
-    differs = [name for name in before if before[name]["crc32"] != after[name]["crc32"]]
+    differs = [name for name in before if before[name]["checksum"] != after[name]["checksum"]]
     assert differs == [list(before)[which]]
     assert before[differs[0]]["shape"] == list(leaf.shape) and before[differs[0]]["dtype"] == str(leaf.dtype)
 

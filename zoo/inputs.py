@@ -54,7 +54,7 @@ def decode(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(image, np.uint8).reshape(size[0], size[1], channels)
     except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"image {path} cannot be decoded ({error}): remove or replace the file") from None
+        raise DataError(f"image {path} cannot be read as an image ({error}): remove or replace the file") from None
 
 
 def read_image(path: Path, input_shape: tuple, raw_uint8: bool = False) -> np.ndarray:
