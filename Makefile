@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test test-fast bench gpu test-gpu clean
+.PHONY: demo test test-fast test-all bench gpu test-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,18 @@ demo: $(VENV)/.installed-test
 	$(BIN)/zoo compare configs/compare/digits.yaml --workdir $(DEMO_DIR)/compare_digits
 	$(BIN)/zoo eval $(DEMO_DIR)/compare_digits/runs/digits_cnn/seed0
 
+# Everything but the exhaustive registry-wide transform cases (make test-all runs those too).
 test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m "not exhaustive"
+
+# Every test, with the optional extras the interop tests compare against (PyTorch, torchvision,
+# timm, jax2onnx + onnxruntime); jax2onnx goes in without its pins (it would downgrade Orbax).
+$(VENV)/.installed-all: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,bench,import,tensorboard,onnx]"
+	$(BIN)/python -m pip install -q --no-deps torchvision==0.28.0 timm==1.0.31 jax2onnx==0.17.1
+	touch $@
+
+test-all: $(VENV)/.installed-all
 	$(BIN)/python -m pytest -q
 
 # Everything but the end-to-end runs marked slow (subprocess CLIs, kill tests, compares).
