@@ -163,39 +163,53 @@ def lstm_recurrence(x, w_x, w_h, bias, c0, h0, unroll: int = 1):
     measured slower: XLA fuses x_t W_x + h W_h + b inside the loop better than it reads a slice of a
     precomputed projection.)
     """
-    (c, h), (hs, _, _) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
+    (c, h), hs = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
     return hs, c, h
 
 
-def _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll):
+def _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll, derivatives=False):
+    """The forward scan: ((c_T, h_T), hs), or with `derivatives` ((c_T, h_T), (hs, dz_coef, f, dh_dc)),
+    the cell's derivatives at each step: d_c_t = f_t d_c_{t-1} + the sum of the first three blocks
+    of dz_coef_t * d_z_t, d_h_t = its last block + dh_dc_t * d_c_t."""
     def step(carry, x_t):
-        c, h = carry
-        c, h, gates = _lstm_cell(x_t @ w_x + h @ w_h + bias, c)
-        return (c, h), (h, c, gates)
+        c_prev, h = carry
+        c, h, gates = _lstm_cell(x_t @ w_x + h @ w_h + bias, c_prev)
+        if not derivatives:
+            return (c, h), h
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        tanh_c = jnp.tanh(c)
+        dz_coef = jnp.concatenate([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g),
+                                   tanh_c * o * (1.0 - o)], axis=-1)
+        return (c, h), (h, dz_coef, f, o * (1.0 - tanh_c * tanh_c))
 
     return jax.lax.scan(step, (c0, h0), x, unroll=unroll)
 
 
+def _rows(a):
+    """(T, B, n) -> (T*B, n). XLA's CPU dot contracts a 2-D operand over its leading dimension in
+    place, but copies a (T, B, n) operand contracted over (T, B) into a transposed layout first."""
+    return a.reshape(-1, a.shape[-1])
+
+
 def _lstm_jvp(unroll, primals, tangents):
+    """Reverse mode is JAX's transpose of this, as fast as the hand-written custom_vjp backward it
+    replaced because the forward scan emits the cell's derivatives (a separate pass over the saved
+    gates made the layer's gradient ~10% slower) and the matmuls take (T*B)-row operands (`_rows`).
+    (`jax.custom_derivatives.linear_call` with that backward as the transpose does not do: it has
+    no vmap rule and cannot be differentiated w.r.t. its residuals, which Hessian-vector products need.)
+    """
     x, w_x, w_h, bias, c0, h0 = primals
     d_x, d_w_x, d_w_h, d_bias, d_c0, d_h0 = tangents
-    (c, h), (hs, cs, gates) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
+    (c, h), (hs, dz_coef, f, dh_dc) = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll, derivatives=True)
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    c_prev = jnp.concatenate([c0[None], cs[:-1]])
     # Tangents of the pre-activations z_t = x_t W_x + h_{t-1} W_h + b that do not flow through the
     # recurrence: one (T*B)-row matmul each (transposed, the kernels' gradients).
-    d_z_in = [d_x @ w_x if not _is_zero(d_x) else None,
-              x @ d_w_x if not _is_zero(d_w_x) else None,
-              h_prev @ d_w_h if not _is_zero(d_w_h) else None,
+    d_z_in = [_rows(d_x) @ w_x if not _is_zero(d_x) else None,
+              _rows(x) @ d_w_x if not _is_zero(d_w_x) else None,
+              _rows(h_prev) @ d_w_h if not _is_zero(d_w_h) else None,
               d_bias if not _is_zero(d_bias) else None]
-    d_z_in = functools.reduce(jnp.add, [t for t in d_z_in if t is not None], jnp.zeros_like(gates))
-    # The cell's derivatives, computed for all steps at once: d_c_t = f_t d_c_{t-1} + sum of the
-    # first three blocks of (dz_coef_t * d_z_t), d_h_t = (last block) + dh_dc_t * d_c_t.
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    tanh_c = jnp.tanh(cs)
-    dz_coef = jnp.concatenate([g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g),
-                               tanh_c * o * (1.0 - o)], axis=-1)
-    dh_dc = o * (1.0 - tanh_c * tanh_c)
+    d_z_in = functools.reduce(jnp.add, [t for t in d_z_in if t is not None], jnp.zeros_like(_rows(dz_coef)))
+    d_z_in = d_z_in.reshape(dz_coef.shape)
 
     def step(carry, inputs):
         d_c, d_h = carry
