@@ -5,7 +5,9 @@ needs (an error, a stop request, a decision of process 0). Every message travels
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -45,6 +47,20 @@ def initialize(coordinator: str | None = None, num_processes: int | str | None =
         raise RunError(f"--distributed: could not join the cluster at {coordinator or 'the detected coordinator'} "
                        f"({text[:160]}): start every process within the initialization timeout, with the "
                        "same coordinator and distinct process ids") from None
+    with _stdout_to_stderr():  # gloo announces its connections on stdout, which is for results
+        barrier("joined")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _int(name: str, value, minimum: int) -> int | None:
