@@ -375,6 +375,13 @@ def main(argv=None, mute_on_refusal: bool = False) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted", file=err())
         return 130
+    except Exception as error:  # noqa: BLE001 - only a lost peer of a multi-process run is ours to word
+        from zoo import distributed
+
+        if not distributed.is_lost_peer(error):
+            raise
+        _refuse(distributed.lost_peer_message(error))
+        return 1  # run() exits at once: JAX's shutdown barrier would wait for the dead process
 
 
 def _own_stderr() -> None:

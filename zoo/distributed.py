@@ -19,7 +19,8 @@ HOW = ("pass --coordinator HOST:PORT --num-processes N --process-id I (or set ZO
        "or `srun` (SLURM)")
 _MISSING = {"coordinator_address": "the coordinator address", "Number of processes": "the number of processes",
             "process id": "this process's id"}
-_MESSAGE_BYTES = 1024  # an agreed error travels as this many UTF-8 bytes
+_MESSAGE_BYTES = 1024
+_joined = False  # set once this process is part of a cluster  # an agreed error travels as this many UTF-8 bytes
 
 
 def initialize(coordinator: str | None = None, num_processes: int | str | None = None,
@@ -47,6 +48,8 @@ def initialize(coordinator: str | None = None, num_processes: int | str | None =
         raise RunError(f"--distributed: could not join the cluster at {coordinator or 'the detected coordinator'} "
                        f"({text[:160]}): start every process within the initialization timeout, with the "
                        "same coordinator and distinct process ids") from None
+    global _joined
+    _joined = True
     with _stdout_to_stderr():  # gloo announces its connections on stdout, which is for results
         barrier("joined")
 
@@ -157,3 +160,19 @@ def agreed(fn):
     first = gathered[failed[0]]
     message = bytes(first[1:1 + first[0]].astype(np.uint8)).decode(errors="replace")
     raise RunError(f"process {failed[0]} refused: {message}")
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """True for the runtime error a collective raises when another process of the cluster is gone."""
+    if not _joined:
+        return False
+    import jax
+
+    return isinstance(error, jax.errors.JaxRuntimeError)
+
+
+def lost_peer_message(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"process {index()} lost contact with the rest of the run ({text[:160]}): another process stopped "
+            "or crashed (see its output); rerun the same command on every process to resume from the last "
+            "checkpoint")
