@@ -15,11 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO, TINY, merged
 from zoo import soak
+from zoo.data import BatchIterator, eval_batches
+from zoo.data.pipeline import Rows
 
 pytestmark = pytest.mark.slow
 
@@ -184,3 +187,44 @@ def test_the_readme_distributed_command_without_process_info_is_one_line_and_exi
     assert result.returncode == 2
     one_line_error(result.stderr, "the number of processes is not given", "--num-processes N", "ZOO_NUM_PROCESSES")
     assert not (tmp_path / "run").exists()
+
+
+# Data per process (in this process: no cluster needed) ------------------------------------------
+
+class Recording:
+    """An array that records which rows were read."""
+
+    def __init__(self, array):
+        self.array, self.read = array, set()
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, index):
+        rows = np.arange(len(self.array))[index]
+        self.read.update(np.atleast_1d(rows).tolist())
+        return self.array[index]
+
+
+def test_each_process_reads_only_its_rows_of_every_training_batch():
+    x, y = np.arange(512, dtype=np.float32).reshape(512, 1, 1, 1), np.arange(512) % 4
+    batches = BatchIterator.IN_PROCESS_BLOCK  # what one read of the pipeline gathers
+    whole = BatchIterator(x, y, 16, seed=3)
+    global_rows = [set(next(whole)[0].ravel().astype(int)) for _ in range(batches)]
+    recorded = Recording(x)
+    second = BatchIterator(recorded, y, 16, seed=3, rows=Rows(1, 2))
+    local = [set(next(second)[0].ravel().astype(int)) for _ in range(batches)]
+    for rows, batch in zip(local, global_rows):
+        assert len(rows) == 8 and rows < batch
+    assert recorded.read == set().union(*local)  # the other process's rows were never read
+
+
+def test_each_process_evaluates_only_its_share_of_every_batch_and_the_shares_make_the_whole():
+    x, y = np.arange(50, dtype=np.float32).reshape(50, 1), np.arange(50)
+    recorded = [Recording(x), Recording(x)]
+    shares = [list(eval_batches(recorded[i], y, 20, process=i, processes=2)) for i in range(2)]
+    whole = list(eval_batches(x, y, 20))
+    for (xa, ya, ma), (xb, yb, mb), (xw, yw, mw) in zip(*shares, whole):
+        np.testing.assert_array_equal(np.concatenate([xa, xb]), xw)
+        np.testing.assert_array_equal(np.concatenate([ma, mb]), mw)
+    assert recorded[0].read.isdisjoint(recorded[1].read) and len(recorded[0].read | recorded[1].read) == 50
