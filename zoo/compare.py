@@ -726,7 +726,7 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
     """
     if not isinstance(config, CompareConfig):
         config = load_compare(config)
-    progress = progress or Silent()
+    progress = progress if progress is not None and distributed.is_primary() else Silent()  # process 0 reports
     workdir = Path(workdir)
     datasets = {}
     for label in config.datasets:
