@@ -107,8 +107,7 @@ def test_fit_with_epochs_runs_whole_epochs(tmp_path):
 
 SHARDED = textwrap.dedent("""
     import jax, json, numpy as np
-    from conftest import TINY, merged
-from zoo import config as config_lib
+    from zoo import config as config_lib
     from zoo.data import BatchIterator
     from zoo.training import build_run, step as step_lib
     config = config_lib.from_dict({"data": {"batch_size": 32}, "train": {"steps": 3},
