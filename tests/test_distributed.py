@@ -1,6 +1,7 @@
 """Two processes, one run: `jax.distributed` on 127.0.0.1 with gloo collectives on CPU (one
 simulated device per process, two in all). Every process is a real `zoo` subprocess with a hard
-timeout; the uninterrupted 2-process run is trained once and is the reference of the others."""
+timeout; the uninterrupted 2-process run is trained once and is the reference of the others. Those
+are marked slow; the checks of each process's share of the data at the end run in this process."""
 
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from conftest import REPO, TINY, merged
 from zoo import soak
 from zoo.data import BatchIterator, eval_batches
 from zoo.data.pipeline import Rows
-
-pytestmark = pytest.mark.slow
 
 CONFIG = merged(TINY, {"train": {"steps": 40, "log_every": 1}, "checkpoint": {"every": 10, "keep": 2}})
 TIMEOUT = 150  # seconds any group of processes may take before the test fails (and kills them)
@@ -101,6 +100,7 @@ def reference(tmp_path_factory, config_path, compile_cache):
     return launch(config_path, run_dir, compile_cache), run_dir
 
 
+@pytest.mark.slow
 def test_both_processes_exit_0_and_their_output_is_prefixed(reference):
     result, run_dir = reference
     assert result.returncode == 0, result.stderr
@@ -109,6 +109,7 @@ def test_both_processes_exit_0_and_their_output_is_prefixed(reference):
     assert json.loads((run_dir / "result.json").read_text())["final_step"] == 40
 
 
+@pytest.mark.slow
 def test_exactly_one_metrics_record_per_step(reference):
     _, run_dir = reference
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -117,6 +118,7 @@ def test_exactly_one_metrics_record_per_step(reference):
     assert [r["step"] for r in records if r["split"] == "test"] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow
 def test_final_state_is_bit_equal_to_one_process_with_the_same_device_count(tmp_path, reference, config_path,
                                                                             compile_cache):
     single = zoo("train", config_path, "--workdir", tmp_path / "single", environment=env(compile_cache, devices=2))
@@ -125,6 +127,7 @@ def test_final_state_is_bit_equal_to_one_process_with_the_same_device_count(tmp_
     assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(tmp_path / "single")) == 0.0
 
 
+@pytest.mark.slow
 def test_killing_both_mid_run_then_rerunning_is_bit_identical_to_an_uninterrupted_run(
         tmp_path, reference, config_path, compile_cache):
     run_dir = tmp_path / "run"
@@ -142,6 +145,7 @@ def test_killing_both_mid_run_then_rerunning_is_bit_identical_to_an_uninterrupte
     assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(reference[1])) == 0.0
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_step_makes_both_fall_back_to_the_same_step_moved_aside_once(
         tmp_path, reference, config_path, compile_cache):
     run_dir = tmp_path / "run"
@@ -155,6 +159,7 @@ def test_a_damaged_newest_step_makes_both_fall_back_to_the_same_step_moved_aside
     assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(reference[1])) == 0.0
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_143(tmp_path, write_config,
                                                                             compile_cache):
     config = write_config({"train": {"steps": 5000, "log_every": 10}, "checkpoint": {"every": 5000}})
@@ -171,6 +176,7 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_143(tmp_p
     assert len(steps) == 1 and committed(run_dir) == [steps.pop()]
 
 
+@pytest.mark.slow
 def test_run_directories_that_are_not_shared_are_refused_in_one_line(tmp_path, config_path, compile_cache):
     results = finish(start_pair(config_path, [tmp_path / "host0", tmp_path / "host1"], compile_cache))
     for status, stderr in results:
@@ -180,6 +186,7 @@ def test_run_directories_that_are_not_shared_are_refused_in_one_line(tmp_path, c
     assert not (tmp_path / "host1").exists() and not (tmp_path / "host0" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_distributed_command_without_process_info_is_one_line_and_exit_2(
         tmp_path, config_path, compile_cache, one_line_error):
     result = zoo("train", config_path, "--workdir", tmp_path / "run", "--distributed",
