@@ -1,9 +1,10 @@
 """Kill `zoo train` with SIGKILL at pseudo-random moments, rerun it, and check that nothing is lost.
 
-    python scripts/soak_kill.py --trials 30 [--seed 0] [--chain 5] [--workdir DIR]
+    python scripts/soak_kill.py --trials 30 [--seed 0] [--chain 5] [--workdir DIR] [--processes 2]
 
 Each trial kills a tiny training run at a moment drawn from the seed (see zoo/soak.py). Prints one
-summary line.
+summary line. With `--processes 2` every run is two processes of one cluster on 127.0.0.1 (gloo on
+CPU), all killed at once, and the uninterrupted reference is a 2-process run too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chain", type=int, default=5, help="kills per run before it is finished")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--processes", type=int, default=1, help="processes per run (jax.distributed, 127.0.0.1)")
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on read-only managers
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     config_path = write_config(root / "soak.yaml")
     rng = random.Random(args.seed)
-    reference = run_until(config_path, root / "reference", None)
+    reference = run_until(config_path, root / "reference", None, processes=args.processes)
     if reference["returncode"] != 0:
         print(reference["stderr"], file=sys.stderr)
         return 1
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     while totals["kills"] < args.trials:
         moments = [draw_moment(rng) for _ in range(min(args.chain, args.trials - totals["kills"]))]
         run_dir = root / f"chain{chains}"
-        verdict = judge(chain(config_path, run_dir, moments))
+        verdict = judge(chain(config_path, run_dir, moments, processes=args.processes))
         for key in totals:
             totals[key] += verdict[key]
         difference = max_abs_difference(final_state(run_dir), expected)
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         print(f"chain {chains}: {verdict['kills']} kills at {[m[0] for m in moments]}, resumed "
               f"{verdict['resumed']}, max |difference| from uninterrupted {difference}", file=sys.stderr)
     redone = totals["redone"] or [0]
-    print(f"soak_kill: trials {totals['kills']}, resumed {totals['resumed']}, "
+    print(f"soak_kill ({args.processes} process{'es' if args.processes > 1 else ''}): trials {totals['kills']}, resumed {totals['resumed']}, "
           f"corrupted {totals['corrupted']}, "
           f"lost steps beyond the last checkpoint {totals['lost_beyond']} (steps redone after a kill: "
           f"mean {sum(redone) / len(redone):.1f}, max {max(redone)}; checkpoint every "

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from zoo import distributed
 from zoo.errors import CheckpointError, DamagedCheckpointError
 
 FORMAT_VERSION = 2  # 2: per-array checksums computed on the devices; 1: CRC32 on the host
@@ -99,7 +100,7 @@ class Checkpoints:
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoints at '{self.directory}': give a run directory that "
                                   "`zoo train` wrote (it holds checkpoints/)")
-        if not read_only:
+        if not read_only and distributed.is_primary():  # process 0 alone cleans; Orbax syncs the others
             self.directory.mkdir(parents=True, exist_ok=True)
             self._clean_stale()
         # Without best_fn Orbax's best_step() silently means "latest" and writes no metrics.
@@ -167,11 +168,14 @@ class Checkpoints:
         return (max if mode == "max" else min)(scored)[1]
 
     def set_aside(self, steps: list[int]) -> Path:
-        """Moves damaged or unfinished `steps` into damaged/ (kept for inspection, never offered)."""
+        """Moves damaged or unfinished `steps` into damaged/ (kept for inspection, never offered).
+        With several processes, process 0 moves them and every process waits, then rereads."""
         target = self.directory / DAMAGED
-        target.mkdir(exist_ok=True)
-        for step in steps:
-            self._step_dir(step).rename(target / f"{step}-{time.time_ns()}")
+        if distributed.is_primary():
+            target.mkdir(exist_ok=True)
+            for step in steps:
+                self._step_dir(step).rename(target / f"{step}-{time.time_ns()}")
+        distributed.barrier("checkpoints:set_aside")
         self._manager.reload()
         return target
 
@@ -197,7 +201,8 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001
             raise CheckpointError(f"saving a checkpoint in '{self.directory}' failed: {_short(error)}; "
                                   "the earlier checkpoints are intact") from None
-        shutil.rmtree(self.directory / TRASH, ignore_errors=True)  # no deletion is in flight now
+        if distributed.is_primary():  # no deletion is in flight now (Orbax deletes on process 0)
+            shutil.rmtree(self.directory / TRASH, ignore_errors=True)
 
     def close(self) -> None:
         self.wait()

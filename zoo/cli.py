@@ -68,10 +68,7 @@ def cmd_train(args) -> int:
 
     config = config_lib.load(args.config, args.set or [])
     workdir = Path(args.workdir or Path("runs") / config.name)
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    primary = _start_distributed(args)
     result = fit(config, workdir, _progress())
     if result.get("stopped"):
         print(f"zoo: stopped by {result['stopped']} at step {result['step']}, checkpoint written; rerun the "
@@ -79,6 +76,8 @@ def cmd_train(args) -> int:
         import signal
 
         return 128 + signal.Signals[result["stopped"]]
+    if not primary:  # process 0 reports the run
+        return 0
     if result.get("early_stopped"):
         print(f"zoo: stopped early at step {result['early_stopped']['step']}: {result['early_stopped']['reason']}",
               file=err())
@@ -89,10 +88,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _start_distributed(args) -> bool:
+    """Joins the cluster when asked (--distributed, or any of its process flags); True on process 0."""
+    if not (args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None):
+        return True
+    from zoo import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    return distributed.is_primary()
+
+
+def cmd_launch(args) -> int:
+    from zoo.launch import launch_local
+
+    return launch_local(args.command, args.local, args.devices_per_process, stderr=err())
+
+
 def cmd_eval(args) -> int:
     from zoo.evaluate import evaluate
 
+    primary = _start_distributed(args)
     result = evaluate(args.run_dir, step=args.step, best=args.best, allow_changed_data=args.allow_changed_data)
+    if not primary:
+        return 0
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -161,6 +179,7 @@ def cmd_compare(args) -> int:
 
     config = load_compare(args.config, args.set or [])
     workdir = Path(args.workdir or Path("runs") / f"compare_{config.name}")
+    primary = _start_distributed(args)
     sets = [part for item in args.set or [] for part in ("--set", item)]
     command = shlex.join(["zoo", "compare", args.config, "--workdir", str(workdir), *sets])
     if args.budget_s is not None:
@@ -172,6 +191,8 @@ def cmd_compare(args) -> int:
         print(f"stopped by {result['stopped']} in {result['run_dir']}; rerun the same command to resume "
               "(finished runs are reused)", file=err())
         return 130
+    if not primary:
+        return 0
     print(result["table"])
     print(f"{result['trained']} runs trained, {result['reused']} reused, {result['wall_seconds']:.0f} s; "
           f"report: {Path(result['report_dir']) / 'report.md'}")
@@ -219,6 +240,15 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def _add_distributed(p) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run: jax.distributed.initialize() with JAX's cluster detection "
+                        "(SLURM, Open MPI, TPU, Kubernetes) or the flags below")
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (else $ZOO_COORDINATOR)")
+    p.add_argument("--num-processes", metavar="N", help="processes in the run (else $ZOO_NUM_PROCESSES)")
+    p.add_argument("--process-id", metavar="I", help="this process, 0..N-1 (else $ZOO_PROCESS_ID)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -236,7 +266,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a YAML config, e.g. configs/digits/cnn.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
     p.add_argument("--workdir", help="run directory (default runs/<config name>)")
-    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    _add_distributed(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on the test set")
@@ -247,6 +277,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--allow-changed-data", action="store_true",
                    help="evaluate even though the data files changed since training")
+    _add_distributed(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict with a run's checkpoint or a .zoo export on images, folders, "
@@ -266,7 +297,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where runs/ and report/ go (default runs/compare_<name>)")
     p.add_argument("--budget-s", type=float, metavar="S",
                    help="launch no new run after S seconds; the report lists what was skipped (rerun to finish)")
+    _add_distributed(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("launch", help="run train, compare or eval in N processes on this machine (jax.distributed)")
+    p.add_argument("--local", type=int, required=True, metavar="N", help="processes to start on 127.0.0.1")
+    p.add_argument("--devices-per-process", type=int, metavar="K",
+                   help="simulated CPU devices per process (and K of CUDA_VISIBLE_DEVICES each, when set)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- train CONFIG [args] (or compare, eval)")
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("bench", help="time a training step of each family: zoo vs plain Flax vs PyTorch")
     p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,dispatch")
@@ -336,6 +375,13 @@ def main(argv=None, mute_on_refusal: bool = False) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted", file=err())
         return 130
+    except Exception as error:  # noqa: BLE001 - only a lost peer of a multi-process run is ours to word
+        from zoo import distributed
+
+        if not distributed.is_lost_peer(error):
+            raise
+        _refuse(distributed.lost_peer_message(error))
+        return 1  # run() exits at once: JAX's shutdown barrier would wait for the dead process
 
 
 def _own_stderr() -> None:

@@ -46,6 +46,7 @@ from zoo.errors import ConfigError, did_you_mean
 from zoo.metrics import Progress, Silent
 from zoo.training import fit
 from zoo.training.loop import CONFIG_FILE, RESULT_FILE
+from zoo import distributed
 from zoo.util import atomic_write
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -610,8 +611,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(data, indent=2))
+    if distributed.is_primary():  # process 0 owns the bookkeeping files
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=2))
 
 
 class _Stopped(Exception):
@@ -646,8 +648,8 @@ class _Runner:
         if budget.kind in ("steps", "epochs"):
             return None
         cal = self.measured(arm, setting, timed=budget.kind == "seconds")
-        if budget.kind == "seconds":
-            return max(1, int(budget.seconds / cal["seconds_per_step"]))
+        if budget.kind == "seconds":  # process 0's timing decides: every process trains the same steps
+            return distributed.broadcast_ints([max(1, int(budget.seconds / cal["seconds_per_step"]))])[0]
         if not cal.get("flops_per_step"):
             raise ConfigError(f"budget: {{flops: ...}} needs XLA's cost analysis, which this backend does not "
                               f"give for {arm.base.name}: use {{steps: N}} or {{seconds: S}}")
@@ -683,7 +685,7 @@ class _Runner:
             self.progress.log(f"{tag}: finished earlier, reused (val accuracy "
                               f"{_fmt(result['final'].get('val_accuracy'))})")
         else:
-            if self.deadline is not None and _now() > self.deadline:
+            if self.deadline is not None and distributed.any_true(_now() > self.deadline):
                 self.skipped.append({"dataset": arm.dataset, "config": config.name, "setting": setting,
                                      "seed": seed, "why": why})
                 self.progress.log(f"{tag}: skipped, --budget-s is spent")
@@ -725,7 +727,7 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
     """
     if not isinstance(config, CompareConfig):
         config = load_compare(config)
-    progress = progress or Silent()
+    progress = progress if progress is not None and distributed.is_primary() else Silent()  # process 0 reports
     workdir = Path(workdir)
     datasets = {}
     for label in config.datasets:
@@ -755,7 +757,8 @@ def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: P
             "compare_config": config.path, "wall_seconds": wall, "trained": runner.trained,
             "reused": runner.reused, "skipped": runner.skipped, "budget_s": budget_s, "sweeps": sweeps,
             "reference": config.reference, "machine": _machine()}
-    written = report.write_report(workdir / "report", rows, meta, workdir, trials=trials)
+    written = (report.write_report(workdir / "report", rows, meta, workdir, trials=trials) if distributed.is_primary()
+               else {"table": "", "models": []})  # process 0 writes the report
     progress.log(f"compare '{config.name}' done in {_clock(wall)}: report in {workdir / 'report'}"
                  + (f"; {len(runner.skipped)} runs skipped (--budget-s)" if runner.skipped else ""))
     return {"report_dir": str(workdir / "report"), "table": written["table"], "rows": rows,

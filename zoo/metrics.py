@@ -29,6 +29,16 @@ class JsonlWriter:
         atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
+class Discard:
+    """A metrics writer that keeps nothing: processes other than 0 write no bookkeeping files."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+
 class TensorBoardWriter:
     """Event files for TensorBoard (tensorboardX, no TensorFlow): each record's numbers as
     '<split>/<key>' scalars at its step, and the run's hyperparameters once."""

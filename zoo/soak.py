@@ -40,10 +40,20 @@ def write_config(path: Path, config: dict = CONFIG) -> Path:
     return path
 
 
-def launch(config_path: Path, run_dir: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "zoo.cli", "train", str(config_path), "--workdir",
-                             str(run_dir)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def launch(config_path: Path, run_dir: Path, env: dict | None = None, processes: int = 1) -> list[subprocess.Popen]:
+    """`zoo train` in one process, or in `processes` processes of one cluster on 127.0.0.1 (what
+    `zoo launch --local N` starts; started here so that a kill reaches every one of them)."""
+    command = [sys.executable, "-m", "zoo.cli", "train", str(config_path), "--workdir", str(run_dir)]
+    if processes == 1:
+        return [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)]
+    from zoo.launch import child_env, free_port
+
+    port = free_port()
+    return [subprocess.Popen([*command, "--distributed"], cwd=REPO,
+                             env=child_env(dict(env or os.environ), port, processes, index, None),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for index in range(processes)]
 
 
 def committed_steps(run_dir: Path) -> list[int]:
@@ -84,21 +94,26 @@ def _moment_reached(kind: str, value: float, run_dir: Path, started: float, star
 
 
 def run_until(config_path: Path, run_dir: Path, moment: tuple[str, float] | None, env=None,
-              timeout: float = 300) -> dict:
-    """Starts `zoo train`, SIGKILLs it at `moment` (None: lets it finish); returns what happened."""
+              timeout: float = 300, processes: int = 1) -> dict:
+    """Starts `zoo train` (in `processes` processes), SIGKILLs all at `moment` (None: lets it
+    finish); returns what happened, with process 0's stderr and first non-zero exit status."""
     start_step = max(committed_steps(run_dir), default=0)
-    process, started = launch(config_path, run_dir, env), time.monotonic()
+    group, started = launch(config_path, run_dir, env, processes), time.monotonic()
     killed = False
-    while process.poll() is None:
+    while any(process.poll() is None for process in group):
         if moment and _moment_reached(*moment, run_dir, started, start_step):
-            process.send_signal(signal.SIGKILL)
+            for process in group:
+                process.send_signal(signal.SIGKILL)
             killed = True
             break
         if time.monotonic() - started > timeout:
-            process.kill()
+            for process in group:
+                process.kill()
             raise TimeoutError(f"zoo train did not finish in {timeout} s")
         time.sleep(0.002)
-    _, stderr = process.communicate()
+    outputs = [process.communicate()[1] for process in group]
+    stderr = outputs[0]
+    process = next((p for p in group if p.returncode), group[0])
     left = [p.name for p in (run_dir / "checkpoints").iterdir()] if (run_dir / "checkpoints").is_dir() else []
     return {"moment": moment, "killed": killed, "returncode": process.returncode, "stderr": stderr,
             "left_tmp": killed and any("tmp" in name for name in left),
@@ -115,11 +130,11 @@ def started_from(stderr: str) -> int | None:
     return 0 if re.search(r"^step \d+/\d+", stderr, re.M) else None
 
 
-def chain(config_path: Path, run_dir: Path, moments: list, env=None) -> list[dict]:
+def chain(config_path: Path, run_dir: Path, moments: list, env=None, processes: int = 1) -> list[dict]:
     """One run killed at each of `moments` in turn, then finished; a record per start."""
     records = []
     for moment in [*moments, None]:
-        records.append(run_until(config_path, run_dir, moment, env))
+        records.append(run_until(config_path, run_dir, moment, env, processes=processes))
         if not records[-1]["killed"]:
             break  # it finished before the moment came
     return records

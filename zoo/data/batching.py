@@ -34,14 +34,18 @@ def shift_batch(batch: np.ndarray, offsets: np.ndarray, max_shift: int) -> np.nd
     return out
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
-    """Fixed-size batches over all of (x, y); the last is padded, with a 0/1 mask marking real rows."""
+def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int, process: int = 0, processes: int = 1):
+    """Fixed-size batches over all of (x, y); the last is padded, with a 0/1 mask marking real rows.
+    With several processes each reads only its block of rows of every batch (`batch_size // processes`)."""
+    local = batch_size // processes
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        first = min(start + process * local, len(x))
+        last = min(first + local, start + batch_size, len(x))
+        xb, yb = x[first:last], y[first:last]
         real = len(xb)
-        mask = np.ones(batch_size, np.float32)
-        if real < batch_size:
-            pad = batch_size - real
+        mask = np.ones(local, np.float32)
+        if real < local:
+            pad = local - real
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
             mask[real:] = 0.0

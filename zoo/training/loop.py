@@ -7,6 +7,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import secrets
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from zoo import checkpoint as ckpt
+from zoo import distributed
 from zoo import models
 from zoo.config import Config, from_dict
 from zoo import data as data_lib
@@ -23,11 +25,13 @@ from zoo.data import BatchIterator, DataSpec, Dataset, check_inputs, select_clas
 from zoo.data.batching import Position
 from zoo.data.pipeline import Rows
 from zoo.errors import CheckpointError, ConfigError, DamagedCheckpointError, RunError, ZooError
-from zoo.metrics import JsonlWriter, Progress, Silent, TensorBoardWriter, Tee
+from zoo.metrics import Discard, JsonlWriter, Progress, Silent, TensorBoardWriter, Tee
 from zoo.training import optim, state as state_lib, step as step_lib
 from zoo.util import atomic_write
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE = "config.json", "metrics.jsonl", "result.json", ".lock"
+TOKEN_FILE = ".processes"  # process 0 writes a fresh token at each start; the others must read it
+SHARED_WAIT_SECONDS = 5.0  # how long the others look for the token (network filesystems lag)
 
 
 @dataclasses.dataclass
@@ -214,13 +218,19 @@ def _write_json_once(path: Path, data) -> None:
 
 def restore_latest_good(checkpoints: ckpt.Checkpoints, run: Run, progress: Progress):
     """The newest step that restores and verifies. Damaged newer steps are reported and set aside
-    (a resumed run will write those step numbers again); if every step is damaged, refuses."""
+    (a resumed run will write those step numbers again); if every step is damaged, refuses.
+
+    With several processes, process 0's list of steps is the one tried; every process restores each
+    step and a step damaged for any process is damaged for all, so all restore the same step."""
     damaged = []
-    for step in reversed(checkpoints.listed_steps()):
+    for step in reversed(distributed.broadcast_ints(checkpoints.listed_steps())):
         try:
             state, meta = checkpoints.restore(step, run.abstract_state())
-        except DamagedCheckpointError as error:
-            progress.log(f"skipping: {error}")
+            error = None
+        except DamagedCheckpointError as raised:
+            error = raised
+        if distributed.any_true(error is not None):
+            progress.log(f"skipping: {error or f'checkpoint step {step} is damaged (seen by another process)'}")
             damaged.append(step)
             continue
         if damaged:
@@ -302,19 +312,57 @@ class _Steps:
 def fit(config: Config, workdir: str | Path, progress: Progress | None = None,
         dataset: Dataset | None = None) -> dict:
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the run's summary."""
-    progress = progress or Silent()
+    progress = progress if progress is not None and distributed.is_primary() else Silent()  # process 0 reports
     run_dir = Path(workdir)
-    run = build_run(config, dataset)  # bad input is refused before anything is written
-    stored = _check_same_config(run_dir, config)
+    # Bad input is refused before anything is written, by every process at once.
+    run = distributed.agreed(lambda: build_run(config, dataset))
+    stored = distributed.agreed(lambda: _check_same_config(run_dir, config))
     initial = None
     started = any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
     if config.init_from.run and not started:  # a resumed fine-tune needs no source run any more
         from zoo.training import restore
 
-        initial = restore.init_from(run, config.init_from)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
+        initial = distributed.agreed(lambda: restore.init_from(run, config.init_from))
+    with claim_run_dir(run_dir):
         return _train(run, run_dir, progress, stored, initial, in_memory=_in_memory(config, dataset))
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: Path):
+    """Process 0 creates the run directory and holds its lock for the run. With several processes it
+    also leaves a fresh token there that every other process must read: a directory they do not
+    share (disks local to each host) is refused by all in one line instead of hanging at a save."""
+    if distributed.count() == 1:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            yield
+        return
+    token = distributed.broadcast_ints([secrets.randbits(62)])[0]
+    with contextlib.ExitStack() as held:
+        def claim():
+            if distributed.is_primary():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(run_lock(run_dir))
+                atomic_write(run_dir / TOKEN_FILE, str(token))
+
+        distributed.agreed(claim)
+        distributed.agreed(lambda: distributed.is_primary() or _see_token(run_dir, token))
+        yield
+
+
+def _see_token(run_dir: Path, token: int) -> bool:
+    deadline = time.monotonic() + SHARED_WAIT_SECONDS
+    while True:
+        try:
+            if (run_dir / TOKEN_FILE).read_text().strip() == str(token):
+                return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RunError(f"run directory '{run_dir}' is not shared: process {distributed.index()} does not see "
+                           "the token process 0 wrote there; give every process the same --workdir on a "
+                           "filesystem they all mount (NFS, Lustre, GCS FUSE)")
+        time.sleep(0.1)
 
 
 def _in_memory(config: Config, dataset: Dataset | None) -> bool:
@@ -332,9 +380,11 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
     if state is not None and start_step > run.total_steps:
         raise RunError(f"run directory '{run_dir}' is at step {start_step}, past the {run.total_steps} steps "
                        f"asked for: give train.steps above {start_step} to continue it")
-    _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
-    metrics_log = JsonlWriter(run_dir / METRICS_FILE)
-    if config.logging.tensorboard and jax.process_index() == 0:  # process 0 owns the bookkeeping
+    primary = distributed.is_primary()  # process 0 owns the bookkeeping files
+    if primary:
+        _write_json_once(run_dir / CONFIG_FILE, config.to_dict())
+    metrics_log = JsonlWriter(run_dir / METRICS_FILE) if primary else Discard()
+    if config.logging.tensorboard and primary:
         metrics_log = Tee(metrics_log, TensorBoardWriter(run_dir, config.to_dict()))
     position = Position()
     watch = EarlyStopping(config.train.early_stopping) if config.train.early_stopping.patience else None
@@ -404,8 +454,7 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
             step += count
             if step < total:
                 feed.fetch_ahead(step)  # while the step just dispatched runs
-            if stop["signal"]:
-                stopped_by = stop["signal"]
+            stopped_by = _agreed_stop(stop["signal"])  # every process saves the same step
             at_log, at_eval = step % log_every == 0 or step == total, step % every_eval == 0 or step == total
             at_ckpt = step % every_ckpt == 0 or step == total or stopped_by
             if not (at_log or at_eval or at_ckpt):
@@ -454,22 +503,34 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
     if stopped_by:
         checkpoints.close()
         return {"run_dir": str(run_dir), "stopped": stopped_by, "step": step}
-    result = _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed_steps, start_step)
-    result["early_stopped"] = ({"step": watch.stopped_at, "best_step": watch.best_step, "reason": watch.reason()}
-                               if watch and watch.stopped_at is not None else None)
-    result["in_memory"] = in_memory
+    distributed.barrier("fit:saved")  # process 0's last commit is on disk for every process
+    if primary:
+        result = _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed_steps, start_step)
+        result["early_stopped"] = ({"step": watch.stopped_at, "best_step": watch.best_step,
+                                    "reason": watch.reason()} if watch and watch.stopped_at is not None else None)
+        result["in_memory"] = in_memory
     checkpoints.close()
-    atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2))
+    if primary:
+        atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2))
+    distributed.barrier("fit:result")
+    if not primary:  # the same summary on every process: the one process 0 wrote
+        result = json.loads((run_dir / RESULT_FILE).read_text())
     return result
+
+
+def _agreed_stop(requested: str | None) -> str | None:
+    """The stop request of the lowest process that has one (a signal's name), on every process."""
+    if distributed.count() == 1:
+        return requested
+    number = distributed.first_signal(signal.Signals[requested].value if requested else 0)
+    return signal.Signals(number).name if number else None
 
 
 def _put_rows(mesh, rows: np.ndarray, leading: int):
     """Places this process's rows of a global batch (the pipeline reads only those) on the mesh."""
     if jax.process_count() == 1:
         return step_lib.put_batch(mesh, rows, leading)
-    global_shape = list(rows.shape)
-    global_shape[leading] *= jax.process_count()
-    return jax.make_array_from_process_local_data(step_lib.batch_sharding(mesh, leading), rows, tuple(global_shape))
+    return step_lib.put_local_rows(mesh, rows, leading)
 
 
 class EarlyStopping:

@@ -42,6 +42,15 @@ def put_batch(mesh: Mesh, array: np.ndarray, leading_axes: int = 0) -> jax.Array
     return jax.make_array_from_process_local_data(sharding, local, array.shape)
 
 
+def put_local_rows(mesh: Mesh, rows: np.ndarray, leading_axes: int = 0) -> jax.Array:
+    """Places this process's rows (its block of a global batch, the same size on every process)."""
+    if jax.process_count() == 1:
+        return jax.device_put(rows, batch_sharding(mesh, leading_axes))
+    global_shape = list(rows.shape)
+    global_shape[leading_axes] *= jax.process_count()
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, leading_axes), rows, tuple(global_shape))
+
+
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
@@ -123,11 +132,13 @@ def _accumulate(totals, sums):
 
 
 def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int) -> dict:
-    """Loss and accuracy over all of (x, y), batch by batch. The sums stay on the devices and are
-    fetched once; each batch is put on the devices while the one before it is evaluated."""
+    """Loss and accuracy over all of (x, y), batch by batch, split across processes. The sums stay
+    on the devices and are fetched once; each batch is put on the devices while the one before it is evaluated."""
     from zoo.data import eval_batches
 
-    batches = (tuple(put_batch(mesh, array) for array in batch) for batch in eval_batches(x, y, batch_size))
+    # Each process reads only its rows of every batch; the jitted step's sums are global (replicated).
+    batches = (tuple(put_local_rows(mesh, array) for array in batch)
+               for batch in eval_batches(x, y, batch_size, jax.process_index(), jax.process_count()))
     totals, upcoming = None, next(batches)
     while upcoming is not None:
         sums = eval_step(params, model_state, *upcoming)

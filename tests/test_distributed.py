@@ -1,0 +1,237 @@
+"""Two processes, one run: `jax.distributed` on 127.0.0.1 with gloo collectives on CPU (one
+simulated device per process, two in all). Every process is a real `zoo` subprocess with a hard
+timeout; the uninterrupted 2-process run is trained once and is the reference of the others. Those
+are marked slow; the checks of each process's share of the data at the end run in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, TINY, merged
+from zoo import soak
+from zoo.data import BatchIterator, eval_batches
+from zoo.data.pipeline import Rows
+
+CONFIG = merged(TINY, {"train": {"steps": 40, "log_every": 1}, "checkpoint": {"every": 10, "keep": 2}})
+TIMEOUT = 150  # seconds any group of processes may take before the test fails (and kills them)
+
+
+def env(compile_cache: Path, devices: int = 1, **extra) -> dict:
+    out = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
+    out.pop("XLA_FLAGS", None)
+    if devices > 1:
+        out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return out
+
+
+def zoo(*args, environment: dict, wait: bool = True):
+    command = [sys.executable, "-m", "zoo.cli", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_pair(config: Path, workdirs, compile_cache: Path) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one cluster (ZOO_* variables), each training into its workdir."""
+    port = free_port()
+    return [zoo("train", config, "--workdir", workdir, "--distributed", wait=False,
+                environment=env(compile_cache, ZOO_COORDINATOR=f"127.0.0.1:{port}", ZOO_NUM_PROCESSES="2",
+                                ZOO_PROCESS_ID=str(index)))
+            for index, workdir in enumerate(workdirs)]
+
+
+def finish(processes, timeout: float = TIMEOUT) -> list[tuple[int, str]]:
+    """(exit status, stderr) of each process; all are killed if any outlives `timeout`."""
+    deadline, results = time.monotonic() + timeout, []
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append((process.returncode, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
+
+
+def launch(config: Path, workdir: Path, compile_cache: Path):
+    return zoo("launch", "--local", 2, "--", "train", config, "--workdir", workdir,
+               environment=env(compile_cache))
+
+
+def committed(run_dir: Path) -> list[int]:
+    return soak.committed_steps(run_dir)
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, config_path, compile_cache):
+    """An uninterrupted 2-process run, started by `zoo launch --local 2`: (CompletedProcess, run dir)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    return launch(config_path, run_dir, compile_cache), run_dir
+
+
+@pytest.mark.slow
+def test_both_processes_exit_0_and_their_output_is_prefixed(reference):
+    result, run_dir = reference
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\[0\] tiny: mlp .* step 40 ", result.stdout, re.M), result.stdout
+    assert "[1] " not in result.stdout  # process 0 alone reports the run
+    assert json.loads((run_dir / "result.json").read_text())["final_step"] == 40
+
+
+@pytest.mark.slow
+def test_exactly_one_metrics_record_per_step(reference):
+    _, run_dir = reference
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == list(range(1, 41))
+    assert [r["step"] for r in records if r["split"] == "test"] == [10, 20, 30, 40]
+
+
+@pytest.mark.slow
+def test_final_state_is_bit_equal_to_one_process_with_the_same_device_count(tmp_path, reference, config_path,
+                                                                            compile_cache):
+    single = zoo("train", config_path, "--workdir", tmp_path / "single", environment=env(compile_cache, devices=2))
+    assert single.returncode == 0, single.stderr
+    _, run_dir = reference
+    assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(tmp_path / "single")) == 0.0
+
+
+@pytest.mark.slow
+def test_killing_both_mid_run_then_rerunning_is_bit_identical_to_an_uninterrupted_run(
+        tmp_path, reference, config_path, compile_cache):
+    run_dir = tmp_path / "run"
+    processes = start_pair(config_path, [run_dir, run_dir], compile_cache)
+    deadline = time.monotonic() + TIMEOUT
+    while not committed(run_dir) and time.monotonic() < deadline and all(p.poll() is None for p in processes):
+        time.sleep(0.005)
+    for process in processes:
+        process.kill()
+    finish(processes)
+    assert committed(run_dir) and max(committed(run_dir)) < 40, "the kill came after the run had finished"
+    rerun = launch(config_path, run_dir, compile_cache)
+    assert rerun.returncode == 0, rerun.stderr
+    assert re.search(r"^\[0\] resuming from step [1-3]0$", rerun.stderr, re.M), rerun.stderr
+    assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(reference[1])) == 0.0
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_step_makes_both_fall_back_to_the_same_step_moved_aside_once(
+        tmp_path, reference, config_path, compile_cache):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[1], run_dir)
+    (run_dir / "checkpoints" / "40" / "meta" / "metadata").write_text("{not json")
+    results = finish(start_pair(config_path, [run_dir, run_dir], compile_cache))
+    assert [status for status, _ in results] == [0, 0], results
+    assert "falling back to step 30" in results[0][1]
+    assert [p.name.split("-")[0] for p in (run_dir / "checkpoints" / "damaged").iterdir()] == ["40"]
+    # Both restored step 30: from there, the same 10 steps give the uninterrupted run's state.
+    assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(reference[1])) == 0.0
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_143(tmp_path, write_config,
+                                                                            compile_cache):
+    config = write_config({"train": {"steps": 5000, "log_every": 10}, "checkpoint": {"every": 5000}})
+    run_dir = tmp_path / "run"
+    processes = start_pair(config, [run_dir, run_dir], compile_cache)
+    deadline = time.monotonic() + TIMEOUT
+    while soak.trained_until(run_dir) < 10 and time.monotonic() < deadline and processes[1].poll() is None:
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)
+    results = finish(processes)
+    assert [status for status, _ in results] == [143, 143], results
+    steps = {int(re.search(r"stopped by SIGTERM at step (\d+), checkpoint written", stderr).group(1))
+             for _, stderr in results}
+    assert len(steps) == 1 and committed(run_dir) == [steps.pop()]
+
+
+@pytest.mark.slow
+def test_run_directories_that_are_not_shared_are_refused_in_one_line(tmp_path, config_path, compile_cache):
+    results = finish(start_pair(config_path, [tmp_path / "host0", tmp_path / "host1"], compile_cache))
+    for status, stderr in results:
+        lines = [line for line in stderr.splitlines() if not line.startswith("[Gloo]")]
+        assert status == 2 and len(lines) == 1, stderr
+        assert "is not shared" in lines[0] and "same --workdir" in lines[0]
+    assert not (tmp_path / "host1").exists() and not (tmp_path / "host0" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_the_readme_distributed_command_without_process_info_is_one_line_and_exit_2(
+        tmp_path, config_path, compile_cache, one_line_error):
+    result = zoo("train", config_path, "--workdir", tmp_path / "run", "--distributed",
+                 environment=env(compile_cache, JAX_COORDINATOR_ADDRESS="127.0.0.1:29411"))
+    assert result.returncode == 2
+    one_line_error(result.stderr, "the number of processes is not given", "--num-processes N", "ZOO_NUM_PROCESSES")
+    assert not (tmp_path / "run").exists()
+
+
+# Data per process (in this process: no cluster needed) ------------------------------------------
+
+class Recording:
+    """An array that records which rows were read."""
+
+    def __init__(self, array):
+        self.array, self.read = array, set()
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, index):
+        rows = np.arange(len(self.array))[index]
+        self.read.update(np.atleast_1d(rows).tolist())
+        return self.array[index]
+
+
+def test_each_process_reads_only_its_rows_of_every_training_batch():
+    x, y = np.arange(512, dtype=np.float32).reshape(512, 1, 1, 1), np.arange(512) % 4
+    batches = BatchIterator.IN_PROCESS_BLOCK  # what one read of the pipeline gathers
+    whole = BatchIterator(x, y, 16, seed=3)
+    global_rows = [set(next(whole)[0].ravel().astype(int)) for _ in range(batches)]
+    recorded = Recording(x)
+    second = BatchIterator(recorded, y, 16, seed=3, rows=Rows(1, 2))
+    local = [set(next(second)[0].ravel().astype(int)) for _ in range(batches)]
+    for rows, batch in zip(local, global_rows):
+        assert len(rows) == 8 and rows < batch
+    assert recorded.read == set().union(*local)  # the other process's rows were never read
+
+
+def test_each_process_evaluates_only_its_share_of_every_batch_and_the_shares_make_the_whole():
+    x, y = np.arange(50, dtype=np.float32).reshape(50, 1), np.arange(50)
+    recorded = [Recording(x), Recording(x)]
+    shares = [list(eval_batches(recorded[i], y, 20, process=i, processes=2)) for i in range(2)]
+    whole = list(eval_batches(x, y, 20))
+    for (xa, ya, ma), (xb, yb, mb), (xw, yw, mw) in zip(*shares, whole):
+        np.testing.assert_array_equal(np.concatenate([xa, xb]), xw)
+        np.testing.assert_array_equal(np.concatenate([ma, mb]), mw)
+    assert recorded[0].read.isdisjoint(recorded[1].read) and len(recorded[0].read | recorded[1].read) == 50
