@@ -43,7 +43,9 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = "mlp"
-    hparams: dict = dataclasses.field(default_factory=dict)  # checked against the model by zoo.models.build
+    # Checked against the model by zoo.models.build. Every model takes precision: float32 | bfloat16
+    # (bfloat16 compute; parameters, BatchNorm statistics, softmax and loss stay float32).
+    hparams: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
