@@ -73,7 +73,9 @@ def test_resume_with_accumulation_is_bit_identical_to_an_uninterrupted_run(tmp_p
     loop.fit(cfg, tmp_path / "straight")
     stopped = loop.fit(cfg, tmp_path / "resumed", Recorder(stop_at=6))
     assert stopped["stopped"] == "SIGTERM" and 6 <= stopped["step"] < 20
-    loop.fit(cfg, tmp_path / "resumed", Recorder())
+    recorder = Recorder()
+    loop.fit(cfg, tmp_path / "resumed", recorder)
+    assert f"resuming from step {stopped['step']}" in recorder.lines
     straight, straight_meta = restore(tmp_path / "straight")
     resumed, resumed_meta = restore(tmp_path / "resumed")
     assert int(resumed.step) == 20 and int(resumed.opt_state.gradient_step) == 20
