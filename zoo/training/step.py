@@ -66,8 +66,9 @@ def train_step_fn(model, tx, num_classes: int, label_smoothing: float = 0.0):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (logits, model_state)), grads = grad_fn(params, model_state, rng, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
-        return (optax.apply_updates(params, updates), model_state, opt_state), metrics
+        return (params, model_state, opt_state), metrics
 
     micro_batches = optim.micro_batches(tx)
 
