@@ -7,6 +7,7 @@ its models are in baselines_torch.py, the GPU variant in bench_gpu.py.
 
     python benchmarks/bench.py                       # full run (~4 min on 2 cores), writes benchmarks/
     python benchmarks/bench.py --quick --workloads mlp,lstm
+    python benchmarks/bench.py --precision bfloat16  # the zoo column in bfloat16 (model.precision)
     (also: python scripts/benchmark.py, zoo bench, make bench)
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -201,18 +203,15 @@ def batch(workload: Workload, seed: int = 0):
     return x, y
 
 
-def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, compute_dtype=None, mesh=None) -> Runner:
-    """The zoo's own path: the registry's model, the training package's state, optimizer and jitted step
-    (on `mesh`, all devices by default)."""
+def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, precision: str = "float32", mesh=None) -> Runner:
+    """The zoo's own path: the registry's model (at `precision`: its model.precision), the training
+    package's state, optimizer and jitted step (on `mesh`, all devices by default)."""
     from zoo import models
     from zoo.config import OptimizerConfig
     from zoo.training import optim, state as state_lib, step as step_lib
 
-    model = models.build(workload.model, workload.num_classes, **workload.hparams)
-    if compute_dtype is not None and np.dtype(compute_dtype) != np.float32:
-        from zoo.training.precision import with_compute_dtype
-
-        model = with_compute_dtype(model, compute_dtype)
+    hparams = {**workload.hparams, **({"precision": precision} if precision != "float32" else {})}
+    model = models.build(workload.model, workload.num_classes, **hparams)
     tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
     mesh = mesh or step_lib.make_mesh()
     sample = x[0, :1] if steps_per_call > 1 else x[:1]
@@ -299,12 +298,14 @@ def _timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
 
 
 def measure_workload(workload: Workload, frameworks, rounds: int, round_seconds: float,
-                     ceiling_samples: list, log=print) -> dict:
-    """Builds every framework's step, warms it up, then times them interleaved; per-step medians."""
+                     ceiling_samples: list, log=print, precision: str = "float32") -> dict:
+    """Builds every framework's step, warms it up, then times them interleaved; per-step medians.
+    `precision` is the zoo model's; the other columns stay float32."""
     x, y = batch(workload)
     runners = {}
+    makers = {**RUNNERS, "zoo": functools.partial(zoo_runner, precision=precision)}
     for framework in frameworks:
-        runners[framework] = RUNNERS[framework](workload, x, y)
+        runners[framework] = makers[framework](workload, x, y)
         runners[framework].run(1)  # first real step: allocations, lazy initialization
     # Steps per timed block, so that one block lasts about round_seconds.
     counts = {f: max(1, round(round_seconds / _timed(r.run, 1)[0])) for f, r in runners.items()}
@@ -377,7 +378,8 @@ def machine() -> dict:
             "jax_devices": [str(d) for d in jax.devices()], "versions": versions}
 
 
-def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = True, log=print) -> dict:
+def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = True, log=print,
+                  precision: str = "float32") -> dict:
     """Measures the named workloads (and the multi-step dispatch table); returns the JSON-able result."""
     frameworks = ["zoo", "flax"]
     threads = None
@@ -394,7 +396,8 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
     ceiling_samples = matmul_gflops()
     results = []
     for name in names:
-        results.append(measure_workload(WORKLOADS[name], frameworks, rounds, round_seconds, ceiling_samples, log))
+        results.append(measure_workload(WORKLOADS[name], frameworks, rounds, round_seconds, ceiling_samples, log,
+                                        precision))
     ceiling_samples.extend(matmul_gflops())
     ceiling = statistics.median(ceiling_samples)
     for result in results:
@@ -407,6 +410,7 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "rounds": rounds,
+        "precision": precision,
         "matmul_ceiling_gflops": ceiling,
         "matmul_samples_gflops": ceiling_samples,
         "workloads": results,
@@ -460,8 +464,10 @@ def markdown(report: dict, command: str) -> str:
     header, rows = table_rows(report)
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    precision = report.get("precision", "float32")
     lines = [
-        "# Training-step benchmark: zoo vs plain Flax vs PyTorch eager",
+        "# Training-step benchmark: zoo vs plain Flax vs PyTorch eager"
+        + ("" if precision == "float32" else f" (zoo in {precision})"),
         "",
         f"Written by `{command}` on {report['date']}.",
         "",
@@ -477,7 +483,11 @@ def markdown(report: dict, command: str) -> str:
         f"- float32 matmul ceiling (2048x2048 jnp.dot, median of {len(report['matmul_samples_gflops'])} "
         f"samples through the run): {report['matmul_ceiling_gflops']:.0f} GFLOP/s",
         f"- One step = forward + backward + Adam (lr {LEARNING_RATE}), float32, one fixed batch; median of "
-        f"{report['rounds']} interleaved rounds (the order rotates each round).",
+        f"{report['rounds']} interleaved rounds (the order rotates each round)."
+        + ("" if precision == "float32" else
+           f" The zoo column computes in {precision} (model.precision: float32 parameters and Adam state, "
+           f"{precision} layers, float32 loss; bfloat16 is emulated on CPUs without it); plain Flax and "
+           "PyTorch stay float32."),
         "- **before**: a plain Flax Linen model (nn.max_pool, nn.RNN(nn.LSTMCell), "
         "nn.MultiHeadDotProductAttention) with a plain optax step; **after**: the zoo's registry model "
         "and its own jitted train step (zoo.training.step). Ratios below 1 mean faster than PyTorch.",
@@ -500,9 +510,13 @@ def markdown(report: dict, command: str) -> str:
 
 
 def write_outputs(report: dict, command: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """RESULTS.md and results.json; another precision than float32 writes RESULTS_<precision>.md and
+    results_<precision>.json beside them (the float32 tables stay)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, js = out_dir / "RESULTS.md", out_dir / "results.json"
+    precision = report.get("precision", "float32")
+    suffix = "" if precision == "float32" else f"_{precision}"
+    md, js = out_dir / f"RESULTS{suffix}.md", out_dir / f"results{suffix}.json"
     md.write_text(markdown(report, command))
     js.write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
     return md, js
@@ -518,6 +532,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"),
                         help="where RESULTS.md and results.json go ('' for none)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="the zoo model's compute precision (model.precision); other columns stay float32")
     parser.add_argument("--command", help=argparse.SUPPRESS)  # how the caller was invoked, for RESULTS.md
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()] if args.workloads else list(WORKLOADS)
@@ -530,7 +546,7 @@ def main(argv=None) -> int:
         return 2
     rounds = args.rounds or (3 if args.quick else 9)
     report = run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
-                           log=lambda line: print(line, file=sys.stderr, flush=True))
+                           log=lambda line: print(line, file=sys.stderr, flush=True), precision=args.precision)
     command = args.command or shlex.join(["python", "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
     print(text_table(*table_rows(report)))
     print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "

@@ -43,7 +43,9 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = "mlp"
-    hparams: dict = dataclasses.field(default_factory=dict)  # checked against the model by zoo.models.build
+    # Checked against the model by zoo.models.build. Every model takes precision: float32 | bfloat16
+    # (bfloat16 compute; parameters, BatchNorm statistics, softmax and loss stay float32).
+    hparams: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +81,12 @@ class TrainConfig:
     # on GPU and TPU 10 for every family.
     steps_per_call: int | None = None
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    # Gradient accumulation: each step's batch of data.batch_size examples (the optimizer's batch) is
+    # split into this many micro-batches, run one after another, and their averaged gradients make one
+    # optimizer step (optax.MultiSteps). Steps, epochs, the schedule and checkpoints count optimizer
+    # steps, so results match the unsplit batch while activation memory shrinks by this factor.
+    # data.batch_size must divide by it. On CPU it costs speed (convolutions run slower inside a scan).
+    accumulate: int = 1
     # Deterministic ops where the platform needs asking (GPU: XLA's --xla_gpu_deterministic_ops, so
     # scatter-based backwards and autotuned kernels give the same bits every run). CPU and TPU
     # already are; nothing is set there.
@@ -159,6 +167,7 @@ _RANGES = {
     "train.log_every": (lambda v: v >= 1, "at least 1"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.steps_per_call": (lambda v: v is None or v >= 1, "at least 1 (or null: automatic)"),
+    "train.accumulate": (lambda v: v >= 1, "at least 1 (1: no accumulation)"),
     "train.early_stopping.patience": (lambda v: v >= 0, "at least 0 (0: off)"),
     "train.early_stopping.min_delta": (lambda v: v >= 0, "at least 0"),
     "data.classes": (lambda v: v is None or (len(v) >= 2 and len(set(v)) == len(v) and min(v) >= 0),
@@ -262,6 +271,10 @@ def from_dict(raw: dict) -> Config:
     config = _build(Config, raw, "")
     if (config.train.steps is None) == (config.train.epochs is None):
         raise ConfigError("train: give exactly one of train.steps or train.epochs")
+    if config.data.batch_size % config.train.accumulate:
+        raise ConfigError(f"train.accumulate {config.train.accumulate} does not divide data.batch_size "
+                          f"{config.data.batch_size} (the optimizer's batch, split into micro-batches): use a "
+                          "divisor of it")
     if config.init_from.skip and not config.init_from.run:
         raise ConfigError("init_from.skip needs init_from.run: the run directory to initialise from")
     return config

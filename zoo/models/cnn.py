@@ -7,7 +7,7 @@ import functools
 import flax.linen as nn
 
 from zoo.models import layers
-from zoo.models.common import ACTIVATIONS, Entry, as_features, check_choice
+from zoo.models.common import ACTIVATIONS, Entry, Precision, as_features, check_choice, compute_dtype
 
 
 def _flax_pool(pool, x, window: int = 2):
@@ -37,6 +37,7 @@ class CNN(nn.Module):
     norm: str = "none"
     embed_dim: int = 64
     fast_layers: bool = True
+    precision: Precision = "float32"
 
     def __post_init__(self):
         check_choice("norm", self.norm, ("none", "batch"))
@@ -45,20 +46,21 @@ class CNN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv, max_pool, _ = pick_layers(self.fast_layers)
-        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
+        dtype = compute_dtype(self.precision)
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
         kernel = (self.kernel_size,) * (x.ndim - 2)
         for channels in self.features:
-            x = conv(channels, kernel, padding="SAME", use_bias=self.norm == "none")(x)
+            x = conv(channels, kernel, padding="SAME", use_bias=self.norm == "none", dtype=dtype)(x)
             if self.norm == "batch":
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)(x)
             x = nn.relu(x)
             if self.pool:
                 x = max_pool(x)
         x = x.reshape(x.shape[0], -1)
         if self.hidden:
-            x = nn.relu(nn.Dense(self.hidden)(x))
+            x = nn.relu(nn.Dense(self.hidden, dtype=dtype)(x))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=dtype)(x)
 
 
 class LeNet5(nn.Module):
@@ -71,6 +73,7 @@ class LeNet5(nn.Module):
     pooling: str = "avg"
     embed_dim: int = 32
     fast_layers: bool = True
+    precision: Precision = "float32"
 
     def __post_init__(self):
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
@@ -82,14 +85,15 @@ class LeNet5(nn.Module):
         conv, max_pool, avg_pool = pick_layers(self.fast_layers)
         act = ACTIVATIONS[self.activation]
         pool = avg_pool if self.pooling == "avg" else max_pool
-        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
+        dtype = compute_dtype(self.precision)
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
         kernel = (5,) * (x.ndim - 2)
-        x = pool(act(conv(6, kernel, padding="SAME")(x)))
-        x = pool(act(conv(16, kernel, padding="SAME")(x)))
+        x = pool(act(conv(6, kernel, padding="SAME", dtype=dtype)(x)))
+        x = pool(act(conv(16, kernel, padding="SAME", dtype=dtype)(x)))
         x = x.reshape(x.shape[0], -1)
-        x = act(nn.Dense(120)(x))
-        x = act(nn.Dense(84)(x))
-        return nn.Dense(self.num_classes)(x)
+        x = act(nn.Dense(120, dtype=dtype)(x))
+        x = act(nn.Dense(84, dtype=dtype)(x))
+        return nn.Dense(self.num_classes, dtype=dtype)(x)
 
 
 ENTRIES = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -18,6 +19,18 @@ ACTIVATIONS = {
     "silu": nn.silu,
     "gelu_exact": functools.partial(nn.gelu, approximate=False),
 }
+
+# model.precision: the dtype layers compute in. Parameters stay float32 (Flax's `param_dtype`), so the
+# optimizer updates float32 weights; BatchNorm and LayerNorm reduce in float32 (Flax's
+# `force_float32_reductions`), attention takes its softmax in float32, the loss casts logits to float32.
+Precision = Literal["float32", "bfloat16"]
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(precision: str):
+    """The dtype for Flax's `dtype=` of every layer of a model of this precision."""
+    return _DTYPES[precision]
+
 
 KIND_HELP = "image (B, H, W, C) float, signal (B, L, C) float or tokens (B, L) int"
 
@@ -54,20 +67,20 @@ def input_kind(x, model: str) -> str:
     )
 
 
-def embed_tokens(x, vocab_size: int | None, features: int, model: str):
+def embed_tokens(x, vocab_size: int | None, features: int, model: str, dtype=jnp.float32):
     """Token ids (B, L) -> embeddings (B, L, features); call inside a compact method."""
     if vocab_size is None:
         raise ModelError(
             f"model '{model}' got token ids {describe(x)} but no vocab_size; "
             "pass vocab_size to build() (the dataset spec holds it)"
         )
-    return nn.Embed(vocab_size, features, name="embed")(x)
+    return nn.Embed(vocab_size, features, dtype=dtype, name="embed")(x)
 
 
-def as_features(x, vocab_size: int | None, embed_dim: int, model: str):
+def as_features(x, vocab_size: int | None, embed_dim: int, model: str, dtype=jnp.float32):
     """Images and signals pass through; token ids become an embedded 1-D sequence (B, L, embed_dim)."""
     if input_kind(x, model) == "tokens":
-        return embed_tokens(x, vocab_size, embed_dim, model)
+        return embed_tokens(x, vocab_size, embed_dim, model, dtype)
     return x
 
 

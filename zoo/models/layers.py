@@ -7,6 +7,7 @@ tests/test_fast_layers.py checks outputs and gradients against the Flax formulat
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -233,7 +234,9 @@ class LSTM(nn.Module):
 
     Faster: one matmul per step for all four gates, and a backward pass that computes the kernels'
     gradients in one matmul each after the scan (see `lstm_recurrence`).
-    Accepts the keyword arguments nn.Bidirectional passes (`reverse`, `keep_order`, ...).
+    Accepts the keyword arguments nn.Bidirectional passes (`reverse`, `keep_order`, ...). `dtype` is
+    the compute dtype (like nn.LSTMCell's): inputs, kernels and the carry are cast to it; the
+    variables stay float32.
     """
 
     features: int
@@ -242,6 +245,7 @@ class LSTM(nn.Module):
     unroll: int = 1
     kernel_init: object = nn.initializers.lecun_normal()
     recurrent_kernel_init: object = nn.initializers.orthogonal()
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs, *, initial_carry=None, init_key=None, seq_lengths=None,
@@ -254,16 +258,16 @@ class LSTM(nn.Module):
         shape_x, shape_h = (inputs.shape[-1], self.features), (self.features, self.features)
         dense_x = [self.param(f"i{g}", _kernel_init(self.kernel_init, shape_x)) for g in "ifgo"]
         dense_h = [self.param(f"h{g}", _kernel_bias_init(self.recurrent_kernel_init, shape_h)) for g in "ifgo"]
-        w_x = jnp.concatenate([d["kernel"] for d in dense_x], axis=1)
-        w_h = jnp.concatenate([d["kernel"] for d in dense_h], axis=1)
-        bias = jnp.concatenate([d["bias"] for d in dense_h])
-        x = inputs if time_major else jnp.swapaxes(inputs, 0, 1)  # (T, B, C)
+        w_x = jnp.concatenate([d["kernel"] for d in dense_x], axis=1).astype(self.dtype)
+        w_h = jnp.concatenate([d["kernel"] for d in dense_h], axis=1).astype(self.dtype)
+        bias = jnp.concatenate([d["bias"] for d in dense_h]).astype(self.dtype)
+        x = (inputs if time_major else jnp.swapaxes(inputs, 0, 1)).astype(self.dtype)  # (T, B, C)
         if reverse:
             x = x[::-1]
         if initial_carry is None:
             c0 = h0 = jnp.zeros((*x.shape[1:-1], self.features), x.dtype)
         else:
-            c0, h0 = initial_carry
+            c0, h0 = (a.astype(self.dtype) for a in initial_carry)
         hs, c, h = lstm_recurrence(x, w_x, w_h, bias, c0, h0, self.unroll)
         if reverse and keep_order:
             hs = hs[::-1]

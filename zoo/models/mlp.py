@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.errors import ModelError
-from zoo.models.common import ACTIVATIONS, Entry, check_choice, describe, embed_tokens
+from zoo.models.common import ACTIVATIONS, Entry, Precision, check_choice, compute_dtype, describe, embed_tokens
 
 
 class MLP(nn.Module):
@@ -20,6 +20,7 @@ class MLP(nn.Module):
     dropout: float = 0.0
     norm: str = "none"
     embed_dim: int = 32
+    precision: Precision = "float32"
 
     def __post_init__(self):
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
@@ -28,8 +29,9 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        dtype = compute_dtype(self.precision)
         if jnp.issubdtype(x.dtype, jnp.integer) and x.ndim == 2:
-            x = embed_tokens(x, self.vocab_size, self.embed_dim, self.model_name)
+            x = embed_tokens(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
         elif not (jnp.issubdtype(x.dtype, jnp.floating) and x.ndim >= 2):
             raise ModelError(
                 f"model '{self.model_name}' takes float (B, ...) or int tokens (B, L) inputs, "
@@ -37,17 +39,17 @@ class MLP(nn.Module):
             )
         x = x.reshape(x.shape[0], -1)
         for size in self.hidden_sizes:
-            x = nn.Dense(size)(x)
-            x = self._normalize(x, train)
+            x = nn.Dense(size, dtype=dtype)(x)
+            x = self._normalize(x, train, dtype)
             x = ACTIVATIONS[self.activation](x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=dtype)(x)
 
-    def _normalize(self, x, train: bool):
+    def _normalize(self, x, train: bool, dtype):
         if self.norm == "layer":
-            return nn.LayerNorm()(x)
+            return nn.LayerNorm(dtype=dtype)(x)
         if self.norm == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)(x)
         return x
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from zoo.models import layers
-from zoo.models.common import Entry, as_features
+from zoo.models.common import Entry, Precision, as_features, compute_dtype
 
 ModuleDef = Any
 
@@ -23,32 +24,35 @@ CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv_bn(conv: ModuleDef, x, features: int, kernel: int, train: bool, strides: int = 1,
-            zero_scale: bool = False):
-    """Bias-free conv ('same'-style symmetric padding, like torchvision) then BatchNorm."""
+            zero_scale: bool = False, dtype=jnp.float32):
+    """Bias-free conv ('same'-style symmetric padding, like torchvision) then BatchNorm, computing in
+    `dtype` (BatchNorm's statistics stay float32)."""
     nd = x.ndim - 2
     pad = kernel // 2
     x = conv(
         features, (kernel,) * nd, (strides,) * nd, padding=((pad, pad),) * nd,
-        use_bias=False, kernel_init=CONV_INIT,
+        use_bias=False, kernel_init=CONV_INIT, dtype=dtype,
     )(x)
     # Zero-init of a block's last BN scale makes each block start as the identity (Goyal et al. 2017).
     scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, scale_init=scale_init)(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, scale_init=scale_init, dtype=dtype)(x)
 
 
-def shortcut(conv: ModuleDef, x, features: int, strides: int, train: bool):
+def shortcut(conv: ModuleDef, x, features: int, strides: int, train: bool, dtype=jnp.float32):
     """Identity, or a 1x1 conv + BN projection when the block changes channels or resolution."""
     if strides == 1 and x.shape[-1] == features:
         return x
-    return conv_bn(conv, x, features, 1, train, strides)
+    return conv_bn(conv, x, features, 1, train, strides, dtype=dtype)
 
 
 class Block(nn.Module):
-    """What both blocks take: width, stride of the first strided conv, and the conv layer to use."""
+    """What both blocks take: width, stride of the first strided conv, the conv layer to use and the
+    compute dtype."""
 
     features: int
     strides: int = 1
     conv: ModuleDef = nn.Conv
+    dtype: Any = jnp.float32
 
 
 class BasicBlock(Block):
@@ -56,9 +60,10 @@ class BasicBlock(Block):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = nn.relu(conv_bn(self.conv, x, self.features, 3, train, self.strides))
-        y = conv_bn(self.conv, y, self.features, 3, train, zero_scale=True)
-        return nn.relu(y + shortcut(self.conv, x, self.features, self.strides, train))
+        dtype = self.dtype
+        y = nn.relu(conv_bn(self.conv, x, self.features, 3, train, self.strides, dtype=dtype))
+        y = conv_bn(self.conv, y, self.features, 3, train, zero_scale=True, dtype=dtype)
+        return nn.relu(y + shortcut(self.conv, x, self.features, self.strides, train, dtype))
 
 
 class BottleneckBlock(Block):
@@ -66,19 +71,19 @@ class BottleneckBlock(Block):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        out = self.features * 4
-        y = nn.relu(conv_bn(self.conv, x, self.features, 1, train))
-        y = nn.relu(conv_bn(self.conv, y, self.features, 3, train, self.strides))
-        y = conv_bn(self.conv, y, out, 1, train, zero_scale=True)
-        return nn.relu(y + shortcut(self.conv, x, out, self.strides, train))
+        out, dtype = self.features * 4, self.dtype
+        y = nn.relu(conv_bn(self.conv, x, self.features, 1, train, dtype=dtype))
+        y = nn.relu(conv_bn(self.conv, y, self.features, 3, train, self.strides, dtype=dtype))
+        y = conv_bn(self.conv, y, out, 1, train, zero_scale=True, dtype=dtype)
+        return nn.relu(y + shortcut(self.conv, x, out, self.strides, train, dtype))
 
 
-def stages(x, stage_sizes, width: int, block_cls, conv: ModuleDef, train: bool):
+def stages(x, stage_sizes, width: int, block_cls, conv: ModuleDef, train: bool, dtype=jnp.float32):
     """Stage i has width * 2**i channels; every stage but the first halves the resolution."""
     for i, size in enumerate(stage_sizes):
         for j in range(size):
             strides = 2 if i > 0 and j == 0 else 1
-            x = block_cls(width * 2**i, strides, conv)(x, train)
+            x = block_cls(width * 2**i, strides, conv, dtype)(x, train)
     return x.mean(axis=tuple(range(1, x.ndim - 1)))  # global average pooling
 
 
@@ -92,14 +97,16 @@ class CifarResNet(nn.Module):
     width: int = 16
     embed_dim: int = 64
     fast_layers: bool = True
+    precision: Precision = "float32"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = layers.Conv if self.fast_layers else nn.Conv
-        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
-        x = nn.relu(conv_bn(conv, x, self.width, 3, train))
-        x = stages(x, self.stage_sizes, self.width, BasicBlock, conv, train)
-        return nn.Dense(self.num_classes)(x)
+        dtype = compute_dtype(self.precision)
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
+        x = nn.relu(conv_bn(conv, x, self.width, 3, train, dtype=dtype))
+        x = stages(x, self.stage_sizes, self.width, BasicBlock, conv, train, dtype)
+        return nn.Dense(self.num_classes, dtype=dtype)(x)
 
 
 class ResNet(nn.Module):
@@ -114,21 +121,23 @@ class ResNet(nn.Module):
     small_input: bool = False
     embed_dim: int = 64
     fast_layers: bool = True
+    precision: Precision = "float32"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = layers.Conv if self.fast_layers else nn.Conv
         block_cls = BottleneckBlock if self.bottleneck else BasicBlock
-        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name)
-        x = self._stem(conv, x, train)
-        x = stages(x, self.stage_sizes, self.width, block_cls, conv, train)
-        return nn.Dense(self.num_classes)(x)
+        dtype = compute_dtype(self.precision)
+        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
+        x = self._stem(conv, x, train, dtype)
+        x = stages(x, self.stage_sizes, self.width, block_cls, conv, train, dtype)
+        return nn.Dense(self.num_classes, dtype=dtype)(x)
 
-    def _stem(self, conv: ModuleDef, x, train: bool):
+    def _stem(self, conv: ModuleDef, x, train: bool, dtype):
         if self.small_input:
-            return nn.relu(conv_bn(conv, x, self.width, 3, train))
+            return nn.relu(conv_bn(conv, x, self.width, 3, train, dtype=dtype))
         nd = x.ndim - 2
-        x = nn.relu(conv_bn(conv, x, self.width, 7, train, strides=2))
+        x = nn.relu(conv_bn(conv, x, self.width, 7, train, strides=2, dtype=dtype))
         return nn.max_pool(x, (3,) * nd, (2,) * nd, padding=((1, 1),) * nd)
 
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.models import layers
-from zoo.models.common import Entry, check_choice, embed_tokens, input_kind
+from zoo.models.common import Entry, Precision, check_choice, compute_dtype, embed_tokens, input_kind
 
 CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 
@@ -14,6 +14,12 @@ CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 def last_hidden(carry):
     """The hidden state in a cell's carry (an LSTM carries (c, h); the others just h)."""
     return carry[1] if isinstance(carry, tuple) else carry
+
+
+def zeros_carry(dtype):
+    """A carry initializer in the compute dtype (Flax's cells start from `param_dtype`, float32); the
+    scan needs the carry a cell returns to keep the dtype it started in."""
+    return lambda key, shape, _param_dtype: jnp.zeros(shape, dtype)
 
 
 class RNN(nn.Module):
@@ -33,6 +39,7 @@ class RNN(nn.Module):
     dropout: float = 0.0
     embed_dim: int = 64
     fast_layers: bool = True
+    precision: Precision = "float32"
 
     def __post_init__(self):
         check_choice("cell", self.cell, tuple(CELLS))
@@ -51,12 +58,12 @@ class RNN(nn.Module):
             state = jnp.concatenate([last_hidden(c) for c in carry], axis=-1)
         else:
             state = last_hidden(carry)
-        return nn.Dense(self.num_classes)(state)
+        return nn.Dense(self.num_classes, dtype=compute_dtype(self.precision))(state)
 
     def _as_sequence(self, x):
         kind = input_kind(x, self.model_name)
         if kind == "tokens":
-            return embed_tokens(x, self.vocab_size, self.embed_dim, self.model_name)
+            return embed_tokens(x, self.vocab_size, self.embed_dim, self.model_name, compute_dtype(self.precision))
         if kind == "image":
             return x.reshape(*x.shape[:2], -1)  # (B, H, W, C) -> rows (B, H, W*C)
         return x
@@ -69,9 +76,11 @@ class RNN(nn.Module):
 
     def _recurrent(self, index: int):
         """One direction of one layer; its cell's variables are named <Cell>_<index> either way."""
+        dtype = compute_dtype(self.precision)
         if self.cell == "lstm" and self.fast_layers:
-            return layers.LSTM(self.hidden_size, name=f"LSTMCell_{index}")
-        return nn.RNN(CELLS[self.cell](self.hidden_size), return_carry=True)
+            return layers.LSTM(self.hidden_size, dtype=dtype, name=f"LSTMCell_{index}")
+        cell = CELLS[self.cell](self.hidden_size, dtype=dtype, carry_init=zeros_carry(dtype))
+        return nn.RNN(cell, return_carry=True)
 
 
 ENTRIES = [

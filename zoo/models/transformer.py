@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.errors import ModelError
-from zoo.models.common import ACTIVATIONS, Entry, check_choice, describe, embed_tokens, input_kind
+from zoo.models.common import (ACTIVATIONS, Entry, Precision, check_choice, compute_dtype, describe,
+                               embed_tokens, input_kind)
 
 
 class EncoderBlock(nn.Module):
-    """x + attention(LN(x)), then x + MLP(LN(x))."""
+    """x + attention(LN(x)), then x + MLP(LN(x)); layers compute in `dtype`, the softmax in float32."""
 
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
     activation: str = "gelu"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         drop = nn.Dropout(self.dropout, deterministic=not train)
-        y = nn.LayerNorm()(x)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train
+            num_heads=self.num_heads, dropout_rate=self.dropout, deterministic=not train, dtype=self.dtype,
+            force_fp32_for_softmax=True,
         )(y, y)
         x = x + drop(y)
-        y = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim)(nn.LayerNorm()(x)))
-        y = nn.Dense(x.shape[-1])(drop(y))
+        y = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x)))
+        y = nn.Dense(x.shape[-1], dtype=self.dtype)(drop(y))
         return x + drop(y)
 
 
@@ -48,6 +53,7 @@ class Transformer(nn.Module):
     patch_size: int = 1
     pool: str = "mean"
     activation: str = "gelu"
+    precision: Precision = "float32"
 
     def __post_init__(self):
         check_choice("pool", self.pool, ("cls", "mean"))
@@ -58,24 +64,25 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = self._tokens(x)
+        dtype = compute_dtype(self.precision)
+        x = self._tokens(x, dtype)
         if self.pool == "cls":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width)).astype(dtype)
             x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
         # Learned positions fix the sequence length at init, as in ViT.
         positions = self.param("pos_embedding", nn.initializers.normal(0.02), (1, *x.shape[1:]))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x + positions)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x + positions.astype(dtype))
         mlp_dim = self.mlp_dim or 4 * self.width
         for _ in range(self.depth):
-            x = EncoderBlock(self.num_heads, mlp_dim, self.dropout, self.activation)(x, train)
-        x = nn.LayerNorm()(x)
+            x = EncoderBlock(self.num_heads, mlp_dim, self.dropout, self.activation, dtype)(x, train)
+        x = nn.LayerNorm(dtype=dtype)(x)
         x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=dtype)(x)
 
-    def _tokens(self, x):
+    def _tokens(self, x, dtype):
         """(B, N, width): token embeddings, or non-overlapping patches through a strided conv."""
         if input_kind(x, self.model_name) == "tokens":
-            return embed_tokens(x, self.vocab_size, self.width, self.model_name)
+            return embed_tokens(x, self.vocab_size, self.width, self.model_name, dtype)
         spatial = x.shape[1:-1]
         if min(spatial) < self.patch_size:
             raise ModelError(
@@ -83,7 +90,7 @@ class Transformer(nn.Module):
                 f"{describe(x)} into patches; use a patch_size of at most {min(spatial)}"
             )
         patch = (self.patch_size,) * len(spatial)
-        x = nn.Conv(self.width, patch, strides=patch, padding="VALID", name="patch_embed")(x)
+        x = nn.Conv(self.width, patch, strides=patch, padding="VALID", dtype=dtype, name="patch_embed")(x)
         return x.reshape(x.shape[0], -1, self.width)
 
 

@@ -102,6 +102,7 @@ def assemble_run(config: Config, spec: DataSpec, dataset: Dataset | None = None)
     steps_per_epoch = max(spec.train_size // config.data.batch_size, 1)
     total_steps = config.total_steps(steps_per_epoch)
     tx = optim.with_frozen(optim.make_optimizer(config.optimizer, total_steps), config.freeze)
+    tx = optim.accumulate(tx, config.train.accumulate)
     run = Run(config, dataset, model, tx, step_lib.make_mesh(), total_steps, steps_per_epoch,
               None if dataset is not None else spec)
     shapes = run.abstract_state()  # traces init: a model that cannot take this data fails here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import Callable, NamedTuple
 
 import jax
 import optax
@@ -40,6 +41,29 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     if cfg.clip_norm:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), rule)
     return rule
+
+
+class Accumulating(NamedTuple):
+    """An optax transformation (init, update) that applies its inner one every `micro_batches` updates,
+    with the mean of their gradients; the train step splits each batch into that many micro-batches."""
+
+    init: Callable
+    update: Callable
+    micro_batches: int
+
+
+def accumulate(tx: optax.GradientTransformation, micro_batches: int) -> optax.GradientTransformation:
+    """`tx` under optax.MultiSteps (train.accumulate). Its schedule counts optimizer steps: MultiSteps
+    advances the inner state, step count included, once per `micro_batches` updates."""
+    if micro_batches == 1:
+        return tx
+    multi = optax.MultiSteps(tx, every_k_schedule=micro_batches).gradient_transformation()
+    return Accumulating(multi.init, multi.update, micro_batches)
+
+
+def micro_batches(tx) -> int:
+    """How many micro-batches make one optimizer step of `tx` (1 unless built by `accumulate`)."""
+    return getattr(tx, "micro_batches", 1)
 
 
 def param_path(key_path) -> str:

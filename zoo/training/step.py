@@ -10,6 +10,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from zoo.training import optim
 from zoo.training.state import TrainState
 
 
@@ -57,26 +58,57 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 
 def train_step_fn(model, tx, num_classes: int, label_smoothing: float = 0.0):
-    """One step: forward, backward, optimizer update. Pure; returns (state, metrics)."""
+    """One step: forward, backward, optimizer update. Pure; returns (state, metrics).
 
-    def loss_fn(params, state: TrainState, x, y):
-        variables = {"params": params, **state.model_state}
-        rng = jax.random.fold_in(state.rng, state.step)
-        logits, model_state = model.apply(variables, x, train=True, rng=rng)
+    With an accumulating `tx` (optim.accumulate: K micro-batches) the batch is split into K
+    micro-batches, run one after another; the K-th applies the optimizer to their mean gradient, so
+    one step is still one optimizer step on the whole batch."""
+
+    def loss_fn(params, model_state, rng, x, y):
+        logits, model_state = model.apply({"params": params, **model_state}, x, train=True, rng=rng)
         loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
         return loss, (logits, model_state)
 
-    def step(state: TrainState, x, y):
+    def update(carry, rng, x, y):
+        """Forward, backward and `tx`'s update on one batch; carry = (params, model_state, opt_state)."""
+        params, model_state, opt_state = carry
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, model_state)), grads = grad_fn(state.params, state, x, y)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        (loss, (logits, model_state)), grads = grad_fn(params, model_state, rng, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        return (params, model_state, opt_state), metrics
+
+    micro_batches = optim.micro_batches(tx)
+
+    def step(state: TrainState, x, y):
+        rng = jax.random.fold_in(state.rng, state.step)
+        carry = (state.params, state.model_state, state.opt_state)
+        if micro_batches == 1:
+            carry, metrics = update(carry, rng, x, y)
+        else:
+            carry, metrics = _over_micro_batches(update, carry, rng, x, y, micro_batches)
+        params, model_state, opt_state = carry
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                                   opt_state=opt_state)
         return new_state, metrics
 
     return step
+
+
+def _over_micro_batches(update, carry, rng, x, y, k: int):
+    """`update` on K micro-batches in a scan (one at a time: activations of one micro-batch live at
+    once); dropout keys fold in the micro-batch index; metrics are the micro-batches' mean."""
+
+    def split(a):  # micro-batch i: rows i, i+K, i+2K...: each device's rows of a sharded batch split evenly
+        return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+
+    def micro(carry, batch):
+        index, x, y = batch
+        return update(carry, jax.random.fold_in(rng, index), x, y)
+
+    carry, metrics = jax.lax.scan(micro, carry, (jnp.arange(k), split(x), split(y)))
+    return carry, jax.tree.map(jnp.mean, metrics)
 
 
 def multi_step_fn(step):
