@@ -32,10 +32,10 @@ IMAGE = {"vit_tiny": (32, 32, 1)}  # its 16x16 patches need 32x32 images; the ot
 FUNCTIONS = ("apply", "train_step", "train_steps_per_call", "eval_step")
 # The deepest copies are more of blocks lowered in resnet20's and resnet50's cases and take 10-25 s
 # each to trace on a loaded 2-core machine: they are traced once, as the full K-step train step
-# (forward, backward, update), in `make test-all` only.
+# (forward, backward, update), and still run in `make test`.
 DEEP = {"resnet56", "resnet110", "resnet101", "resnet152"}
 CASES = [pytest.param(name, function, id=f"{name}-{function}",
-                      marks=[pytest.mark.slow, pytest.mark.exhaustive] if name in DEEP else [])
+                      marks=[pytest.mark.slow] if name in DEEP else [])
          for name in models.list_models() for function in FUNCTIONS
          if name not in DEEP or function == "train_steps_per_call"]
 
