@@ -122,11 +122,12 @@ def statistics(x, per_column: bool, scale: float = 1.0) -> dict:
             "std": std.astype(np.float32).ravel().tolist(), "shape": list(mean.shape)}
 
 
-def preprocessor(normalization: dict | None, dtype: str):
+def preprocessor(normalization: dict | None, dtype: str, xp=np):
     """The function raw batch -> model input: token ids to int32; values to float32, times the
-    recorded scale, minus the training mean, over the training std (where recorded)."""
+    recorded scale, minus the training mean, over the training std (where recorded). `xp` is numpy
+    (data pipeline, predict) or jax.numpy (traced into an export)."""
     if dtype == "int32":
-        return lambda x: np.asarray(x).astype(np.int32, copy=False)
+        return lambda x: xp.asarray(x).astype(xp.int32)
     normalization = normalization or {}
     scale = np.float32(normalization.get("scale", 1.0))
     mean = std = None
@@ -136,7 +137,7 @@ def preprocessor(normalization: dict | None, dtype: str):
         std = np.asarray(normalization["std"], np.float32).reshape(shape)
 
     def apply(x):
-        x = np.asarray(x).astype(np.float32, copy=False)
+        x = xp.asarray(x).astype(xp.float32)
         if scale != 1:
             x = x * scale
         return x if mean is None else (x - mean) / std

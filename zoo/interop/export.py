@@ -18,23 +18,9 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 def preprocess_fn(spec):
     """The run's preprocessing (`zoo.data.preprocess`: scale, then the training split's mean and
     std, as recorded in `spec`) as a jittable function, so an export takes raw inputs as training did."""
-    if spec.dtype == "int32":
-        return lambda x: x.astype(jnp.int32)
-    norm = spec.normalization or {}
-    scale = float(norm.get("scale", 1.0))
-    mean = std = None
-    if norm.get("mean") is not None:
-        shape = tuple(norm["shape"])
-        mean = np.asarray(norm["mean"], np.float32).reshape(shape)
-        std = np.asarray(norm["std"], np.float32).reshape(shape)
+    from zoo.data.source import preprocessor
 
-    def preprocess(x):
-        x = x.astype(jnp.float32)
-        if scale != 1.0:
-            x = x * scale
-        return x if mean is None else (x - mean) / std
-
-    return preprocess
+    return preprocessor(spec.normalization, spec.dtype, xp=jnp)
 
 
 def load_inference(run_dir: str | Path, step: int | str = "latest"):
