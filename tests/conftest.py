@@ -172,3 +172,19 @@ def snapshot():
 def one_line_error():
     """one_line_error(stderr, *phrases): asserts one line 'zoo: error: ...' holding the phrases."""
     return _assert_one_line_error
+
+
+# `make test-fast` (-m "not slow") runs the registry-wide tests on one model per family; `make test`
+# runs them on every registered model.
+REPRESENTATIVES = {"mlp", "cnn", "lstm", "resnet20", "transformer"}
+
+
+def pytest_collection_modifyitems(config, items):
+    from zoo import models
+
+    registered = set(models.list_models())
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = params.get("name")
+        if isinstance(name, str) and name in registered and name not in REPRESENTATIVES:
+            item.add_marker(pytest.mark.slow)
