@@ -79,23 +79,49 @@ def multi_step_fn(step):
     return multi
 
 
-def compiler_options(deterministic: bool, backend: str | None = None) -> dict:
-    """XLA options for the jitted steps: deterministic ops on GPU when asked; nothing elsewhere
-    (CPU and TPU steps are deterministic already)."""
-    if deterministic and (backend or jax.default_backend()) == "gpu":
-        return {"xla_gpu_deterministic_ops": True}
-    return {}
+# XLA's experimental YNNPACK fusions for the CPU backend (jaxlib 0.10.2), per model family: chosen
+# by paired, interleaved A/B timings of each family's benchmark train step (benchmarks/ab_xla_options.py,
+# numbers in benchmarks/NOTES.md); a family absent here measured no better with any option tried.
+YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+CPU_FAMILY_OPTIONS: dict[str, dict] = {"cnn": YNN_DOT, "resnet": YNN_DOT}
+
+
+def family_of(model) -> str | None:
+    """The registry family of a `zoo.models.Model` (None for anything else)."""
+    return getattr(getattr(model, "info", None), "family", None)
+
+
+def compiler_options(deterministic: bool = True, backend: str | None = None, family: str | None = None,
+                     options: dict | None = None) -> dict:
+    """XLA options for the jitted train, eval and predict functions, from this one place.
+
+    `options` (a config's `train.xla_options`) replaces the defaults when given ({}: none); otherwise
+    the CPU backend gets `family`'s measured defaults (CPU_FAMILY_OPTIONS) and other backends none.
+    On GPU `deterministic` adds deterministic ops (CPU and TPU steps are deterministic already)."""
+    backend = backend or jax.default_backend()
+    if options is not None:
+        chosen = dict(options)
+    else:
+        chosen = dict(CPU_FAMILY_OPTIONS.get(family, {})) if backend == "cpu" else {}
+    if deterministic and backend == "gpu":
+        chosen.setdefault("xla_gpu_deterministic_ops", True)
+    return chosen
+
+
+def _options_for(model, deterministic: bool, xla_options: dict | None) -> dict | None:
+    return compiler_options(deterministic, family=family_of(model), options=xla_options) or None
 
 
 def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1,
-                   deterministic: bool = True):
-    """The jitted step (K > 1: K steps per call); the state is donated and stays replicated."""
+                   deterministic: bool = True, xla_options: dict | None = None):
+    """The jitted step (K > 1: K steps per call); the state is donated and stays replicated.
+    `xla_options`: see `compiler_options` (None: the family's defaults)."""
     step = train_step_fn(model, tx, num_classes, label_smoothing)
     fn, leading = (step, 0) if steps_per_call == 1 else (multi_step_fn(step), 1)
     data = batch_sharding(mesh, leading)
     return jax.jit(fn, in_shardings=(replicated(mesh), data, data),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
-                   compiler_options=compiler_options(deterministic) or None)
+                   compiler_options=_options_for(model, deterministic, xla_options))
 
 
 def eval_step_fn(model, num_classes: int):
@@ -110,11 +136,11 @@ def eval_step_fn(model, num_classes: int):
     return step
 
 
-def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True):
+def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True, xla_options: dict | None = None):
     data = batch_sharding(mesh)
     return jax.jit(eval_step_fn(model, num_classes),
                    in_shardings=(replicated(mesh), replicated(mesh), data, data, data),
-                   out_shardings=replicated(mesh), compiler_options=compiler_options(deterministic) or None)
+                   out_shardings=replicated(mesh), compiler_options=_options_for(model, deterministic, xla_options))
 
 
 @functools.partial(jax.jit, donate_argnums=0)
