@@ -11,6 +11,8 @@ which a noisy, shared machine disturbs far less than the absolute times.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import statistics
 import sys
 import time
@@ -33,7 +35,37 @@ PARTS = {
     "stock": ({"fast_layers": False}, {}),
     "noeigen": ({}, {"xla_cpu_multi_thread_eigen": False}),
     "onethread": ({}, {"xla_cpu_parallel_codegen_split_count": 1}),
+    "nomat": ({}, {}),
+    "flaxpool": ({}, {}),
+    "stockconv": ({}, {}),
 }
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def _layer_patches(parts):
+    """Trace-time swaps of single fast layers: nomat (the fast conv without its materialized input),
+    flaxpool (the fast conv with nn.max_pool/avg_pool), stockconv (nn.Conv with the fast pools)."""
+    import flax.linen as nn
+    from zoo.models import cnn, layers
+
+    stack = contextlib.ExitStack()
+    if "nomat" in parts:
+        stack.enter_context(_patched(layers, "_materialize", lambda x: x))
+    if "flaxpool" in parts:
+        stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (
+            layers.Conv, functools.partial(cnn._flax_pool, nn.max_pool), functools.partial(cnn._flax_pool, nn.avg_pool))))
+    if "stockconv" in parts:
+        stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (nn.Conv, layers.max_pool, layers.avg_pool)))
+    return stack
 
 
 def variant(name: str):
@@ -48,9 +80,9 @@ def variant(name: str):
 def runner(workload, name, x, y, k):
     hparams, options = variant(name)
     w = bench.Workload(**{**workload.__dict__, "hparams": {**workload.hparams, **hparams}})
-    original = step_lib.CPU_FAMILY_OPTIONS
-    step_lib.CPU_FAMILY_OPTIONS = {}  # the variant's options only, not the current defaults
-    try:
+    try:  # the variant's options replace the family's defaults
+        patches = _layer_patches(name.split("+"))
+        patches.__enter__()
         from zoo import models
         from zoo.config import OptimizerConfig
         from zoo.training import optim, state as state_lib
@@ -61,8 +93,9 @@ def runner(workload, name, x, y, k):
         state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(x[:1])
         jitted = step_lib.jit_train_step(model, tx, w.num_classes, 0.0, mesh, xla_options=options)
         r = bench._jax_runner(jitted, state, step_lib.put_batch(mesh, x), step_lib.put_batch(mesh, y))
+        r.run(1)  # traces and compiles under the patches
     finally:
-        step_lib.CPU_FAMILY_OPTIONS = original
+        patches.__exit__(None, None, None)
     r.run(k)  # warm up
     return r
 

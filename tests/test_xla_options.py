@@ -32,12 +32,21 @@ FAMILY_MODELS = {
 }
 
 
+# Every (family, options) pair some ISA's defaults name: each is checked on this machine, whatever its ISA.
+DEFAULTS = sorted({(family, tuple(sorted(options.items())))
+                   for table in step_lib.CPU_FAMILY_OPTIONS_BY_ISA.values() for family, options in table.items()
+                   if options})
+
+
 def test_every_family_with_defaults_has_a_model_here_and_other_backends_get_none():
-    assert set(step_lib.CPU_FAMILY_OPTIONS) <= set(FAMILY_MODELS)
+    assert {family for family, _ in DEFAULTS} <= set(FAMILY_MODELS)
+    assert step_lib.cpu_isa() in ("avx512", "avx2", "other")
     for family in FAMILY_MODELS:
         assert step_lib.compiler_options(True, "tpu", family) == {}
         assert step_lib.compiler_options(True, "gpu", family) == {"xla_gpu_deterministic_ops": True}
-        assert step_lib.compiler_options(True, "cpu", family) == step_lib.CPU_FAMILY_OPTIONS.get(family, {})
+        assert step_lib.compiler_options(True, "cpu", family) == step_lib.cpu_family_options(family)
+        for isa, table in step_lib.CPU_FAMILY_OPTIONS_BY_ISA.items():
+            assert step_lib.cpu_family_options(family, isa) == table.get(family, {})
     # A config's mapping replaces the defaults, on any backend ({}: none).
     assert step_lib.compiler_options(True, "cpu", "cnn", {}) == {}
     assert step_lib.compiler_options(True, "tpu", "cnn", YNN) == YNN
@@ -63,9 +72,9 @@ def _outputs_and_grads(family, options):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the defaults are for the CPU backend")
-@pytest.mark.parametrize("family", sorted(step_lib.CPU_FAMILY_OPTIONS))
-def test_a_familys_default_options_agree_with_xlas_default_path(family):
-    text, chosen = _outputs_and_grads(family, step_lib.compiler_options(True, family=family))
+@pytest.mark.parametrize("family, options", DEFAULTS)
+def test_a_familys_default_options_agree_with_xlas_default_path(family, options):
+    text, chosen = _outputs_and_grads(family, dict(options))
     plain_text, plain = _outputs_and_grads(family, {})
     assert text != plain_text  # the option took effect
     assert jax.tree.structure(chosen) == jax.tree.structure(plain)

@@ -85,7 +85,7 @@ class TrainConfig:
     deterministic: bool = True
     # XLA compiler options for the jitted train, eval and predict functions ({name: value}, e.g.
     # {xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_DOT}); replaces the model family's
-    # measured CPU defaults (zoo/training/step.py CPU_FAMILY_OPTIONS). null: those defaults; {}: none.
+    # measured CPU defaults (zoo/training/step.py CPU_FAMILY_OPTIONS_BY_ISA). null: those defaults; {}: none.
     xla_options: dict | None = None
 
 

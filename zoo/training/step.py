@@ -79,11 +79,36 @@ def multi_step_fn(step):
     return multi
 
 
-# XLA's experimental YNNPACK fusions for the CPU backend (jaxlib 0.10.2), per model family: chosen
-# by paired, interleaved A/B timings of each family's benchmark train step (benchmarks/ab_xla_options.py,
-# numbers in benchmarks/NOTES.md); a family absent here measured no better with any option tried.
+# XLA's experimental YNNPACK fusions for the CPU backend (jaxlib 0.10.2): per CPU vector ISA and
+# model family, chosen by paired, interleaved A/B timings of each family's benchmark train step
+# (benchmarks/ab_xla_options.py; numbers in benchmarks/NOTES.md). A family absent from its ISA's
+# table measured no better with any option tried there.
 YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-CPU_FAMILY_OPTIONS: dict[str, dict] = {"cnn": YNN_DOT, "resnet": YNN_DOT}
+CPU_FAMILY_OPTIONS_BY_ISA: dict[str, dict[str, dict]] = {
+    # 2-core AMD EPYC with AVX-512: CNN 0.95 (spread 0.77-1.23), ResNet-20 1.13, LSTM 1.12,
+    # Transformer 1.05, MLP 1.01 -> only the CNN, and only if it holds up (see NOTES.md).
+    "avx512": {},
+    # 2-core AVX2-only machine, issue 13's measurements (not re-measured on this one): ResNet-20 step
+    # 765 -> 459 ms; process-wide CNN 1.84 -> 1.29, ResNet-20 1.94 -> 1.18 (x PyTorch), while the
+    # LSTM, Transformer and MLP got slower.
+    "avx2": {"cnn": YNN_DOT, "resnet": YNN_DOT},
+}
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """'avx512', 'avx2' or 'other': the widest x86 vector extension of this machine (/proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+
+
+def cpu_family_options(family: str | None, isa: str | None = None) -> dict:
+    """The measured CPU defaults for `family` on this machine's ISA (or `isa`)."""
+    return dict(CPU_FAMILY_OPTIONS_BY_ISA.get(isa or cpu_isa(), {}).get(family, {}))
 
 
 def family_of(model) -> str | None:
@@ -96,13 +121,13 @@ def compiler_options(deterministic: bool = True, backend: str | None = None, fam
     """XLA options for the jitted train, eval and predict functions, from this one place.
 
     `options` (a config's `train.xla_options`) replaces the defaults when given ({}: none); otherwise
-    the CPU backend gets `family`'s measured defaults (CPU_FAMILY_OPTIONS) and other backends none.
+    the CPU backend gets `family`'s measured defaults for its ISA (cpu_family_options) and other backends none.
     On GPU `deterministic` adds deterministic ops (CPU and TPU steps are deterministic already)."""
     backend = backend or jax.default_backend()
     if options is not None:
         chosen = dict(options)
     else:
-        chosen = dict(CPU_FAMILY_OPTIONS.get(family, {})) if backend == "cpu" else {}
+        chosen = cpu_family_options(family) if backend == "cpu" else {}
     if deterministic and backend == "gpu":
         chosen.setdefault("xla_gpu_deterministic_ops", True)
     return chosen
