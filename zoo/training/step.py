@@ -85,8 +85,8 @@ def multi_step_fn(step):
 # table measured no better with any option tried there.
 YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 CPU_FAMILY_OPTIONS_BY_ISA: dict[str, dict[str, dict]] = {
-    # 2-core AMD EPYC with AVX-512: CNN 0.95 (spread 0.77-1.23), ResNet-20 1.13, LSTM 1.12,
-    # Transformer 1.05, MLP 1.01 -> only the CNN, and only if it holds up (see NOTES.md).
+    # 2-core AMD EPYC with AVX-512 (+BF16), YNN dot / none, median of paired per-round ratios:
+    # MLP 1.01, CNN 0.95 and 1.00, ResNet-20 1.13 and 1.03, LSTM 1.12, Transformer 1.05: none pays.
     "avx512": {},
     # 2-core AVX2-only machine, issue 13's measurements (not re-measured on this one): ResNet-20 step
     # 765 -> 459 ms; process-wide CNN 1.84 -> 1.29, ResNet-20 1.94 -> 1.18 (x PyTorch), while the
