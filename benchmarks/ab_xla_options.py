@@ -35,6 +35,7 @@ PARTS = {
     "stock": ({"fast_layers": False}, {}),
     "noeigen": ({}, {"xla_cpu_multi_thread_eigen": False}),
     "onethread": ({}, {"xla_cpu_parallel_codegen_split_count": 1}),
+    "vw512": ({}, {"xla_cpu_prefer_vector_width": 512}),
     "nomat": ({}, {}),
     "flaxpool": ({}, {}),
     "stockconv": ({}, {}),
