@@ -85,9 +85,11 @@ def multi_step_fn(step):
 # table measured no better with any option tried there.
 YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 CPU_FAMILY_OPTIONS_BY_ISA: dict[str, dict[str, dict]] = {
-    # 2-core AMD EPYC with AVX-512 (+BF16), YNN dot / none, median of paired per-round ratios:
-    # MLP 1.01, CNN 0.95 and 1.00, ResNet-20 1.13 and 1.03, LSTM 1.12, Transformer 1.05: none pays.
-    "avx512": {},
+    # 2-core AMD EPYC with AVX-512 (+BF16), YNN dot / none, median of paired per-round ratios. Quiet
+    # (load < 1.5): CNN 0.77 (0.63-0.89), ResNet-20 0.80 (0.76-1.03). Under load 5-7 the gain vanished
+    # (CNN 0.95-1.00, ResNet-20 0.96-1.13), and the other families were never faster (MLP 1.01,
+    # LSTM 1.12, Transformer 1.05).
+    "avx512": {"cnn": YNN_DOT, "resnet": YNN_DOT},
     # 2-core AVX2-only machine, issue 13's measurements (not re-measured on this one): ResNet-20 step
     # 765 -> 459 ms; process-wide CNN 1.84 -> 1.29, ResNet-20 1.94 -> 1.18 (x PyTorch), while the
     # LSTM, Transformer and MLP got slower.
