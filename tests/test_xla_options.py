@@ -123,3 +123,22 @@ def test_a_run_records_its_options_and_a_resume_with_other_options_says_so(tmp_p
     second = fit(_config(steps=20, xla_options=YNN), tmp_path / "run", Progress(stream, interactive=False))
     assert second["xla_options"] == YNN
     assert f"saved with XLA options {{}}, this run compiles with {YNN}" in stream.getvalue()
+
+
+def test_a_cnn_resumed_under_its_default_options_is_bit_identical(tmp_path):
+    """Kill/resume bit-identity (tests/test_reliability.py, on the MLP) holds for a family with CPU
+    defaults: a run that loses its last checkpoint and resumes ends with the same bits."""
+    import shutil
+
+    from zoo.training.restore import restore
+
+    raw = merged({k: v for k, v in TINY.items() if k != "model"},
+                 {"model": {"name": "cnn", "features": [8, 16], "hidden": 32, "norm": "batch"}})
+    config = config_lib.from_dict(raw)
+    assert fit(config, tmp_path / "straight")["xla_options"] == step_lib.compiler_options(True, family="cnn")
+    fit(config, tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "20")
+    fit(config, tmp_path / "resumed")
+    straight, resumed = (restore(tmp_path / name, 20).state.params for name in ("straight", "resumed"))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
