@@ -359,13 +359,23 @@ def measure_dispatch(rounds: int, steps: tuple = (1, 10, 100), log=print) -> dic
     return {"description": tiny.description, "per_step_us": {str(k): v for k, v in per_step.items()}}
 
 
+def cpu_isa(flags: set) -> str:
+    """The widest x86 vector/matrix extensions among /proc/cpuinfo's flags: what XLA's and PyTorch's
+    CPU kernels pick their code paths by (ratios differ between an AVX2 and an AVX-512 machine)."""
+    isa = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 BF16", "avx512_bf16"),
+                                   ("AMX", "amx_tile")) if flag in flags]
+    return " + ".join(isa) if isa else "no AVX2"
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
+    flags: set = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     versions = {"python": platform.python_version(), "jax": jax.__version__}
@@ -374,8 +384,17 @@ def machine() -> dict:
             versions[package] = __import__(package).__version__
         except ImportError:
             versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu, "isa": cpu_isa(flags) if flags else None, "cores": os.cpu_count(), "platform": platform.platform(),
             "jax_devices": [str(d) for d in jax.devices()], "versions": versions}
+
+
+def workload_xla_options(workload: Workload) -> dict:
+    """The compiler options the zoo's jitted step gets for this workload (its family's defaults)."""
+    from zoo import models
+    from zoo.training import step as step_lib
+
+    family = models.get_entry(workload.model).family
+    return step_lib.compiler_options(family=family)
 
 
 def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = True, log=print,
@@ -396,6 +415,7 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
     ceiling_samples = matmul_gflops()
     results = []
     for name in names:
+        log(f"{name}: zoo XLA options {workload_xla_options(WORKLOADS[name])}")
         results.append(measure_workload(WORKLOADS[name], frameworks, rounds, round_seconds, ceiling_samples, log,
                                         precision))
     ceiling_samples.extend(matmul_gflops())
@@ -406,6 +426,7 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
     return {
         "date": utc_timestamp(),
         "machine": machine(),
+        "xla_options": {name: workload_xla_options(WORKLOADS[name]) for name in names},
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": {"start": load_start, "end": os.getloadavg()},
@@ -471,7 +492,10 @@ def markdown(report: dict, command: str) -> str:
         "",
         f"Written by `{command}` on {report['date']}.",
         "",
-        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); JAX devices: {', '.join(m['jax_devices'])}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, ISA {m.get('isa') or 'unknown'} ({m['platform']}); "
+        f"JAX devices: {', '.join(m['jax_devices'])}",
+        "- zoo XLA options (zoo.training.step.compiler_options, per model family): "
+        + "; ".join(f"{name} {opts or '{}'}" for name, opts in (report.get("xla_options") or {}).items()),
         f"- Versions: {versions}",
         f"- PyTorch threads: {report['torch_threads']} (torch.set_num_threads = the machine's cores), "
         f"OMP_WAIT_POLICY={report['omp_wait_policy']} (PASSIVE unless set: OpenMP's default spinning "

@@ -543,7 +543,7 @@ def measure_step(config: Config, dataset: Dataset, timed_steps: int = CALIBRATIO
         k = config.train.steps_per_call or auto_steps_per_call(run.model.info.family)
         calls = max(1, -(-timed_steps // k))
         jitted = step_lib.jit_train_step(run.model, run.tx, run.spec.num_classes, config.train.label_smoothing,
-                                         run.mesh, k)
+                                         run.mesh, k, config.train.deterministic, config.train.xla_options)
         batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed,
                                 shift=config.data.shift)
         leading = 1 if k > 1 else 0

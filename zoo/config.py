@@ -91,6 +91,10 @@ class TrainConfig:
     # scatter-based backwards and autotuned kernels give the same bits every run). CPU and TPU
     # already are; nothing is set there.
     deterministic: bool = True
+    # XLA compiler options for the jitted train, eval and predict functions ({name: value}, e.g.
+    # {xla_cpu_experimental_ynn_fusion_type: LIBRARY_FUSION_TYPE_DOT}); replaces the model family's
+    # measured CPU defaults (zoo/training/step.py CPU_FAMILY_OPTIONS_BY_ISA). null: those defaults; {}: none.
+    xla_options: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +172,9 @@ _RANGES = {
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.steps_per_call": (lambda v: v is None or v >= 1, "at least 1 (or null: automatic)"),
     "train.accumulate": (lambda v: v >= 1, "at least 1 (1: no accumulation)"),
+    "train.xla_options": (lambda v: v is None or all(
+        isinstance(k, str) and isinstance(x, (str, bool, int)) and not isinstance(x, float) for k, x in v.items()),
+        "a mapping of XLA option names to strings, true/false or integers (or null: the family's defaults)"),
     "train.early_stopping.patience": (lambda v: v >= 0, "at least 0 (0: off)"),
     "train.early_stopping.min_delta": (lambda v: v >= 0, "at least 0"),
     "data.classes": (lambda v: v is None or (len(v) >= 2 and len(set(v)) == len(v) and min(v) >= 0),

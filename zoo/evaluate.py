@@ -32,7 +32,8 @@ def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False,
     if not allow_changed_data:
         check_unchanged(meta.get("spec"), run.spec)
     state, meta = reader.restore(chosen, run.abstract_state())
-    eval_step = step_lib.jit_eval_step(run.model, run.spec.num_classes, run.mesh, config.train.deterministic)
+    eval_step = step_lib.jit_eval_step(run.model, run.spec.num_classes, run.mesh, config.train.deterministic,
+                                       config.train.xla_options)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
     evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
         eval_step, run.mesh, s.params, s.model_state, x, y, eval_bs)

@@ -68,7 +68,12 @@ class LoadedRun:
     def _probabilities(self):
         if not hasattr(self, "_jitted"):
             model = self.model
-            self._jitted = jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False)[0]))
+            from zoo.training import step as step_lib
+
+            options = step_lib.compiler_options(self.config.train.deterministic, family=step_lib.family_of(model),
+                                                options=self.config.train.xla_options)
+            self._jitted = jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False)[0]),
+                                   compiler_options=options or None)
         return self._jitted
 
 

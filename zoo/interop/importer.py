@@ -479,7 +479,8 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
     model_state = _fill(state.model_state, {k: v for k, v in imported.variables.items() if k != "params"},
                         replicated)
     state = state.replace(params=params, model_state=model_state, opt_state=run.tx.init(params))
-    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, run.mesh)
+    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, run.mesh, config.train.deterministic,
+                                       config.train.xla_options)
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
     evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
         eval_step, run.mesh, s.params, s.model_state, x, y, eval_bs)

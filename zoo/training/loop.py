@@ -110,6 +110,12 @@ def assemble_run(config: Config, spec: DataSpec, dataset: Dataset | None = None)
     return run
 
 
+def xla_options_of(run: Run) -> dict:
+    """The XLA options the run's jitted functions compile with (recorded in checkpoint meta)."""
+    return step_lib.compiler_options(run.config.train.deterministic, family=run.model.info.family,
+                                     options=run.config.train.xla_options)
+
+
 def selection_metric(config: Config) -> tuple[str, str]:
     """The checkpoint metric that ranks steps ('val_accuracy' or 'val_loss') and its direction:
     selection reads the validation split only, never test."""
@@ -178,7 +184,8 @@ def stop_requests():
 
 
 # What may change when a run is continued: its length (the schedule is recomputed) and cadences.
-CHANGEABLE = ("train.steps", "train.epochs", "train.log_every", "train.eval_every", "checkpoint.every")
+CHANGEABLE = ("train.steps", "train.epochs", "train.log_every", "train.eval_every", "checkpoint.every",
+              "train.xla_options")
 
 
 def _check_same_config(run_dir: Path, config: Config) -> Config | None:
@@ -303,7 +310,7 @@ class _Steps:
             c = self.run.config
             jitted = step_lib.jit_train_step(self.run.model, self.run.tx, self.run.spec.num_classes,
                                              c.train.label_smoothing, self.run.mesh, count,
-                                             c.train.deterministic)
+                                             c.train.deterministic, c.train.xla_options)
             start = time.perf_counter()
             self._compiled[count] = jitted.lower(state, x, y).compile()
             self.compile_seconds += time.perf_counter() - start
@@ -410,13 +417,18 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
             progress.log(f"note: step {start_step} was saved on {meta['devices']} devices, this run has "
                          f"{jax.device_count()}: results will differ from an uninterrupted run in the "
                          "last bits")
+        if "xla_options" in meta and meta["xla_options"] != xla_options_of(run):
+            progress.log(f"note: step {start_step} was saved with XLA options {meta['xla_options']}, this run "
+                         f"compiles with {xla_options_of(run)}: results will differ from an uninterrupted run "
+                         "in the last bits")
     metrics_log.truncate_after(start_step)
     workers = config.data.workers if config.data.workers is not None else data_lib.default_workers(run.dataset.x_train)
     batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed,
                             shift=config.data.shift, position=position, workers=workers,
                             rows=Rows.of_jax_processes())
     eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
-    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh, config.train.deterministic)
+    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, mesh, config.train.deterministic,
+                                       config.train.xla_options)
     evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
         eval_step, mesh, s.params, s.model_state, x, y, eval_bs)
     steps = _Steps(run)
@@ -424,7 +436,7 @@ def _train(run: Run, run_dir: Path, progress: Progress, stored: Config | None = 
     meta_base = {"config": config.to_dict(), "spec": spec.to_json(), "model": config.model.name,
                  "family": run.model.info.family, "param_count": param_count, "devices": jax.device_count(),
                  "in_memory": in_memory, "platform": jax.default_backend(),
-                 "xla_options": step_lib.compiler_options(config.train.deterministic)}
+                 "xla_options": xla_options_of(run)}
     every_ckpt, every_eval = config.checkpoint.every, config.train.eval_every or config.checkpoint.every
     log_every, total = config.train.log_every, run.total_steps
 
@@ -634,7 +646,7 @@ def _summary(run, run_dir, checkpoints, param_count, steps, train_seconds, timed
         "examples_per_sec": timed_steps * config.data.batch_size / max(train_seconds, 1e-9),
         "devices": jax.device_count(),
         "platform": jax.default_backend(),
-        "xla_options": step_lib.compiler_options(config.train.deterministic),
+        "xla_options": xla_options_of(run),
     }
 
 

@@ -120,23 +120,76 @@ def multi_step_fn(step):
     return multi
 
 
-def compiler_options(deterministic: bool, backend: str | None = None) -> dict:
-    """XLA options for the jitted steps: deterministic ops on GPU when asked; nothing elsewhere
-    (CPU and TPU steps are deterministic already)."""
-    if deterministic and (backend or jax.default_backend()) == "gpu":
-        return {"xla_gpu_deterministic_ops": True}
-    return {}
+# XLA's experimental YNNPACK fusions for the CPU backend (jaxlib 0.10.2): per CPU vector ISA and
+# model family, chosen by paired, interleaved A/B timings of each family's benchmark train step
+# (benchmarks/ab_xla_options.py; numbers in benchmarks/NOTES.md). A family absent from its ISA's
+# table measured no better with any option tried there.
+YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+CPU_FAMILY_OPTIONS_BY_ISA: dict[str, dict[str, dict]] = {
+    # 2-core AMD EPYC with AVX-512 (+BF16), YNN dot / none, median of paired per-round ratios. Quiet
+    # (load < 1.5): CNN 0.77 (0.63-0.89), ResNet-20 0.80 (0.76-1.03). Under load 5-7 the gain vanished
+    # (CNN 0.95-1.00, ResNet-20 0.96-1.13), and the other families were never faster (MLP 1.01,
+    # LSTM 1.12, Transformer 1.05).
+    "avx512": {"cnn": YNN_DOT, "resnet": YNN_DOT},
+    # 2-core AVX2-only machine, issue 13's measurements (not re-measured on this one): ResNet-20 step
+    # 765 -> 459 ms; process-wide CNN 1.84 -> 1.29, ResNet-20 1.94 -> 1.18 (x PyTorch), while the
+    # LSTM, Transformer and MLP got slower.
+    "avx2": {"cnn": YNN_DOT, "resnet": YNN_DOT},
+}
+
+
+@functools.cache
+def cpu_isa() -> str:
+    """'avx512', 'avx2' or 'other': the widest x86 vector extension of this machine (/proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+
+
+def cpu_family_options(family: str | None, isa: str | None = None) -> dict:
+    """The measured CPU defaults for `family` on this machine's ISA (or `isa`)."""
+    return dict(CPU_FAMILY_OPTIONS_BY_ISA.get(isa or cpu_isa(), {}).get(family, {}))
+
+
+def family_of(model) -> str | None:
+    """The registry family of a `zoo.models.Model` (None for anything else)."""
+    return getattr(getattr(model, "info", None), "family", None)
+
+
+def compiler_options(deterministic: bool = True, backend: str | None = None, family: str | None = None,
+                     options: dict | None = None) -> dict:
+    """XLA options for the jitted train, eval and predict functions, from this one place.
+
+    `options` (a config's `train.xla_options`) replaces the defaults when given ({}: none); otherwise
+    the CPU backend gets `family`'s measured defaults for its ISA (cpu_family_options) and other backends none.
+    On GPU `deterministic` adds deterministic ops (CPU and TPU steps are deterministic already)."""
+    backend = backend or jax.default_backend()
+    if options is not None:
+        chosen = dict(options)
+    else:
+        chosen = cpu_family_options(family) if backend == "cpu" else {}
+    if deterministic and backend == "gpu":
+        chosen.setdefault("xla_gpu_deterministic_ops", True)
+    return chosen
+
+
+def _options_for(model, deterministic: bool, xla_options: dict | None) -> dict | None:
+    return compiler_options(deterministic, family=family_of(model), options=xla_options) or None
 
 
 def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1,
-                   deterministic: bool = True):
-    """The jitted step (K > 1: K steps per call); the state is donated and stays replicated."""
+                   deterministic: bool = True, xla_options: dict | None = None):
+    """The jitted step (K > 1: K steps per call); the state is donated and stays replicated.
+    `xla_options`: see `compiler_options` (None: the family's defaults)."""
     step = train_step_fn(model, tx, num_classes, label_smoothing)
     fn, leading = (step, 0) if steps_per_call == 1 else (multi_step_fn(step), 1)
     data = batch_sharding(mesh, leading)
     return jax.jit(fn, in_shardings=(replicated(mesh), data, data),
                    out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0,
-                   compiler_options=compiler_options(deterministic) or None)
+                   compiler_options=_options_for(model, deterministic, xla_options))
 
 
 def eval_step_fn(model, num_classes: int):
@@ -151,11 +204,11 @@ def eval_step_fn(model, num_classes: int):
     return step
 
 
-def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True):
+def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True, xla_options: dict | None = None):
     data = batch_sharding(mesh)
     return jax.jit(eval_step_fn(model, num_classes),
                    in_shardings=(replicated(mesh), replicated(mesh), data, data, data),
-                   out_shardings=replicated(mesh), compiler_options=compiler_options(deterministic) or None)
+                   out_shardings=replicated(mesh), compiler_options=_options_for(model, deterministic, xla_options))
 
 
 @functools.partial(jax.jit, donate_argnums=0)

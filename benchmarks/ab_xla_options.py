@@ -1,0 +1,141 @@
+"""Paired, interleaved A/B timings of the zoo's train step under XLA compiler options / layer choices.
+
+For each workload of bench.py, every variant is compiled in this one process, then timed in rounds
+that alternate the variants (order rotating each round); each round gives each variant's time per
+step and its ratio to the first variant ("base"); the median of those per-round ratios is reported,
+which a noisy, shared machine disturbs far less than the absolute times.
+
+    python benchmarks/ab_xla_options.py --workloads cnn,resnet20 --rounds 9 --variants base,dot,stock+dot
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (puts this checkout's zoo first on the path)
+
+import jax  # noqa: E402
+
+from zoo.training import step as step_lib  # noqa: E402
+
+DOT = "LIBRARY_FUSION_TYPE_DOT"
+YNN = "xla_cpu_experimental_ynn_fusion_type"
+# name -> (hparams override, compiler options); "+"-joined names combine.
+PARTS = {
+    "base": ({}, {}),
+    "dot": ({}, {YNN: DOT}),
+    "all": ({}, {YNN: f"{DOT},LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}),
+    "stock": ({"fast_layers": False}, {}),
+    "noeigen": ({}, {"xla_cpu_multi_thread_eigen": False}),
+    "onethread": ({}, {"xla_cpu_parallel_codegen_split_count": 1}),
+    "vw512": ({}, {"xla_cpu_prefer_vector_width": 512}),
+    "nomat": ({}, {}),
+    "flaxpool": ({}, {}),
+    "stockconv": ({}, {}),
+}
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def _layer_patches(parts):
+    """Trace-time swaps of single fast layers: nomat (the fast conv without its materialized input),
+    flaxpool (the fast conv with nn.max_pool/avg_pool), stockconv (nn.Conv with the fast pools)."""
+    import flax.linen as nn
+    from zoo.models import cnn, layers
+
+    stack = contextlib.ExitStack()
+    if "nomat" in parts:
+        stack.enter_context(_patched(layers, "_materialize", lambda x: x))
+    if "flaxpool" in parts:
+        stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (
+            layers.Conv, functools.partial(cnn._flax_pool, nn.max_pool), functools.partial(cnn._flax_pool, nn.avg_pool))))
+    if "stockconv" in parts:
+        stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (nn.Conv, layers.max_pool, layers.avg_pool)))
+    return stack
+
+
+def variant(name: str):
+    hparams, options = {}, {}
+    for part in name.split("+"):
+        h, o = PARTS[part]
+        hparams.update(h)
+        options.update(o)
+    return hparams, options
+
+
+def runner(workload, name, x, y, k):
+    hparams, options = variant(name)
+    w = bench.Workload(**{**workload.__dict__, "hparams": {**workload.hparams, **hparams}})
+    try:  # the variant's options replace the family's defaults
+        patches = _layer_patches(name.split("+"))
+        patches.__enter__()
+        from zoo import models
+        from zoo.config import OptimizerConfig
+        from zoo.training import optim, state as state_lib
+
+        model = models.build(w.model, w.num_classes, **w.hparams)
+        tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=1e-3, schedule="constant"), 1)
+        mesh = step_lib.make_mesh()
+        state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(x[:1])
+        jitted = step_lib.jit_train_step(model, tx, w.num_classes, 0.0, mesh, xla_options=options)
+        r = bench._jax_runner(jitted, state, step_lib.put_batch(mesh, x), step_lib.put_batch(mesh, y))
+        r.run(1)  # traces and compiles under the patches
+    finally:
+        patches.__exit__(None, None, None)
+    r.run(k)  # warm up
+    return r
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--workloads", default="mlp,cnn,resnet20,lstm,transformer")
+    p.add_argument("--variants", default="base,dot")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--seconds", type=float, default=1.0, help="about this long per variant per round")
+    args = p.parse_args()
+    names = args.variants.split(",")
+    print(f"jax {jax.__version__}, {bench.machine() if hasattr(bench, 'machine') else ''}", flush=True)
+    for wname in args.workloads.split(","):
+        workload = bench.WORKLOADS[wname]
+        x, y = bench.batch(workload)
+        runners = {}
+        for name in names:
+            try:
+                runners[name] = runner(workload, name, x, y, 1)
+            except Exception as error:  # noqa: BLE001 - a variant XLA refuses or crashes on
+                print(f"{wname} {name}: FAILED {str(error).splitlines()[0][:200]}", flush=True)
+        start = time.perf_counter()
+        runners[names[0]].run(1)
+        steps = max(1, int(args.seconds / max(time.perf_counter() - start, 1e-4)))
+        times = {n: [] for n in runners}
+        for r in range(args.rounds):
+            order = list(runners)[r % len(runners):] + list(runners)[:r % len(runners)]
+            for n in order:
+                t0 = time.perf_counter()
+                runners[n].run(steps)
+                times[n].append((time.perf_counter() - t0) / steps * 1e3)
+        base = names[0]
+        for n in runners:
+            ratios = [t / b for t, b in zip(times[n], times[base])]
+            print(f"{wname:12s} {n:16s} median {statistics.median(times[n]):8.2f} ms  "
+                  f"ratio to {base} {statistics.median(ratios):.3f} (min {min(ratios):.3f} max {max(ratios):.3f})  "
+                  f"compile {runners[n].compile_seconds:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

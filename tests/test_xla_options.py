@@ -1,0 +1,144 @@
+"""Per-family XLA compiler options (zoo.training.step.compiler_options): the chosen CPU defaults give
+the same outputs and gradients as XLA's default path (float32 tolerance, as tests/test_fast_layers.py),
+and a config's train.xla_options reaches the compiled train, eval and predict functions."""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY, merged, tolerance
+from zoo import config as config_lib, models
+from zoo.metrics import Progress
+from zoo.run import LoadedRun
+from zoo.training import build_run, fit, step as step_lib
+
+RTOL, ATOL = tolerance(1e-5, 1e-5).values()
+YNN = step_lib.YNN_DOT
+
+# One small model of each family: (registry name, hparams, one example's shape).
+FAMILY_MODELS = {
+    "dnn": ("mlp", {"hidden_sizes": (64, 64)}, (28,)),
+    "cnn": ("cnn", {"features": (8, 16), "hidden": 32}, (12, 12, 1)),
+    "resnet": ("resnet20", {}, (8, 8, 3)),
+    "rnn": ("lstm", {"hidden_size": 16}, (6, 5)),
+    "transformer": ("transformer", {"width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 1},
+                    (6, 8)),
+}
+
+
+# Every (family, options) pair some ISA's defaults name: each is checked on this machine, whatever its ISA.
+DEFAULTS = sorted({(family, tuple(sorted(options.items())))
+                   for table in step_lib.CPU_FAMILY_OPTIONS_BY_ISA.values() for family, options in table.items()
+                   if options})
+
+
+def test_every_family_with_defaults_has_a_model_here_and_other_backends_get_none():
+    assert {family for family, _ in DEFAULTS} <= set(FAMILY_MODELS)
+    assert step_lib.cpu_isa() in ("avx512", "avx2", "other")
+    for family in FAMILY_MODELS:
+        assert step_lib.compiler_options(True, "tpu", family) == {}
+        assert step_lib.compiler_options(True, "gpu", family) == {"xla_gpu_deterministic_ops": True}
+        assert step_lib.compiler_options(True, "cpu", family) == step_lib.cpu_family_options(family)
+        for isa, table in step_lib.CPU_FAMILY_OPTIONS_BY_ISA.items():
+            assert step_lib.cpu_family_options(family, isa) == table.get(family, {})
+    # A config's mapping replaces the defaults, on any backend ({}: none).
+    assert step_lib.compiler_options(True, "cpu", "cnn", {}) == {}
+    assert step_lib.compiler_options(True, "tpu", "cnn", YNN) == YNN
+
+
+def _outputs_and_grads(family, options):
+    name, hparams, shape = FAMILY_MODELS[family]
+    model = models.build(name, 10, **hparams)
+    x = jax.random.normal(jax.random.key(0), (8, *shape), jnp.float32)
+    y = jnp.arange(8) % 10
+    variables = model.init(jax.random.key(1), x[:1])
+
+    def loss(params, x):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    jitted = jax.jit(fn, compiler_options=options or None)
+    text = jitted.lower(variables["params"], x).compile().as_text()
+    (value, logits), grads = jitted(variables["params"], x)
+    evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], compiler_options=options or None)
+    return text, (value, logits, grads, evaluate(variables, x))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the defaults are for the CPU backend")
+@pytest.mark.parametrize("family, options", DEFAULTS)
+def test_a_familys_default_options_agree_with_xlas_default_path(family, options):
+    text, chosen = _outputs_and_grads(family, dict(options))
+    plain_text, plain = _outputs_and_grads(family, {})
+    assert text != plain_text  # the option took effect
+    assert jax.tree.structure(chosen) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(chosen), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+def _config(**train):
+    return config_lib.from_dict(merged(TINY, {"train": train}))
+
+
+def test_train_xla_options_is_validated():
+    assert _config().train.xla_options is None
+    assert _config(xla_options={"a": "b", "c": True, "d": 2}).train.xla_options == {"a": "b", "c": True, "d": 2}
+    for bad in ({"a": 1.5}, {"a": None}, {"a": [1]}, "LIBRARY_FUSION_TYPE_DOT"):
+        with pytest.raises(config_lib.ConfigError, match="train.xla_options"):
+            _config(xla_options=bad)
+
+
+def test_a_configs_xla_options_reach_the_train_step(tmp_path):
+    with pytest.raises(Exception, match="xla_zoo_no_such_option"):
+        fit(_config(xla_options={"xla_zoo_no_such_option": True}), tmp_path / "run")
+
+
+def test_a_configs_xla_options_reach_the_eval_and_predict_functions():
+    run = build_run(_config(xla_options=YNN))
+    state = run.init_state()
+    x, y = run.dataset.x_train[:32], run.dataset.y_train[:32]
+    args = (state.params, state.model_state, step_lib.put_batch(run.mesh, x), step_lib.put_batch(run.mesh, y),
+            step_lib.put_batch(run.mesh, np.ones(32, np.float32)))
+    variables = {"params": state.params, **state.model_state}
+    texts = {}  # (eval, predict) modules, compiled with the config's options and with none
+    for options in (run.config.train.xla_options, {}):
+        eval_step = step_lib.jit_eval_step(run.model, 10, run.mesh, xla_options=options)
+        loaded = LoadedRun(None, 0, run.model, variables, _config(xla_options=options), run.spec, {}, 32)
+        texts[bool(options)] = (eval_step.lower(*args).compile().as_text(),
+                                loaded._probabilities.lower(variables, x).compile().as_text())
+    # XLA's default already puts some reductions in YNNPACK fusions; the option puts the dots there.
+    assert all('"__ynn_fusion"' in a and a != b for a, b in zip(texts[True], texts[False]))
+
+
+def test_a_run_records_its_options_and_a_resume_with_other_options_says_so(tmp_path):
+    first = fit(_config(steps=10), tmp_path / "run")
+    assert first["xla_options"] == {}
+    stream = io.StringIO()
+    second = fit(_config(steps=20, xla_options=YNN), tmp_path / "run", Progress(stream, interactive=False))
+    assert second["xla_options"] == YNN
+    assert f"saved with XLA options {{}}, this run compiles with {YNN}" in stream.getvalue()
+
+
+def test_a_cnn_resumed_under_its_default_options_is_bit_identical(tmp_path):
+    """Kill/resume bit-identity (tests/test_reliability.py, on the MLP) holds for a family with CPU
+    defaults: a run that loses its last checkpoint and resumes ends with the same bits."""
+    import shutil
+
+    from zoo.training.restore import restore
+
+    raw = merged({k: v for k, v in TINY.items() if k != "model"},
+                 {"model": {"name": "cnn", "features": [8, 16], "hidden": 32, "norm": "batch"}})
+    config = config_lib.from_dict(raw)
+    assert fit(config, tmp_path / "straight")["xla_options"] == step_lib.compiler_options(True, family="cnn")
+    fit(config, tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "20")
+    fit(config, tmp_path / "resumed")
+    straight, resumed = (restore(tmp_path / name, 20).state.params for name in ("straight", "resumed"))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
