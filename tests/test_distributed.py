@@ -177,6 +177,26 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_143(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("killed", [0, 1], ids=["coordinator", "other"])
+def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_exit_1(tmp_path, write_config, compile_cache,
+                                                                          killed):
+    config = write_config({"train": {"steps": 5000, "log_every": 10}, "checkpoint": {"every": 5000}})
+    run_dir = tmp_path / "run"
+    processes = start_pair(config, [run_dir, run_dir], compile_cache)
+    deadline = time.monotonic() + TIMEOUT
+    while soak.trained_until(run_dir) < 10 and time.monotonic() < deadline and processes[0].poll() is None:
+        time.sleep(0.01)
+    processes[killed].kill()
+    killed_at = time.monotonic()
+    [(status, stderr)] = finish([processes[1 - killed]], timeout=30)
+    processes[killed].communicate()
+    lines = [line for line in stderr.splitlines() if not line.startswith(("[Gloo]", "step "))]
+    assert status == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"zoo: error: process {1 - killed} lost contact with the rest of the run")
+    assert "rerun the same command" in lines[0] and time.monotonic() - killed_at < 20
+
+
+@pytest.mark.slow
 def test_run_directories_that_are_not_shared_are_refused_in_one_line(tmp_path, config_path, compile_cache):
     results = finish(start_pair(config_path, [tmp_path / "host0", tmp_path / "host1"], compile_cache))
     for status, stderr in results:
@@ -235,3 +255,81 @@ def test_each_process_evaluates_only_its_share_of_every_batch_and_the_shares_mak
         np.testing.assert_array_equal(np.concatenate([xa, xb]), xw)
         np.testing.assert_array_equal(np.concatenate([ma, mb]), mw)
     assert recorded[0].read.isdisjoint(recorded[1].read) and len(recorded[0].read | recorded[1].read) == 50
+
+
+# One process's stderr, relayed (zoo/launch.py) ------------------------------------------------------
+
+# What jaxlib 0.10.2 prints when process 0, host of the coordination service, dies (then SIGABRT).
+RUNTIME_FATAL = """\
+E1203 07:11:22.071954   23795 coordination_service_agent.cc:289] Polled an error from coordination service (this can be an error from this or another task).
+F1203 07:11:22.071979   23795 client.h:80] Terminating process because the JAX distributed service detected fatal errors. This most likely indicates that another task died; see the other task logs for more details. absl::Status: UNAVAILABLE: Failed to send RPC to coordination service. Either the leader task was preempted/died/restarted unexpectedly or this task is experiencing network issues.
+Additional GRPC error information from remote target coordination_service while calling /xla.coordination.CoordinationService/PollForError:
+:UNKNOWN:Error received from peer  {grpc_message:"Socket closed", grpc_status:14}
+*** Check failure stack trace: ***
+    @     0x7f58d8440634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
+    @     0x7f58e02a71f5  (unknown)
+"""
+
+
+def relayed(lines: str, status: int, process_id=1) -> tuple[int, str]:
+    import io
+    import threading
+
+    from zoo.launch import Relay
+
+    out = io.StringIO()
+    relay = Relay(out, "", threading.Lock(), process_id)
+    for line in lines.splitlines(keepends=True):
+        relay.feed(line)
+    return relay.close(status), out.getvalue()
+
+
+def test_the_runtime_fatal_log_of_a_lost_coordinator_becomes_one_line_and_exit_1():
+    status, text = relayed("step 10/40  loss 2.2\n" + RUNTIME_FATAL, 134)
+    lines = text.splitlines()
+    assert status == 1 and len(lines) == 2 and lines[0] == "step 10/40  loss 2.2", text
+    assert lines[1].startswith("zoo: error: process 1 lost contact with the rest of the run (the JAX distributed "
+                               "service is gone: UNAVAILABLE: Failed to send RPC to coordination service)")
+    assert "process 0, the coordinator, stopped or crashed" in lines[1]
+
+
+def test_our_own_lost_peer_line_wins_over_the_runtime_fatal_log():
+    own = "zoo: error: process 1 lost contact with the rest of the run (UNKNOWN: Gloo AllGather failed)\n"
+    status, text = relayed(RUNTIME_FATAL + own, 134)
+    assert (status, text) == (1, own)
+
+
+def test_runtime_log_lines_of_a_process_that_goes_on_are_passed_on_unchanged_and_in_order():
+    lines = "W1203 07:11:27.011132   23852 coordination_service.cc:185] a warning\nstep 10/40\n"
+    assert relayed(lines, 0) == (0, lines)
+    assert relayed(lines, 3) == (3, lines)
+
+
+def test_held_runtime_log_lines_pass_on_after_the_hold_while_the_process_runs(monkeypatch):
+    import io
+    import threading
+
+    from zoo import launch
+
+    monkeypatch.setattr(launch, "HOLD_SECONDS", 0.0)
+    out = io.StringIO()
+    relay = launch.Relay(out, "[1] ", threading.Lock(), 1)
+    relay.feed("W1203 07:11:27.011132   23852 coordination_service.cc:185] a warning\n")
+    assert out.getvalue() == ""
+    time.sleep(0.01)
+    relay.tick()
+    assert out.getvalue() == "[1] W1203 07:11:27.011132   23852 coordination_service.cc:185] a warning\n"
+
+
+def test_a_stop_signal_delivered_twice_at_once_is_one_request_and_a_later_one_acts_at_once():
+    from zoo.training import loop
+
+    with loop.stop_requests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a scheduler's and the supervisor's copy of one request
+        time.sleep(0.05)
+        assert stop["signal"] == "SIGINT"
+        time.sleep(loop.REPEAT_SECONDS + 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)

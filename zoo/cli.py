@@ -409,6 +409,10 @@ def _mute_libraries() -> None:
 def run() -> None:
     """The console script. After a refusal, exit at once: Orbax's background threads may still be
     unwinding a failed read, and interpreter teardown would wait for them."""
+    from zoo import launch
+
+    if launch.wants_supervisor(sys.argv[1:]):  # one process of a multi-process run: see launch.supervise
+        sys.exit(launch.supervise(sys.argv[1:]))
     _own_stderr()
     code = main(mute_on_refusal=True)
     if code:

@@ -168,7 +168,8 @@ def is_lost_peer(error: BaseException) -> bool:
         return False
     import jax
 
-    return isinstance(error, jax.errors.JaxRuntimeError)
+    # gloo's failed collectives surface as ValueError("UNKNOWN: Gloo AllGather failed: ...")
+    return isinstance(error, jax.errors.JaxRuntimeError) or "Gloo" in str(error)
 
 
 def lost_peer_message(error: BaseException) -> str:

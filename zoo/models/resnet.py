@@ -104,41 +104,36 @@ class CifarResNet(nn.Module):
         conv = layers.Conv if self.fast_layers else nn.Conv
         dtype = compute_dtype(self.precision)
         x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
-        x = nn.relu(conv_bn(conv, x, self.width, 3, train, dtype=dtype))
-        x = stages(x, self.stage_sizes, self.width, BasicBlock, conv, train, dtype)
-        return nn.Dense(self.num_classes, dtype=dtype)(x)
-
-
-class ResNet(nn.Module):
-    """ImageNet ResNet: 7x7/2 stem + 3x3/2 max-pool (or a 3x3/1 stem with small_input), 4 stages."""
-
-    num_classes: int
-    vocab_size: int | None = None
-    model_name: str = "resnet18"
-    stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
-    bottleneck: bool = False
-    width: int = 64
-    small_input: bool = False
-    embed_dim: int = 64
-    fast_layers: bool = True
-    precision: Precision = "float32"
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        conv = layers.Conv if self.fast_layers else nn.Conv
-        block_cls = BottleneckBlock if self.bottleneck else BasicBlock
-        dtype = compute_dtype(self.precision)
-        x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
         x = self._stem(conv, x, train, dtype)
-        x = stages(x, self.stage_sizes, self.width, block_cls, conv, train, dtype)
+        x = stages(x, self.stage_sizes, self.width, self._block(), conv, train, dtype)
         return nn.Dense(self.num_classes, dtype=dtype)(x)
 
     def _stem(self, conv: ModuleDef, x, train: bool, dtype):
+        return nn.relu(conv_bn(conv, x, self.width, 3, train, dtype=dtype))
+
+    def _block(self):
+        return BasicBlock
+
+
+class ResNet(CifarResNet):
+    """ImageNet ResNet: 7x7/2 stem + 3x3/2 max-pool (or the 3x3/1 stem with small_input), 4 stages of
+    basic or bottleneck blocks at 64..512 channels (x4 for bottlenecks)."""
+
+    model_name: str = "resnet18"
+    stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
+    width: int = 64
+    bottleneck: bool = False
+    small_input: bool = False
+
+    def _stem(self, conv: ModuleDef, x, train: bool, dtype):
         if self.small_input:
-            return nn.relu(conv_bn(conv, x, self.width, 3, train, dtype=dtype))
+            return super()._stem(conv, x, train, dtype)
         nd = x.ndim - 2
         x = nn.relu(conv_bn(conv, x, self.width, 7, train, strides=2, dtype=dtype))
         return nn.max_pool(x, (3,) * nd, (2,) * nd, padding=((1, 1),) * nd)
+
+    def _block(self):
+        return BottleneckBlock if self.bottleneck else BasicBlock
 
 
 def _cifar(depth: int) -> Entry:

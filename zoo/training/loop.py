@@ -162,18 +162,27 @@ def run_lock(run_dir: Path):
         handle.close()
 
 
+REPEAT_SECONDS = 1.0
+
+
 @contextlib.contextmanager
 def stop_requests():
     """Turns SIGTERM and Ctrl-C into a flag checked between steps (main thread only); a second
-    signal acts at once (checkpoints are atomic, so that is safe too)."""
+    signal acts at once (checkpoints are atomic, so that is safe too). A repeat within
+    REPEAT_SECONDS is the same request delivered twice (a scheduler signals every process of a job,
+    and a multi-process run's supervisor forwards it as well), not a second one."""
     requested = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
+    first = [0.0]
 
     def handler(signum, _frame):
-        requested["signal"] = signal.Signals(signum).name
-        signal.signal(signum, previous[signum])
+        if requested["signal"] is None:
+            requested["signal"], first[0] = signal.Signals(signum).name, time.monotonic()
+        elif time.monotonic() - first[0] > REPEAT_SECONDS:
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
