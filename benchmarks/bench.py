@@ -166,6 +166,7 @@ class Runner:
     compile_seconds: float | None = None
     flops: float | None = None  # XLA's cost analysis of the compiled step
     lowered_flops: float | None = None  # the same analysis of the lowered (unoptimised) module
+    hlo_text: str | None = None  # the compiled module (benchmarks/profile_step.py names its ops)
 
 
 def _flops_of(compiled) -> float | None:
@@ -193,7 +194,7 @@ def _jax_runner(jitted, state, *args) -> Runner:
         jax.block_until_ready(metrics)
         holder[0] = state
 
-    return Runner(run, compile_seconds, _flops_of(compiled), _flops_of(lowered))
+    return Runner(run, compile_seconds, _flops_of(compiled), _flops_of(lowered), compiled.as_text())
 
 
 def batch(workload: Workload, seed: int = 0):
@@ -533,16 +534,37 @@ def markdown(report: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(report: dict, command: str, out_dir: str | Path) -> tuple[Path, Path]:
-    """RESULTS.md and results.json; another precision than float32 writes RESULTS_<precision>.md and
+def repeat_markdown(report: dict, index: int, count: int) -> str:
+    """A later run of the same command: its date, load, matmul ceiling and table."""
+    header, rows = table_rows(report)
+    cores = report["machine"]["cores"]
+    lines = [f"## Run {index} of {count} (same command, right after run {index - 1})", "",
+             f"- Ended {report['date']}; load average (1 min) at start / end: "
+             f"{report['load_average']['start'][0]:.1f} / {report['load_average']['end'][0]:.1f} on {cores} cores; "
+             f"float32 matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines + [""])
+
+
+def write_outputs(reports: dict | list[dict], command: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """RESULTS.md and results.json (one report, or the runs of --repeat: the first in full, then a
+    table per later run); another precision than float32 writes RESULTS_<precision>.md and
     results_<precision>.json beside them (the float32 tables stay)."""
+    reports = [reports] if isinstance(reports, dict) else list(reports)
+    report = reports[0]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = report.get("precision", "float32")
     suffix = "" if precision == "float32" else f"_{precision}"
     md, js = out_dir / f"RESULTS{suffix}.md", out_dir / f"results{suffix}.json"
-    md.write_text(markdown(report, command))
-    js.write_text(json.dumps({**report, "command": command}, indent=2) + "\n")
+    text = markdown(report, command)
+    if len(reports) > 1:
+        text = text.replace("\n| workload |", f"\n## Run 1 of {len(reports)}\n\n| workload |", 1)
+        text += "\n" + "\n".join(repeat_markdown(r, i + 2, len(reports)) for i, r in enumerate(reports[1:]))
+    md.write_text(text)
+    extra = {"repeats": reports[1:]} if len(reports) > 1 else {}
+    js.write_text(json.dumps({**report, "command": command, **extra}, indent=2) + "\n")
     return md, js
 
 
@@ -554,6 +576,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", help=f"comma-separated subset of {','.join([*WORKLOADS, 'dispatch'])}")
     parser.add_argument("--quick", action="store_true", help="3 short rounds instead of 9")
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole benchmark N times in a row; RESULTS.md gets one table per run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"),
                         help="where RESULTS.md and results.json go ('' for none)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
@@ -569,14 +593,23 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     rounds = args.rounds or (3 if args.quick else 9)
-    report = run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
-                           log=lambda line: print(line, file=sys.stderr, flush=True), precision=args.precision)
+    if args.repeat < 1:
+        print(f"bench: error: --repeat {args.repeat} must be at least 1", file=sys.stderr)
+        return 2
+    reports = []
+    for run_index in range(args.repeat):
+        if args.repeat > 1:
+            print(f"run {run_index + 1} of {args.repeat}", file=sys.stderr, flush=True)
+        reports.append(run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True),
+                                     precision=args.precision))
+        print(text_table(*table_rows(reports[-1])))
+    report = reports[0]
     command = args.command or shlex.join(["python", "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
-    print(text_table(*table_rows(report)))
     print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
           f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
     if args.out:
-        md, js = write_outputs(report, command, Path(args.out))
+        md, js = write_outputs(reports, command, Path(args.out))
         print(f"wrote {md} and {js}")
     return 0
 

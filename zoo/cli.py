@@ -166,6 +166,7 @@ def cmd_bench(args) -> int:
                        "(git clone, then pip install -e '.[bench]')")
     forwarded = [*(["--workloads", args.workloads] if args.workloads else []), *(["--quick"] if args.quick else []),
                  *(["--rounds", str(args.rounds)] if args.rounds else []),
+                 *(["--repeat", str(args.repeat)] if args.repeat != 1 else []),
                  *(["--precision", args.precision] if args.precision != "float32" else []), "--out", args.out]
     command = shlex.join(["zoo", "bench", *forwarded])
     forwarded += ["--command", command]
@@ -312,6 +313,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,dispatch")
     p.add_argument("--quick", action="store_true", help="3 short rounds instead of 9")
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the whole benchmark N times in a row; RESULTS.md gets one table per run")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the zoo model's compute precision (model.precision); bfloat16 writes RESULTS_bfloat16.md")
     p.add_argument("--out", default="benchmarks", help="where RESULTS.md and results.json go ('' for none)")
