@@ -46,7 +46,7 @@ $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
 test-all: $(VENV)/.installed-all
 	$(BIN)/python -m pytest -q
 
-# Everything but the end-to-end runs marked slow (subprocess CLIs, kill tests, compares).
+# The quick loop (under a minute on 2 cores): every test but those marked slow (over ~1 s each).
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 

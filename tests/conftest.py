@@ -174,8 +174,8 @@ def one_line_error():
     return _assert_one_line_error
 
 
-# `make test-fast` (-m "not slow") runs the registry-wide tests on one model per family; `make test`
-# runs them on every registered model.
+# `make test-fast` (-m "not slow") runs the cheap registry-wide tests on one model per family (tests
+# that take over ~1 s carry @pytest.mark.slow themselves); `make test` runs them on every model.
 REPRESENTATIVES = {"mlp", "cnn", "lstm", "resnet20", "transformer"}
 
 

@@ -41,16 +41,19 @@ def assert_same_params(a, b):
         np.testing.assert_allclose(left, right, **tolerance(0, 1e-6))
 
 
+@pytest.mark.slow
 def test_one_accumulated_step_equals_one_large_batch_step():
     assert_same_params(trained_params(config(4), 1), trained_params(config(1), 1))
 
 
+@pytest.mark.slow
 def test_the_learning_rate_schedule_counts_optimizer_steps_not_micro_batches():
     """Three steps of a 3-step cosine schedule: the same learning rates with and without accumulation
     (a schedule counting micro-batches would decay over 6 and part ways at step 2)."""
     assert_same_params(trained_params(config(2), 3), trained_params(config(1), 3))
 
 
+@pytest.mark.slow
 def test_one_step_is_one_optimizer_update_and_one_step_of_the_run():
     state = trained_params(config(4), 2)
     assert int(state.step) == 2

@@ -128,16 +128,19 @@ def assert_agree(name, kind, index):
         np.testing.assert_allclose(a, e, rtol=TOLERANCE, atol=TOLERANCE * scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", CASES)
 def test_jvp_of_apply_runs_and_matches_stock_flax_layers(name, kind):
     assert_agree(name, kind, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", CASES)
 def test_hessian_vector_product_of_the_loss_runs_and_matches_stock_flax_layers(name, kind):
     assert_agree(name, kind, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", CASES)
 def test_vmap_over_parameter_sets_runs_and_matches_stock_flax_layers(name, kind):
     assert_agree(name, kind, 2)

@@ -119,6 +119,7 @@ def test_batch_size_that_does_not_split_over_the_devices(tmp_path, write_config,
                           "data.batch_size 30 does not split over 8 devices: use a multiple of 8", devices=8)
 
 
+@pytest.mark.slow
 def test_unknown_model(tmp_path, write_config, refused):
     config = write_config({"model": {"name": "mlpp"}})
     refused(["train", config, "--workdir", tmp_path / "run"], tmp_path,
@@ -185,12 +186,14 @@ def test_eval_of_an_empty_run_dir(tmp_path, refused):
     refused(["eval", tmp_path / "empty"], tmp_path, "holds no checkpoints/", "written by `zoo train`")
 
 
+@pytest.mark.slow
 def test_train_on_a_run_dir_of_another_model(run_dir, write_config, refused):
     config = write_config(replace={"model": TAMPERED_MODEL})
     refused(["train", config, "--workdir", run_dir], run_dir,
             "holds a run of another config", "model.", "use another --workdir")
 
 
+@pytest.mark.slow
 def test_train_on_a_checkpoint_of_another_model_under_a_matching_config(run_dir, write_config, refused):
     config = write_config(replace={"model": TAMPERED_MODEL})
     stored = json.loads((run_dir / "config.json").read_text())
@@ -199,6 +202,7 @@ def test_train_on_a_checkpoint_of_another_model_under_a_matching_config(run_dir,
             "checkpoint step 20 holds another model", "use another --workdir")
 
 
+@pytest.mark.slow
 def test_eval_of_a_tampered_config(run_dir, refused):
     edit_meta(run_dir, lambda meta: meta["config"].update(model=TAMPERED_MODEL))
     refused(["eval", run_dir], run_dir, "checkpoint step 20 holds another model: array")
@@ -220,6 +224,7 @@ def test_eval_of_corrupted_bytes(run_dir, refused_in_subprocess):
     refused_in_subprocess(["eval", run_dir], run_dir, "checkpoint step 20 is damaged", "use another step")
 
 
+@pytest.mark.slow
 def test_eval_of_malformed_meta_json(run_dir, refused):
     (step_dir(run_dir) / "meta" / "metadata").write_text('{"format": 1, "arrays": ')
     refused(["eval", run_dir], run_dir, "checkpoint step 20 is damaged", "is not valid JSON")

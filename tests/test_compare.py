@@ -196,6 +196,7 @@ def test_cli_bad_compare_config_is_one_line_exit_2(tmp_path, zoo_main, one_line_
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_forward_flops_count_every_rnn_step(compile_cache):
     from zoo.config import from_dict
     from zoo.data import DataSpec

@@ -88,6 +88,7 @@ def _lr(config) -> float:
     return config.optimizer.learning_rate
 
 
+@pytest.mark.slow
 def test_sweep_selects_by_validation_when_test_disagrees(tmp_path, stubbed):
     # validation ranks lr 3e-3 first; test ranks 1e-2 first: the choice must follow validation
     val = {1e-3: 0.80, 3e-3: 0.90, 1e-2: 0.70}
@@ -115,6 +116,7 @@ def test_sweep_selection_reads_no_test_metric():
     assert compare_lib.select_setting([[0.3], [0.2]], "val_loss") == 1
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_setting_on_the_tuning_seed_then_every_seed_at_the_choice(tmp_path, stubbed):
     stubbed.scores = lambda c: ({1e-3: 0.8, 3e-3: 0.9, 1e-2: 0.7}[_lr(c)], 0.5)
     path = _compare(tmp_path, seeds=[0, 1, 2], sweep={"optimizer.learning_rate": LRS})
@@ -123,6 +125,7 @@ def test_sweep_trains_every_setting_on_the_tuning_seed_then_every_seed_at_the_ch
     assert mlp == [(0, 1e-3), (0, 3e-3), (0, 1e-2), (1, 3e-3), (2, 3e-3)]
 
 
+@pytest.mark.slow
 def test_sweep_report_lists_every_trial_marks_the_choice_and_flags_the_edge(tmp_path, stubbed):
     stubbed.scores = lambda c: ({1e-3: 0.8, 3e-3: 0.85, 1e-2: 0.9}[_lr(c)], 0.5)
     path = _compare(tmp_path, sweep={"optimizer.learning_rate": LRS})
@@ -154,6 +157,7 @@ def test_model_entry_sweep_overrides_the_compare_sweep(tmp_path, stubbed):
     assert [bool(arm.sweep) for arm in config.arms] == [True, False]
 
 
+@pytest.mark.slow
 def test_resuming_a_half_finished_sweep_reuses_every_finished_trial(tmp_path, stubbed):
     path = _compare(tmp_path, sweep={"optimizer.learning_rate": LRS})
     stubbed.stop_after = 4  # stopped in the fifth run: tiny_mlp's 3 trials and final seed 1, then tiny_cnn
@@ -167,6 +171,7 @@ def test_resuming_a_half_finished_sweep_reuses_every_finished_trial(tmp_path, st
     assert (result["trained"], result["reused"]) == (4, 4)
 
 
+@pytest.mark.slow
 def test_seconds_budget_gives_each_model_seconds_over_its_measured_step_time(tmp_path, stubbed):
     path = _compare(tmp_path, budget={"seconds": 0.1})  # mlp 1 ms/step -> 100 steps; cnn 4 ms/step -> 25
     result = compare_lib.compare(path, tmp_path / "work")
@@ -177,12 +182,14 @@ def test_seconds_budget_gives_each_model_seconds_over_its_measured_step_time(tmp
     assert "0.1 s of measured step time" in text and "tiny_mlp 100 steps" in text
 
 
+@pytest.mark.slow
 def test_flops_budget_gives_each_model_flops_over_its_step_flops(tmp_path, stubbed):
     path = _compare(tmp_path, budget={"flops": 1e8})  # mlp 1e6 FLOPs/step -> 100 steps; cnn 4e6 -> 25
     compare_lib.compare(path, tmp_path / "work")
     assert {c.name: c.train.steps for c, _ in stubbed.calls} == {"tiny_mlp": 100, "tiny_cnn": 25}
 
 
+@pytest.mark.slow
 def test_budget_calibration_is_measured_once_and_kept(tmp_path, stubbed):
     path = _compare(tmp_path, budget={"seconds": 0.1})
     compare_lib.compare(path, tmp_path / "work")
@@ -191,6 +198,7 @@ def test_budget_calibration_is_measured_once_and_kept(tmp_path, stubbed):
     assert len(stubbed.measured) == measured and result["trained"] == 0
 
 
+@pytest.mark.slow
 def test_budget_s_stops_launching_runs_and_reports_what_was_skipped(tmp_path, stubbed, monkeypatch):
     clock = iter(range(0, 10_000, 10))  # every reading 10 s later than the last
     monkeypatch.setattr(compare_lib, "_now", lambda: next(clock))
@@ -202,6 +210,7 @@ def test_budget_s_stops_launching_runs_and_reports_what_was_skipped(tmp_path, st
     assert "--budget-s 15 ran out" in text
 
 
+@pytest.mark.slow
 def test_many_datasets_write_one_report_with_a_model_by_dataset_table(tmp_path, stubbed):
     for dataset in ("digits", "mnist1d"):
         _model(tmp_path, f"{dataset}_mlp", {"name": "mlp", "hidden_sizes": [8]}, dataset, sub=dataset)
@@ -280,6 +289,7 @@ def test_sweep_without_a_validation_split_is_refused(tmp_path):
         compare_lib.load_compare(_compare(tmp_path, models=[mlp], sweep={"optimizer.learning_rate": LRS}))
 
 
+@pytest.mark.slow
 def test_train_step_flops_exceed_twice_the_forward_flops(compile_cache):
     from zoo.config import from_dict
     from zoo.data import load_dataset

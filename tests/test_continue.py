@@ -8,6 +8,7 @@ from zoo.training import fit
 from zoo.training.restore import restore
 
 
+@pytest.mark.slow
 def test_a_finished_run_continues_to_more_steps_and_says_the_schedule_is_recomputed(tmp_path, write_config,
                                                                                    zoo_main):
     config = write_config()
@@ -17,6 +18,7 @@ def test_a_finished_run_continues_to_more_steps_and_says_the_schedule_is_recompu
     assert "continuing a 20-step run to 30 steps: the learning-rate schedule is recomputed" in err
 
 
+@pytest.mark.slow
 def test_continuing_a_run_may_change_log_eval_and_checkpoint_cadence(tmp_path, write_config, zoo_main):
     config = write_config()
     assert zoo_main("train", config, "--workdir", tmp_path / "run")[0] == 0
@@ -38,6 +40,7 @@ def test_continuing_a_run_refuses_any_other_change_listing_the_keys(tmp_path, wr
     assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.slow
 def test_fewer_steps_than_the_run_has_taken_is_refused(tmp_path, write_config, zoo_main, one_line_error):
     config = write_config()
     assert zoo_main("train", config, "--workdir", tmp_path / "run")[0] == 0

@@ -19,12 +19,14 @@ def test_digits_split_is_fixed_and_stratified():
     assert 0.0 <= first.x_train.min() and first.x_train.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_mnist1d_is_the_published_split():
     data = load_dataset("mnist1d")
     assert (data.x_train.shape, data.x_test.shape) == ((4000, 40, 1), (1000, 40, 1))
     assert data.spec.kind == "signal" and data.spec.num_classes == 10
 
 
+@pytest.mark.slow
 def test_mnist1d_does_not_disturb_global_rngs():
     np.random.seed(123), random.seed(123)
     expected = (np.random.rand(), random.random())
@@ -33,6 +35,7 @@ def test_mnist1d_does_not_disturb_global_rngs():
     assert (np.random.rand(), random.random()) == expected
 
 
+@pytest.mark.slow
 def test_mnist1d_shuffled_permutes_positions_not_labels():
     plain, shuffled = load_dataset("mnist1d"), load_dataset("mnist1d_shuffled")
     np.testing.assert_array_equal(plain.y_train, shuffled.y_train)

@@ -64,6 +64,7 @@ def test_every_source_trains_above_chance_and_eval_equals_the_recorded_metrics(s
     assert out["test"]["loss"] == pytest.approx(recorded["test_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_the_run_records_kind_resolved_path_fingerprint_classes_and_statistics(tmp_path, tiny_config, monkeypatch):
     from zoo import checkpoint as ckpt
     from zoo.training import fit
@@ -318,6 +319,7 @@ def test_a_data_path_that_does_not_exist_is_refused(tmp_path, refused):
     refused({"name": "image_folder", "path": str(tmp_path / "nowhere")}, "does not exist", "data.path")
 
 
+@pytest.mark.slow
 def test_eval_refuses_data_changed_since_training_unless_allowed(tmp_path, write_config, zoo_main, one_line_error):
     path = write_npz(tmp_path / "a.npz")
     config = write_config({"data": {"name": "npz", "path": str(path), "eval_batch_size": 100}})
@@ -331,6 +333,7 @@ def test_eval_refuses_data_changed_since_training_unless_allowed(tmp_path, write
     assert zoo_main("eval", tmp_path / "run", "--allow-changed-data")[0] == 0
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_trained_on_arrays_says_how_to_pass_them_again(tmp_path, tiny_config):
     from zoo.evaluate import evaluate
     from zoo.training import fit

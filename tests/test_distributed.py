@@ -321,6 +321,7 @@ def test_held_runtime_log_lines_pass_on_after_the_hold_while_the_process_runs(mo
     assert out.getvalue() == "[1] W1203 07:11:27.011132   23852 coordination_service.cc:185] a warning\n"
 
 
+@pytest.mark.slow
 def test_a_stop_signal_delivered_twice_at_once_is_one_request_and_a_later_one_acts_at_once():
     from zoo.training import loop
 

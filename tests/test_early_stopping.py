@@ -29,6 +29,7 @@ def es_config(tiny_config, patience=2, min_delta=0.0, steps=40, metric="accuracy
 CURVE = {5: 0.5, 10: 0.6, 15: 0.6, 20: 0.55, 25: 0.9, 30: 0.9, 35: 0.9, 40: 0.9}
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_at_the_evaluation_where_patience_runs_out(tmp_path, tiny_config, monkeypatch):
     scripted(monkeypatch, CURVE)
     result = fit(es_config(tiny_config, patience=2), tmp_path)
@@ -38,18 +39,21 @@ def test_early_stopping_stops_at_the_evaluation_where_patience_runs_out(tmp_path
     assert json.loads((tmp_path / "result.json").read_text())["early_stopped"]["step"] == 20
 
 
+@pytest.mark.slow
 def test_early_stopping_min_delta_ignores_small_improvements(tmp_path, tiny_config, monkeypatch):
     scripted(monkeypatch, {5: 0.5, 10: 0.52, 15: 0.54, 20: 0.9, 25: 0.9, 30: 0.9, 35: 0.9, 40: 0.9})
     result = fit(es_config(tiny_config, patience=2, min_delta=0.05), tmp_path)
     assert result["early_stopped"]["step"] == 15 and result["early_stopped"]["best_step"] == 5
 
 
+@pytest.mark.slow
 def test_early_stopping_on_loss_waits_for_a_lower_validation_loss(tmp_path, tiny_config, monkeypatch):
     scripted(monkeypatch, CURVE)  # loss = 1 - accuracy: the same steps improve
     result = fit(es_config(tiny_config, patience=2, metric="loss"), tmp_path)
     assert result["early_stopped"]["step"] == 20
 
 
+@pytest.mark.slow
 def test_early_stopping_ignores_the_test_curve(tmp_path, tiny_config, monkeypatch):
     flat = {step: 0.5 for step in range(5, 45, 5)}
     rising = {step: step / 100 for step in range(5, 45, 5)}
@@ -58,12 +62,14 @@ def test_early_stopping_ignores_the_test_curve(tmp_path, tiny_config, monkeypatc
     assert result["early_stopped"]["step"] == 15
 
 
+@pytest.mark.slow
 def test_a_run_that_never_stalls_trains_to_the_end(tmp_path, tiny_config, monkeypatch):
     scripted(monkeypatch, {step: step / 100 for step in range(5, 45, 5)})
     result = fit(es_config(tiny_config, patience=2), tmp_path)
     assert result["early_stopped"] is None and result["final_step"] == 40
 
 
+@pytest.mark.slow
 def test_early_stopping_counts_carry_over_a_resume(tmp_path, tiny_config, monkeypatch):
     """Stopped at step 15 (one evaluation without improvement), then continued: the run stops at 20,
     as an uninterrupted one does, not two evaluations after the resume."""
@@ -75,6 +81,7 @@ def test_early_stopping_counts_carry_over_a_resume(tmp_path, tiny_config, monkey
     assert result["early_stopped"]["step"] == 20
 
 
+@pytest.mark.slow
 def test_an_early_stopped_run_rerun_stays_stopped(tmp_path, tiny_config, monkeypatch):
     scripted(monkeypatch, CURVE)
     config = es_config(tiny_config, patience=2)

@@ -40,6 +40,7 @@ def normal(shape, seed=0):
 # --- pooling ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 2), (2, 10, 3), (2, 1, 6, 2)])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_pooling_by_reshape_matches_nn_pooling_with_stride_equal_to_window(shape, kind):
@@ -66,6 +67,7 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,features,kernel,strides,padding", CONV_CASES)
 def test_fast_conv_matches_nn_conv_outputs_and_gradients(shape, features, kernel, strides, padding):
     x = normal(shape)
@@ -76,6 +78,7 @@ def test_fast_conv_matches_nn_conv_outputs_and_gradients(shape, features, kernel
     assert_trees_close(value_and_grads(fast, variables, x), value_and_grads(reference, variables, x))
 
 
+@pytest.mark.slow
 def test_fast_conv_falls_back_to_lax_for_dilated_and_grouped_convolutions():
     x = normal((2, 9, 9, 4))
     for kwargs in ({"kernel_dilation": (2, 2)}, {"feature_group_count": 2}, {"input_dilation": (2, 2)}):
@@ -85,6 +88,7 @@ def test_fast_conv_falls_back_to_lax_for_dilated_and_grouped_convolutions():
         assert_trees_close(value_and_grads(fast, variables, x), value_and_grads(reference, variables, x))
 
 
+@pytest.mark.slow
 def test_fast_conv_inside_a_batchnorm_residual_block_matches_flax():
     """The case the fast backward pass exists for: conv inputs produced by BatchNorm + add + ReLU."""
 
@@ -127,6 +131,7 @@ class FastLSTM(nn.Module):
         return layers.LSTM(self.features, name="LSTMCell_0", **dict(self.kwargs))(x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [(), (("reverse", True),), (("reverse", True), ("keep_order", True))])
 def test_fast_lstm_matches_nn_rnn_of_lstm_cell(kwargs):
     x = normal((3, 7, 5))
@@ -136,6 +141,7 @@ def test_fast_lstm_matches_nn_rnn_of_lstm_cell(kwargs):
     assert_trees_close(value_and_grads(FastLSTM(6, kwargs), variables, x), expected)
 
 
+@pytest.mark.slow
 def test_fast_lstm_gradients_through_only_the_last_state_match():
     """The classifier's case: the loss reads h_T only, so every per-step output cotangent is zero."""
     x = normal((4, 64, 3))
@@ -147,6 +153,7 @@ def test_fast_lstm_gradients_through_only_the_last_state_match():
     assert_trees_close(grads(FastLSTM(16)), grads(FlaxLSTM(16)))
 
 
+@pytest.mark.slow
 def test_fast_lstm_in_nn_bidirectional_matches_flax():
     class Bi(nn.Module):
         fast: bool
@@ -164,6 +171,7 @@ def test_fast_lstm_in_nn_bidirectional_matches_flax():
     assert_trees_close(value_and_grads(Bi(True), variables, x), value_and_grads(Bi(False), variables, x))
 
 
+@pytest.mark.slow
 def test_fast_lstm_takes_an_initial_carry_and_time_major_inputs():
     x = normal((6, 2, 3))  # (T, B, C)
     carry = (normal((2, 4), seed=1), normal((2, 4), seed=2))
@@ -179,6 +187,7 @@ def test_fast_lstm_takes_an_initial_carry_and_time_major_inputs():
 # --- forward mode -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fast_conv_jvp_matches_nn_conv():
     x = normal((2, 9, 9, 3))
     variables = nn.Conv(4, (3, 3)).init(jax.random.key(1), x)
@@ -190,6 +199,7 @@ def test_fast_conv_jvp_matches_nn_conv():
     assert_trees_close(jvp(layers.Conv(4, (3, 3))), jvp(nn.Conv(4, (3, 3))))
 
 
+@pytest.mark.slow
 def test_fast_lstm_jvp_matches_nn_rnn_of_lstm_cell():
     x = normal((3, 7, 5))
     variables = FlaxLSTM(6).init(jax.random.key(1), x)

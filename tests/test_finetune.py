@@ -42,6 +42,7 @@ def test_data_classes_outside_the_dataset_are_refused():
         select_classes(load_dataset("digits"), [3, 12])
 
 
+@pytest.mark.slow
 def test_init_from_loads_every_parameter_but_the_skipped_ones(source_run, tiny_config):
     config = tiny_config({"data": {"classes": SECOND_HALF},
                           "init_from": {"run": str(source_run), "skip": ["Dense_1"]}})
@@ -54,6 +55,7 @@ def test_init_from_loads_every_parameter_but_the_skipped_ones(source_run, tiny_c
         np.testing.assert_array_equal(value, expected, err_msg=name)
 
 
+@pytest.mark.slow
 def test_frozen_parameters_are_bit_equal_after_training(source_run, tiny_config, tmp_path):
     config = tiny_config({"data": {"classes": SECOND_HALF}, "freeze": ["Dense_0"],
                           "init_from": {"run": str(source_run), "skip": ["Dense_1"]}})
@@ -65,6 +67,7 @@ def test_frozen_parameters_are_bit_equal_after_training(source_run, tiny_config,
     assert not np.array_equal(tuned["['Dense_1']['kernel']"], source["['Dense_1']['kernel']"])  # the head trained
 
 
+@pytest.mark.slow
 def test_init_from_a_parameter_of_another_shape_is_refused_by_name(source_run, tmp_path, write_config, zoo_main,
                                                                    one_line_error):
     config = write_config({"data": {"classes": [5, 6, 7]}, "init_from": {"run": str(source_run)}})

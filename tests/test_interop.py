@@ -51,6 +51,7 @@ def _assert_close(ours, reference):
     assert np.abs(ours - reference).max() <= RTOL * scale, np.abs(ours - reference).max() / scale
 
 
+@pytest.mark.slow
 def test_resnet18_logits_match_torchvision(tmp_path):
     torch, torchvision = _torch(), _torchvision()
     torch.manual_seed(0)
@@ -65,6 +66,7 @@ def test_resnet18_logits_match_torchvision(tmp_path):
     _assert_close(ours, reference)
 
 
+@pytest.mark.slow
 def test_vit_tiny_logits_match_timm(tmp_path):
     torch = _torch()
     timm = pytest.importorskip("timm")
@@ -97,6 +99,7 @@ def _recurrent(torch, cell, **kw):
     return Classifier().eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
 def test_recurrent_logits_match_torch_nn(tmp_path, name):
     torch = _torch()
@@ -123,6 +126,7 @@ def _classes(torch, classes):
     return net
 
 
+@pytest.mark.slow
 def test_truncated_weights_file_is_refused_in_one_line(zoo_main, one_line_error, lstm_file, tmp_path):
     path = lstm_file()
     cut = tmp_path / "cut.safetensors"
@@ -133,6 +137,7 @@ def test_truncated_weights_file_is_refused_in_one_line(zoo_main, one_line_error,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_mismatched_weights_file_lists_the_unmatched_names(zoo_main, one_line_error, lstm_file, tmp_path):
     status, _, err = zoo_main("import", "resnet18", lstm_file(), "--out", tmp_path / "run", "--dataset", "digits")
     assert status == 2
@@ -140,6 +145,7 @@ def test_mismatched_weights_file_lists_the_unmatched_names(zoo_main, one_line_er
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_head_of_another_class_count_needs_num_classes(zoo_main, one_line_error, lstm_file, tmp_path):
     status, _, err = zoo_main("import", "lstm", lstm_file(3), "--out", tmp_path / "run", "--dataset", "digits")
     assert status == 2
@@ -203,6 +209,7 @@ def _run_probabilities(run_dir, x):
     return np.asarray(probabilities(x))
 
 
+@pytest.mark.slow
 def test_predict_from_export_never_imports_models_and_matches_the_run(trained, tmp_path, cli_env):
     from zoo.interop.export import export_run
 
@@ -273,6 +280,7 @@ def test_predict_from_a_file_that_is_not_an_export_is_refused_in_one_line(zoo_ma
     one_line_error(err, "is not a zoo export")
 
 
+@pytest.mark.slow
 def test_predict_input_of_the_wrong_shape_is_refused_in_one_line(zoo_main, one_line_error, trained, tmp_path):
     from zoo.interop.export import export_run
 

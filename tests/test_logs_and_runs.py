@@ -51,6 +51,7 @@ def test_tensorboard_events_hold_the_hyperparameters(finished_run):
     assert ("_hparams_/experiment", 0) in _events(finished_run)
 
 
+@pytest.mark.slow
 def test_tensorboard_off_writes_no_event_files(tiny_config, tmp_path):
     from zoo.training import fit
 

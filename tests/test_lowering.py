@@ -78,6 +78,7 @@ def lowered(name: str, function: str, platforms=PLATFORMS) -> jax.export.Exporte
     return jax.export.export(jitted, platforms=platforms)(state.params, state.model_state, x, y, mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, function", CASES)
 def test_lowers_for_gpu_and_tpu_without_cpu_only_branches(name, function):
     exported = lowered(name, function)

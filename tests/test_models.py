@@ -118,11 +118,13 @@ def run(name: str, kind: str) -> Run:
     return Run(x, variables, eval_logits, eval_state, train_logits, train_state, grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", CASES)
 def test_init_creates_params(name, kind):
     assert jax.tree_util.tree_leaves(trace(name, kind).variables["params"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", CASES)
 def test_eval_apply_gives_float_logits_per_example_and_class(name, kind):
     result = trace(name, kind)
@@ -130,6 +132,7 @@ def test_eval_apply_gives_float_logits_per_example_and_class(name, kind):
     assert result.eval_logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", CASES)
 def test_train_apply_returns_logits_and_every_state_collection(name, kind):
     result = trace(name, kind)
@@ -137,12 +140,14 @@ def test_train_apply_returns_logits_and_every_state_collection(name, kind):
     assert set(result.train_state) == set(result.variables) - {"params"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", NUMERIC_CASES)
 def test_eval_and_train_logits_are_finite(name, kind):
     result = run(name, kind)
     assert np.isfinite(result.eval_logits).all() and np.isfinite(result.train_logits).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind", NUMERIC_CASES)
 def test_loss_gradients_are_finite_and_not_all_zero(name, kind):
     leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(run(name, kind).grads)]
@@ -150,6 +155,7 @@ def test_loss_gradients_are_finite_and_not_all_zero(name, kind):
     assert any(np.abs(leaf).max() > 0 for leaf in leaves)
 
 
+@pytest.mark.slow
 def test_batchnorm_running_stats_change_after_a_train_apply():
     result = run("resnet20", "image")
     before = jax.tree_util.tree_leaves(result.variables["batch_stats"])
@@ -157,6 +163,7 @@ def test_batchnorm_running_stats_change_after_a_train_apply():
     assert any(not np.allclose(b, a) for b, a in zip(before, after))
 
 
+@pytest.mark.slow
 def test_eval_apply_returns_state_unchanged():
     result = run("resnet20", "image")
     expected = {"batch_stats": result.variables["batch_stats"]}
@@ -202,6 +209,7 @@ def dropout_mlp():
     return model, x, model.init(key(0), x)
 
 
+@pytest.mark.slow
 def test_eval_output_is_deterministic_with_dropout():
     model, x, variables = dropout_mlp()
     first, _ = model.apply(variables, x, train=False, rng=key(1))
@@ -258,6 +266,7 @@ def test_hyperparameter_lists_become_tuples_and_ints_become_floats():
     assert hparams["hidden_sizes"] == (4, 5) and isinstance(hparams["dropout"], float)
 
 
+@pytest.mark.slow
 def test_exact_gelu_keeps_the_parameter_count_and_changes_the_logits():
     x = sample("image", SHAPES["image"])
     tanh_gelu = models.build("vit_digits", NUM_CLASSES)

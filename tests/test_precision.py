@@ -67,6 +67,7 @@ def test_bfloat16_models_keep_float32_parameters(name):
     assert dtypes(abstract_variables(model, x)["params"]) == {F32}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_models_return_bfloat16_logits(name):
     model, x, _ = build(name)
@@ -125,6 +126,7 @@ def test_bfloat16_logits_are_the_float32_logits_to_bfloat16_accuracy(name):
     np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=0, atol=0.05 * scale + 1e-3)
 
 
+@pytest.mark.slow
 def test_the_training_loss_and_metrics_of_a_bfloat16_model_are_float32():
     model = models.build("mlp", NUM_CLASSES, hidden_sizes=(8,), norm="batch", precision="bfloat16")
     tx = optim.make_optimizer(OptimizerConfig(), 10)
@@ -136,6 +138,7 @@ def test_the_training_loss_and_metrics_of_a_bfloat16_model_are_float32():
     assert dtypes(new_state.params) == {F32} and dtypes(new_state.opt_state) <= {F32, jnp.dtype(jnp.int32)}
 
 
+@pytest.mark.slow
 def test_the_loss_is_computed_from_float32_logits():
     """Cross-entropy of bfloat16 logits equals that of the same logits in float32, bit for bit."""
     logits = jax.random.normal(jax.random.key(0), (8, 10)).astype(jnp.bfloat16)

@@ -23,6 +23,7 @@ def rows_of(text):
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@pytest.mark.slow
 def test_load_run_predict_gives_evals_test_accuracy(trained):
     run = zoo.load_run(trained)
     data = load_dataset("digits")
@@ -32,6 +33,7 @@ def test_load_run_predict_gives_evals_test_accuracy(trained):
     assert accuracy == pytest.approx(zoo.evaluate_run(trained)["test"]["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_load_run_exposes_model_variables_config_spec_and_class_names(trained):
     run = zoo.load_run(trained, step="best")
     logits, _ = run.model.apply(run.variables, run.preprocess(load_dataset("digits").x_test[:3]))
@@ -41,11 +43,13 @@ def test_load_run_exposes_model_variables_config_spec_and_class_names(trained):
     assert run.step == zoo.evaluate_run(trained, best=True)["step"]
 
 
+@pytest.mark.slow
 def test_load_run_predict_refuses_the_wrong_shape_naming_the_expected_one(trained):
     with pytest.raises(DataError, match=r"it expects \(8, 8, 1\)"):
         zoo.load_run(trained).predict(np.zeros((4, 10), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["npy", "npz", "csv", "image", "folder"])
 def test_predict_gives_one_row_per_example_for_each_input_kind(kind, trained, tmp_path, zoo_main):
     from PIL import Image
@@ -81,6 +85,7 @@ def test_predict_gives_one_row_per_example_for_each_input_kind(kind, trained, tm
     assert all(len(row["top_k"].split()) == 2 for row in rows)
 
 
+@pytest.mark.slow
 def test_predict_reads_csv_rows_for_a_run_on_vectors(tmp_path, tiny_config, zoo_main):
     """A run on flat feature vectors: a CSV with a header, one example a row."""
     data = load_dataset("digits")

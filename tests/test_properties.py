@@ -177,6 +177,7 @@ trees = st.dictionaries(st.from_regex(r"[a-z]{1,4}", fullmatch=True),
                         st.one_of(arrays, st.lists(arrays, min_size=1, max_size=3)), min_size=1, max_size=4)
 
 
+@pytest.mark.slow
 @FAST
 @given(trees, st.data())
 def test_the_checksum_of_any_pytree_changes_when_any_element_changes(tree, data):
@@ -208,6 +209,7 @@ FAMILIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_family_gives_batch_by_classes_logits_for_any_batch_size(name):
     hparams, input_shape = FAMILIES[name]

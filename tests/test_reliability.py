@@ -94,6 +94,7 @@ def test_resume_after_a_stop_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     assert straight_meta["position"] == resumed_meta["position"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saves_the_data_position_of_the_batches_consumed_not_of_those_fetched_ahead(
         tmp_path, tiny_config):
     config = tiny_config({"train": {"steps": 20, "steps_per_call": 4}, "checkpoint": {"every": 10, "keep": 2}})

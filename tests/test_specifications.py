@@ -40,6 +40,7 @@ def plain_cross_entropy(logits, y):
 
 # Training step -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_dropout_draws_a_new_mask_every_step():
     model = models.build("mlp", NUM_CLASSES, hidden_sizes=(64,), dropout=0.5)
     x, y = batch()
@@ -53,6 +54,7 @@ def test_dropout_draws_a_new_mask_every_step():
     assert float(first["loss"]) != float(second["loss"])  # ... and a new one at the next step
 
 
+@pytest.mark.slow
 def test_the_training_loss_is_plain_cross_entropy_when_smoothing_is_zero():
     model = models.build("mlp", NUM_CLASSES, hidden_sizes=(16,))
     x, y = batch()
@@ -66,6 +68,7 @@ def test_the_training_loss_is_plain_cross_entropy_when_smoothing_is_zero():
         assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_label_smoothing_mixes_the_targets_with_the_uniform_distribution():
     model = models.build("mlp", NUM_CLASSES, hidden_sizes=(16,))
     x, y = batch()
@@ -80,6 +83,7 @@ def test_label_smoothing_mixes_the_targets_with_the_uniform_distribution():
 
 # Evaluation --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_evaluation_runs_in_inference_mode_whatever_the_batch_size():
     """BatchNorm uses its running statistics and dropout is off: the metrics are those of a direct
     `apply(train=False)` pass, and the same for every eval batch size (padding included)."""
@@ -108,6 +112,7 @@ def sgd(schedule: str, **fields) -> OptimizerConfig:
     return OptimizerConfig(**{"name": "sgd", "learning_rate": 0.1, "momentum": 0.0, "schedule": schedule, **fields})
 
 
+@pytest.mark.slow
 def test_warmup_from_zero_leaves_the_parameters_unchanged_after_the_first_sgd_step():
     model = models.build("mlp", NUM_CLASSES, hidden_sizes=(16,))
     x, y = batch()
@@ -148,6 +153,7 @@ def test_schedules_at_the_edges_of_a_run_match_optax(config, total, reference):
         assert float(schedule(count)) == pytest.approx(float(reference(count)), abs=1e-9), count
 
 
+@pytest.mark.slow
 def test_the_logged_learning_rate_is_the_one_the_last_update_used(tmp_path, tiny_config):
     config = tiny_config({"optimizer": {"schedule": "warmup_cosine", "warmup_steps": 10},
                           "train": {"steps": 20, "log_every": 5, "steps_per_call": 1}})
@@ -177,6 +183,7 @@ def reference_optimizers():
 
 @pytest.mark.parametrize("config, reference", reference_optimizers(),
                          ids=["sgd-nesterov", "sgd", "adam", "adamw", "rmsprop", "sgd-clip-l2"])
+@pytest.mark.slow
 def test_each_optimizer_updates_like_its_optax_definition(config, reference):
     """Clipping first, then coupled (L2) weight decay for all but AdamW, then the update rule."""
     params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array([0.5])}
@@ -202,6 +209,7 @@ ABSTRACT = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), TREE)
     ("loss", "min", (0.1, 0.5, 0.4), [1, 3]),
     ("accuracy", "max", (0.5, 0.9, 0.6), [2, 3]),
 ])
+@pytest.mark.slow
 def test_best_k_retention_keeps_the_best_step_besides_the_latest(tmp_path, metric, mode, scores, kept):
     checkpoints = ckpt.Checkpoints(tmp_path, keep=1, keep_best=1, metric=metric, mode=mode, async_save=False)
     for step, score in enumerate(scores, start=1):
@@ -248,6 +256,7 @@ def test_summarize_gives_the_mean_and_sample_std_over_every_seed():
 
 # Models ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, cell", [("rnn", nn.SimpleCell), ("lstm", nn.LSTMCell), ("gru", nn.GRUCell)])
 def test_a_recurrent_classifier_reads_its_sequence_first_step_first(name, cell):
     """The logits equal a reference that steps the same cell (same weights) through time 0..T-1 in a
@@ -271,6 +280,7 @@ def test_a_recurrent_classifier_reads_its_sequence_first_step_first(name, cell):
     ("resnet20", {"width": 4}),
     pytest.param("resnet50", {"width": 2, "small_input": True}, marks=pytest.mark.slow),  # bottleneck blocks
 ])
+@pytest.mark.slow
 def test_at_initialisation_every_residual_block_passes_its_input_through_the_skip(name, hparams):
     """Each block's last BatchNorm scale starts at zero, so its residual branch adds nothing and
     only the skip path carries the input: the logits still depend on the input. Without the

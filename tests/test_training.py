@@ -35,6 +35,7 @@ def train_steps(config, count):
     return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_parameters():
     first, _ = train_steps(tiny_config(), 3)
     second, _ = train_steps(tiny_config(), 3)
@@ -42,12 +43,14 @@ def test_same_seed_gives_identical_parameters():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_different_seed_gives_different_parameters():
     first, _ = train_steps(tiny_config(), 1)
     other, _ = train_steps(tiny_config(seed=1), 1)
     assert not np.array_equal(jax.tree.leaves(first.params)[0], jax.tree.leaves(other.params)[0])
 
 
+@pytest.mark.slow
 def test_batchnorm_running_stats_are_updated_by_training():
     config = tiny_config(**{"model.norm": "batch"})
     run = build_run(config)
@@ -57,6 +60,7 @@ def test_batchnorm_running_stats_are_updated_by_training():
                zip(jax.tree.leaves(before), jax.tree.leaves(after.model_state)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
 def test_every_optimizer_lowers_the_training_loss(name):
     lr = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}[name]
@@ -174,6 +178,7 @@ def _evaluation_case():
     return run, state, eval_step, run.dataset.x_test, run.dataset.y_test
 
 
+@pytest.mark.slow
 def test_evaluation_matches_per_example_float64_sums_over_a_padded_last_batch():
     run, state, eval_step, x, y = _evaluation_case()
     assert len(x) % 64
@@ -186,6 +191,7 @@ def test_evaluation_matches_per_example_float64_sums_over_a_padded_last_batch():
     assert metrics["loss"] == pytest.approx(-np.mean(log_probs[np.arange(len(y)), y]), rel=tolerance(1e-5)["rtol"])
 
 
+@pytest.mark.slow
 def test_evaluation_fetches_its_sums_from_the_devices_once(monkeypatch):
     run, state, eval_step, x, y = _evaluation_case()
     fetches = []
@@ -202,6 +208,7 @@ def test_deterministic_asks_gpus_for_deterministic_ops_and_sets_nothing_on_cpu_o
     assert step_lib.compiler_options(True, "cpu") == step_lib.compiler_options(True, "tpu") == {}
 
 
+@pytest.mark.slow
 def test_a_run_records_its_platform_and_xla_options(tmp_path):
     result = fit(tiny_config(**{"train.steps": 10}), tmp_path / "run")
     expected = (jax.default_backend(), step_lib.compiler_options(True))

@@ -51,6 +51,7 @@ def test_validation_outside_zero_one_is_refused(fraction):
         with_validation(load_dataset("digits"), fraction)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_follows_validation_when_test_disagrees(tmp_path, tiny_config, monkeypatch):
     """A run whose validation and test curves disagree keeps (and `--best` picks) the validation-best step."""
     from zoo.evaluate import evaluate

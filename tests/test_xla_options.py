@@ -71,6 +71,7 @@ def _outputs_and_grads(family, options):
     return text, (value, logits, grads, evaluate(variables, x))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the defaults are for the CPU backend")
 @pytest.mark.parametrize("family, options", DEFAULTS)
 def test_a_familys_default_options_agree_with_xlas_default_path(family, options):
@@ -99,6 +100,7 @@ def test_a_configs_xla_options_reach_the_train_step(tmp_path):
         fit(_config(xla_options={"xla_zoo_no_such_option": True}), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_a_configs_xla_options_reach_the_eval_and_predict_functions():
     run = build_run(_config(xla_options=YNN))
     state = run.init_state()
@@ -116,6 +118,7 @@ def test_a_configs_xla_options_reach_the_eval_and_predict_functions():
     assert all('"__ynn_fusion"' in a and a != b for a, b in zip(texts[True], texts[False]))
 
 
+@pytest.mark.slow
 def test_a_run_records_its_options_and_a_resume_with_other_options_says_so(tmp_path):
     first = fit(_config(steps=10), tmp_path / "run")
     assert first["xla_options"] == {}
@@ -125,6 +128,7 @@ def test_a_run_records_its_options_and_a_resume_with_other_options_says_so(tmp_p
     assert f"saved with XLA options {{}}, this run compiles with {YNN}" in stream.getvalue()
 
 
+@pytest.mark.slow
 def test_a_cnn_resumed_under_its_default_options_is_bit_identical(tmp_path):
     """Kill/resume bit-identity (tests/test_reliability.py, on the MLP) holds for a family with CPU
     defaults: a run that loses its last checkpoint and resumes ends with the same bits."""
