@@ -8,8 +8,10 @@ or opcode) and the `op_name` metadata of its root, i.e. the jax function it came
 
     python benchmarks/profile_step.py --workloads cnn,resnet20 --steps 20 --top 3
 
-Shares are of the summed op time; ops on different threads may overlap, so the sum can exceed the
-step's wall time, which is printed beside it.
+Ops are grouped by where they sit (forward = jvp, backward = transpose, update = the optimizer) and
+the jax op they come from; the largest single instructions follow. Shares are of the summed op
+time: ops on different threads may overlap (the sum can exceed the step's wall time, printed
+beside it), and time outside any op (thread hand-offs, waits) is not in the sum.
 """
 
 from __future__ import annotations
@@ -60,6 +62,24 @@ def fusion_roots(hlo_text: str) -> dict[str, str]:
     return roots
 
 
+def category(description: str) -> str:
+    """'backward conv_general_dilated', 'forward relu/max', 'update mul', ...: where in the step an op
+    sits (jvp = forward, transpose = backward, else the optimizer update) and what jax op it is."""
+    label, _, rest = description.partition(": ")
+    own, _, root = rest.partition(" (root ")
+    root = root.rstrip(")")
+    root_opcode, _, root_name = root.partition(" ")
+    op_name = own or root_name
+    if not op_name:
+        return f"{root_opcode or label} (unnamed)"
+    parts = [part for part in op_name.split("/") if part]
+    leaf = parts[-1]
+    if len(parts) > 1 and parts[-2].startswith("jit("):
+        leaf = f"{parts[-2][4:-1]}/{leaf}"
+    where = "backward" if "transpose(" in op_name else "forward" if "jvp(" in op_name else "update"
+    return f"{where} {leaf}"
+
+
 def profile(name: str, steps: int) -> tuple[float, list[tuple[str, float, str]]]:
     import jax
 
@@ -106,9 +126,16 @@ def main() -> int:
     for name in args.workloads.split(","):
         wall_ms, rows = profile(name, args.steps)
         total = sum(ms for _, ms, _ in rows)
-        print(f"\n{name} (XLA options {bench.workload_xla_options(bench.WORKLOADS[name])}): {wall_ms:.1f} ms per step (wall), {total:.1f} ms of op time per step; top {args.top}:")
+        print(f"\n{name} (XLA options {bench.workload_xla_options(bench.WORKLOADS[name])}): {wall_ms:.1f} ms per step "
+              f"(wall), {total:.1f} ms of op time per step; top {args.top} by kind (forward/backward/update, jax op):")
+        groups = collections.Counter()
+        for _, ms, description in rows:
+            groups[category(description)] += ms
+        for group, ms in groups.most_common(args.top):
+            print(f"  {ms:7.2f} ms  {100 * ms / total:5.1f}%  {group}")
+        print(f"  largest single ops:")
         for op, ms, description in rows[:args.top]:
-            print(f"  {ms:7.2f} ms  {100 * ms / total:5.1f}%  {op:28s} {description[:110]}")
+            print(f"    {ms:7.2f} ms  {100 * ms / total:5.1f}%  {op:28s} {description[:100]}")
     return 0
 
 
