@@ -77,6 +77,18 @@ def finish(processes, timeout: float = TIMEOUT) -> list[tuple[int, str]]:
     return results
 
 
+def start_long_pair(tmp_path: Path, write_config, compile_cache: Path):
+    """A 2-process run of 5000 steps into one run dir, returned once it has trained 10 steps."""
+    config = write_config({"train": {"steps": 5000, "log_every": 10}, "checkpoint": {"every": 5000}})
+    run_dir = tmp_path / "run"
+    processes = start_pair(config, [run_dir, run_dir], compile_cache)
+    deadline = time.monotonic() + TIMEOUT
+    while (soak.trained_until(run_dir) < 10 and time.monotonic() < deadline
+           and all(process.poll() is None for process in processes)):
+        time.sleep(0.01)
+    return processes, run_dir
+
+
 def launch(config: Path, workdir: Path, compile_cache: Path):
     return zoo("launch", "--local", 2, "--", "train", config, "--workdir", workdir,
                environment=env(compile_cache))
@@ -162,12 +174,7 @@ def test_a_damaged_newest_step_makes_both_fall_back_to_the_same_step_moved_aside
 @pytest.mark.slow
 def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_143(tmp_path, write_config,
                                                                             compile_cache):
-    config = write_config({"train": {"steps": 5000, "log_every": 10}, "checkpoint": {"every": 5000}})
-    run_dir = tmp_path / "run"
-    processes = start_pair(config, [run_dir, run_dir], compile_cache)
-    deadline = time.monotonic() + TIMEOUT
-    while soak.trained_until(run_dir) < 10 and time.monotonic() < deadline and processes[1].poll() is None:
-        time.sleep(0.01)
+    processes, run_dir = start_long_pair(tmp_path, write_config, compile_cache)
     processes[1].send_signal(signal.SIGTERM)
     results = finish(processes)
     assert [status for status, _ in results] == [143, 143], results
@@ -180,12 +187,7 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_143(tmp_p
 @pytest.mark.parametrize("killed", [0, 1], ids=["coordinator", "other"])
 def test_a_process_killed_mid_run_ends_the_other_with_one_line_and_exit_1(tmp_path, write_config, compile_cache,
                                                                           killed):
-    config = write_config({"train": {"steps": 5000, "log_every": 10}, "checkpoint": {"every": 5000}})
-    run_dir = tmp_path / "run"
-    processes = start_pair(config, [run_dir, run_dir], compile_cache)
-    deadline = time.monotonic() + TIMEOUT
-    while soak.trained_until(run_dir) < 10 and time.monotonic() < deadline and processes[0].poll() is None:
-        time.sleep(0.01)
+    processes, _ = start_long_pair(tmp_path, write_config, compile_cache)
     processes[killed].kill()
     killed_at = time.monotonic()
     [(status, stderr)] = finish([processes[1 - killed]], timeout=30)
