@@ -9,10 +9,10 @@ import pytest
 
 from conftest import TINY, merged, tolerance
 from test_reliability import EVERY_SOURCE_OF_STATE, Recorder, restore
+from test_training import train_steps
 from zoo import config as config_lib, soak
-from zoo.data import BatchIterator
 from zoo.errors import ConfigError
-from zoo.training import build_run, loop, step as step_lib
+from zoo.training import loop
 
 # No dropout and no BatchNorm: then the only difference K makes is how the mean gradient is summed.
 PLAIN_MLP = {"model": {"hidden_sizes": [32]},
@@ -25,15 +25,8 @@ def config(accumulate: int, steps: int = 3, extra: dict | None = None):
 
 
 def trained_params(cfg, steps: int):
-    """Parameters after `steps` jitted train steps on the run's batches."""
-    run = build_run(cfg)
-    state = run.init_state()
-    train_step = step_lib.jit_train_step(run.model, run.tx, 10, 0.0, run.mesh)
-    batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, cfg.data.batch_size, cfg.seed)
-    for _ in range(steps):
-        x, y = next(batches)
-        state, _ = train_step(state, step_lib.put_batch(run.mesh, x), step_lib.put_batch(run.mesh, y))
-    return jax.device_get(state)
+    """The state after `steps` jitted train steps on the run's batches."""
+    return train_steps(cfg, steps)[0]
 
 
 def assert_same_params(a, b):
