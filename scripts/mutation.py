@@ -1,12 +1,22 @@
 """Mutation testing of the core modules with mutmut; writes benchmarks/MUTATION.md.
 
-    python scripts/mutation.py [MODULE ...] [--timeout SECONDS] [--mutant-timeout SECONDS]
+    python scripts/mutation.py [--sample K] [--seed S] [--budget-s B] [--parallel N] [MODULE ...]
+    python scripts/mutation.py --retest          # survivors again, against the current tests
+    python scripts/mutation.py --report-only
 
-Each module is mutated in a scratch copy of the repository (/tmp/zoo-mutation/<module>) with its
-own [tool.mutmut] section, so the project's pyproject.toml stays untouched. mutmut runs the module's
-test files once to learn which tests reach each function, then runs only those tests per mutant.
-Results of modules run earlier are kept (benchmarks/mutation.json) and merged into the report.
-Not part of `make test`: a full run takes hours on 2 shared cores.
+mutmut generates every mutant of the core modules in a scratch copy of the repository
+(/tmp/zoo-mutation/all, or $ZOO_MUTATION_DIR) and runs the test suite once (`-m "not exhaustive"`)
+to record which tests reach each mutated function and how long each takes. A seeded random sample
+of K mutants per module (all of a module with fewer) is then run, each against the tests that reach
+its function, fastest first, up to B seconds of them, stopping at the first failure.
+
+Each mutant runs in a process forked from a worker that has already imported JAX, Flax, Optax,
+Orbax, pytest and every zoo module, but has not started JAX's runtime: forking a process whose XLA
+thread pools run hangs (which is why mutmut's own forking runner is not used), forking one that has
+only imported them does not. This saves the ~4 s import per mutant; JAX's persistent compilation
+cache (in the scratch directory) saves recompiling what a mutant did not change.
+
+Results are kept in benchmarks/mutation.json and merged into the report. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ import fnmatch
 import json
 import os
 import platform
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,247 +37,421 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MUTMUT = Path(sys.executable).with_name("mutmut")
-SCRATCH = Path(os.environ.get("ZOO_MUTATION_DIR", "/tmp/zoo-mutation"))
+SCRATCH = Path(os.environ.get("ZOO_MUTATION_DIR", "/tmp/zoo-mutation")) / "all"
 RESULTS, REPORT = REPO / "benchmarks" / "mutation.json", REPO / "benchmarks" / "MUTATION.md"
 
-# Module -> (the test files that cover it, the functions to mutate or None for all). mutmut narrows
-# the files further to the tests reaching each mutated function. Ordered by priority.
-SPEC = ["tests/test_specifications.py", "tests/test_properties.py"]
-MODULES = {
-    "zoo/training/optim.py": (["tests/test_specifications.py"], None),
-    "zoo/training/step.py": (SPEC, None),
-    "zoo/report.py": (SPEC, ["_mean_std", "summarize", "label_for", "_pm", "markdown_table", "_si", "_clock"]),
-    "zoo/checkpoint.py": (SPEC + ["tests/test_reliability.py"], None),
-    "zoo/data/batching.py": (SPEC + ["tests/test_data.py"], None),
-    "zoo/models/rnn.py": (SPEC + ["tests/test_models.py"], None),
-    "zoo/models/resnet.py": (SPEC + ["tests/test_models.py"], None),
-    "zoo/models/mlp.py": (SPEC + ["tests/test_models.py"], None),
-    "zoo/models/cnn.py": (SPEC + ["tests/test_models.py"], None),
-    "zoo/models/transformer.py": (SPEC + ["tests/test_models.py"], None),
-    "zoo/data/__init__.py": (SPEC + ["tests/test_data.py"], None),
-    "zoo/training/state.py": (SPEC + ["tests/test_training.py"], None),
-    "zoo/training/loop.py": (SPEC + ["tests/test_training.py", "tests/test_reliability.py"], None),
+# The core modules, in the report's order.
+MODULES = [
+    "zoo/training/step.py", "zoo/training/optim.py", "zoo/training/loop.py", "zoo/training/restore.py",
+    "zoo/training/state.py", "zoo/checkpoint.py", "zoo/report.py",
+    "zoo/data/__init__.py", "zoo/data/batching.py", "zoo/data/pipeline.py", "zoo/data/split.py",
+    "zoo/data/source.py", "zoo/data/arrays.py", "zoo/data/npz.py", "zoo/data/csv.py", "zoo/data/idx.py",
+    "zoo/data/image_folder.py", "zoo/data/cifar.py", "zoo/data/digits.py", "zoo/data/mnist1d.py",
+    "zoo/models/mlp.py", "zoo/models/cnn.py", "zoo/models/rnn.py", "zoo/models/resnet.py",
+    "zoo/models/transformer.py", "zoo/models/layers.py", "zoo/models/common.py",
+]
+# Tests every survivor is run against again on --retest, besides the tests that reached it.
+RETEST_FILES = ["tests/test_edges.py"]
+# Tests that reach a function only in a subprocess (the test map records hits in the test's own
+# process): function -> tests, added to its mutants' tests on --retest.
+SUBPROCESS_TESTS = {
+    "zoo.training.step.x_put_batch": [
+        "tests/test_distributed.py::test_final_state_is_bit_equal_to_one_process_with_the_same_device_count"],
 }
 
-# Surviving mutants judged by reading them: name -> why it survives (equivalent) or what kills it.
-TRIAGE: dict[str, str] = {
-    "zoo.training.optim.x_make_schedule__mutmut_10": "warm-up clamp `total_steps + 1`: killed by "
-    "test_schedules_at_the_edges_of_a_run_match_optax[warmup-longer-than-the-run]",
-    "zoo.training.optim.x_make_schedule__mutmut_11": "warm-up clamp `total_steps - 2`: killed by "
-    "test_schedules_at_the_edges_of_a_run_match_optax[warmup-longer-than-the-run]",
-    "zoo.training.optim.x_make_schedule__mutmut_12": "warm-up clamp `max(..., 1)`: killed by "
-    "test_schedules_at_the_edges_of_a_run_match_optax[warmup-one-step-run]",
-}
+# Surviving mutants judged by reading them: name -> "equivalent: why" or what kills it now.
+TRIAGE: dict[str, str] = {}
 
-STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "not checked",
-            "caught by type check", "segfault", "check was interrupted by user")
+STATUSES = ("killed", "timeout", "survived", "no tests", "error")
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--rootdir=.", "-W", "ignore"]
 
 
-def slug(module: str) -> str:
-    return module.replace("/", "_").removesuffix(".py")
+def dotted(module: str) -> str:
+    return module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
-def prepare(module: str, tests: list[str]) -> Path:
-    """A scratch copy of zoo/, tests/ and pyproject.toml with a [tool.mutmut] section for `module`."""
-    work = SCRATCH / slug(module)
-    if (work / "mutants" / "mutmut-stats.json").exists() and os.environ.get("ZOO_MUTATION_REUSE"):
-        return work  # mutants and the test map of an earlier run
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    for name in ("zoo", "tests", "scripts", "configs"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+def module_of(mutant: str) -> str:
+    return next(m for m in sorted(MODULES, key=len, reverse=True)
+                if mutant.startswith(dotted(m) + ".x") or mutant.startswith(dotted(m) + ".xǁ"))
+
+
+def env() -> dict:
+    out = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0", "PYTHONPATH": str(SCRATCH / "mutants"),
+           "JAX_COMPILATION_CACHE_DIR": str(SCRATCH / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+           "TQDM_DISABLE": "1"}
+    out.pop("XLA_FLAGS", None)
+    return out
+
+
+def prepare() -> dict:
+    """Generates the mutants and the test map once (cached in SCRATCH): {"tests_by_mangled_function_name",
+    "duration_by_test"}, in mutmut's format, over the tests that pass on the unmutated code."""
+    stats_file = SCRATCH / "test-map.json"
+    if stats_file.exists():
+        return json.loads(stats_file.read_text())
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    SCRATCH.mkdir(parents=True)
+    for name in ("zoo", "tests", "scripts", "configs", "benchmarks"):
+        shutil.copytree(REPO / name, SCRATCH / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for module in MODULES:  # Flax runs __post_init__ before a module has its scope: no trampoline there
+        path = SCRATCH / module
+        path.write_text(re.sub(r"^(\s*def __post_init__\(self\).*:)$", r"\1  # pragma: no mutate block",
+                               path.read_text(), flags=re.M))
     config = (REPO / "pyproject.toml").read_text()
     config += "\n[tool.mutmut]\n" + "\n".join([
         'source_paths = ["zoo"]',
-        f'only_mutate = ["{module}"]',
-        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
-        'pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-x", "-q"]',
-        'also_copy = ["scripts", "configs"]',
+        f"only_mutate = {json.dumps(MODULES)}",
+        'pytest_add_cli_args_test_selection = ["tests"]',
+        'also_copy = ["scripts", "configs", "benchmarks"]',
     ]) + "\n"
-    (work / "pyproject.toml").write_text(config)
-    return work
+    (SCRATCH / "pyproject.toml").write_text(config)
+    generate = ("import os, mutmut.__main__ as m\n"
+                "m.set_mutant_under_test('mutant_generation'); os.makedirs('mutants', exist_ok=True)\n"
+                "m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths(); m.create_mutants(2)\n")
+    print("generating mutants ...", flush=True)
+    proc = subprocess.run([sys.executable, "-c", generate], cwd=SCRATCH, env=env(), capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"mutmut failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    print("mapping the tests to the functions they reach (one run of the suite) ...", flush=True)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--map-tests", str(stats_file)],
+                          cwd=SCRATCH, env=env(), capture_output=True, text=True)
+    if not stats_file.exists():
+        sys.exit(f"mapping the tests failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(stats_file.read_text())
 
 
-def run_module(module: str, timeout: float, mutant_timeout: float, progress=None) -> dict:
-    """mutmut generates the mutants and maps each function to the tests reaching it; each mutant
-    then runs in a fresh `pytest` process (MUTANT_UNDER_TEST=<name>) on exactly those tests.
-    mutmut's own runner forks workers from a process that already ran JAX, and forked JAX workers
-    hang (XLA's thread pools do not survive fork), so it is not used."""
-    tests, functions = MODULES[module]
-    work = prepare(module, tests)
-    dotted = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-    names = [f"{dotted}.x_{function}__mutmut_*" for function in functions or []]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
-    env.pop("XLA_FLAGS", None)
-    start = time.time()
-    # mutmut's generation and test-mapping steps (the first half of `mutmut run`), without its forking runner.
-    prepare_code = ("import os, pathlib, mutmut.__main__ as m\n"
-                    "m.set_mutant_under_test('mutant_generation'); os.makedirs('mutants', exist_ok=True)\n"
-                    "m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths()\n"
-                    "m.store_lines_covered_by_tests(); m.create_mutants(2)\n"
-                    "m.collect_or_load_stats(m.get_mutant_runner(1))\n")
-    if not (work / "mutants" / "mutmut-stats.json").exists():
-        subprocess.run([sys.executable, "-c", prepare_code], cwd=work, env=env, capture_output=True, text=True)
-    meta = json.loads((work / "mutants" / (module + ".meta")).read_text())
-    stats = json.loads((work / "mutants" / "mutmut-stats.json").read_text())
-    mutants = [n for n in meta["exit_code_by_key"] if not names or any(fnmatch.fnmatch(n, g) for g in names)]
-    statuses, survivors = {}, {}
-    for name in mutants:
-        if time.time() - start > timeout:
-            statuses[name] = "not checked"
-            continue
-        function = name.rsplit("__mutmut_", 1)[0]
-        selected = sorted(stats["tests_by_mangled_function_name"].get(function, []))
-        if not selected:
-            statuses[name] = "no tests"
-        else:
-            try:
-                proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                       *selected], cwd=work / "mutants", env={**env, "MUTANT_UNDER_TEST": name},
-                                      capture_output=True, text=True, timeout=mutant_timeout)
-                statuses[name] = "survived" if proc.returncode == 0 else "killed"
-            except subprocess.TimeoutExpired:
-                statuses[name] = "timeout"
-        print(f"  {name}: {statuses[name]}", flush=True)
-        if progress:
-            progress(summary(module, tests, functions, start, statuses, survivors, len(mutants)))
-        if statuses[name] in ("survived", "no tests"):
-            diff = subprocess.run([str(MUTMUT), "show", name], cwd=work, env=env, capture_output=True,
-                                  text=True).stdout
-            survivors[name] = {"status": statuses[name], "diff": "\n".join(
-                line for line in diff.splitlines() if line.startswith(("+", "-")) and
-                not line.startswith(("+++", "---")))}
-    return summary(module, tests, functions, start, statuses, survivors, len(mutants))
+def map_tests(out: str) -> None:
+    """Runs in SCRATCH: the whole suite (`-m "not exhaustive"`) once on the trampolined code, recording
+    for each test the mutated functions it reaches and its duration. Unlike mutmut's own stats run it
+    does not stop at a failure; a test that fails on the unmutated code is left out of the map."""
+    import collections
+
+    import mutmut.__main__ as m
+    import pytest
+    from mutmut.configuration import config
+    from mutmut.state import state
+
+    config()
+    m.set_mutant_under_test("stats")
+    os.chdir("mutants")
+    sys.path.insert(0, os.getcwd())
+    reached, durations, failed = collections.defaultdict(set), {}, set()
+
+    setup_by_file: dict[str, float] = {}
+
+    class Recorder:
+        def pytest_runtest_logreport(self, report):
+            if report.when == "setup":
+                file = report.nodeid.split("::")[0]
+                setup_by_file[file] = max(setup_by_file.get(file, 0.0), report.duration)
+            if report.failed:
+                failed.add(report.nodeid)
+            durations[report.nodeid] = durations.get(report.nodeid, 0.0) + report.duration  # fixtures too
+
+        def pytest_runtest_teardown(self, item, nextitem):
+            for function in state()._stats:
+                reached[function].add(item.nodeid)
+            state()._stats.clear()
+
+    pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir=.", "-W", "ignore", "-m", "not exhaustive", "tests"],
+                plugins=[Recorder()])
+    Path(out).write_text(json.dumps({
+        "tests_by_mangled_function_name": {f: sorted(t - failed) for f, t in reached.items()},
+        "duration_by_test": {t: d for t, d in durations.items() if t not in failed},
+        "setup_by_file": setup_by_file,
+        "failed_unmutated": sorted(failed)}, indent=1))
 
 
-def summary(module, tests, functions, start, statuses, survivors, total) -> dict:
-    counts = {status: sum(1 for s in statuses.values() if s == status) for status in STATUSES}
-    return {"module": module, "tests": tests, "functions": functions, "seconds": round(time.time() - start),
-            "finished": "not checked" not in statuses.values() and len(statuses) == total, "total": total,
-            "counts": {k: v for k, v in counts.items() if v}, "survivors": survivors,
-            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+def mutants_of(module: str) -> list[str]:
+    meta = json.loads((SCRATCH / "mutants" / (module + ".meta")).read_text())
+    return sorted(meta["exit_code_by_key"])
 
 
-def retest(module: str, result: dict, select: str, mutant_timeout: float) -> dict:
-    """Runs the survivors of an earlier run again against the repository's current tests (those of
-    the module's test files matching `-k select`): a survivor a new test kills becomes 'killed'."""
-    work = SCRATCH / slug(module)
-    shutil.rmtree(work / "mutants" / "tests")
-    shutil.copytree(REPO / "tests", work / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONHASHSEED": "0"}
-    env.pop("XLA_FLAGS", None)
-    for name in list(result["survivors"]):
+def tests_for(mutant: str, stats: dict, budget: float, extra: list[str] = ()) -> list[str]:
+    """The tests reaching the mutant's function, cheapest first, while their recorded time fits `budget`.
+
+    A test's recorded time includes the fixtures it set up; a module's costliest setup (a trained run
+    shared by its tests) is charged once, to whichever of its tests is chosen first."""
+    function = mutant.rsplit("__mutmut_", 1)[0]
+    durations, setup = stats["duration_by_test"], stats.get("setup_by_file", {})
+    remaining = set(stats["tests_by_mangled_function_name"].get(function, [])) - set(extra)
+    chosen, files, spent = list(extra), {t.split("::")[0] for t in extra}, 0.0
+
+    def cost(test):
+        file = test.split("::")[0]
+        return durations.get(test, 0.0) + (0.0 if file in files else setup.get(file, 0.0)), test
+
+    while remaining:
+        price, test = min(cost(t) for t in remaining)
+        if chosen and spent + price > budget:
+            break
+        chosen.append(test)
+        files.add(test.split("::")[0])
+        remaining.discard(test)
+        spent += price
+    return chosen
+
+
+# The worker ------------------------------------------------------------------------------------------
+
+
+def worker(jobs_file: str, parallel: int) -> None:
+    """Runs in SCRATCH/mutants. Imports everything once, then forks one pytest per mutant."""
+    os.environ["MUTANT_UNDER_TEST"] = ""
+    sys.path.insert(0, os.getcwd())
+    import importlib
+    import pkgutil
+
+    import flax.linen  # noqa: F401
+    import hypothesis  # noqa: F401
+    import jax
+    import jax.numpy  # noqa: F401
+    import optax  # noqa: F401
+    import orbax.checkpoint  # noqa: F401
+    import pytest
+    import zoo
+    from jax._src import xla_bridge
+
+    for info in pkgutil.walk_packages(zoo.__path__, "zoo."):
         try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m",
-                                   "not slow", "-k", select, *result["tests"]], cwd=work / "mutants",
-                                  env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, text=True,
-                                  timeout=mutant_timeout)
-            killed = proc.returncode != 0
-        except subprocess.TimeoutExpired:
-            killed = True
-        print(f"  {name}: {'killed by a new test' if killed else 'survived'}", flush=True)
-        if killed:
-            old = result["survivors"].pop(name)["status"]
-            result["counts"][old] -= 1
-            result["counts"]["killed"] = result["counts"].get("killed", 0) + 1
-            result.setdefault("killed_on_retest", []).append(name)
-    result["retest"] = f"-k '{select}' on the tests of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    return result
+            importlib.import_module(info.name)
+        except Exception:  # an optional extra (jax2onnx, torch) that is not installed
+            pass
+    assert not xla_bridge._backends, "JAX's runtime started before the fork"
+    assert zoo.__file__.startswith(os.getcwd()), zoo.__file__
+    jobs = json.loads(Path(jobs_file).read_text())
+    logs = Path(jobs_file).with_suffix(".logs")
+    logs.mkdir(exist_ok=True)
+    running: dict[int, tuple[dict, float]] = {}
+    while jobs or running:
+        while jobs and len(running) < parallel:
+            job = jobs.pop(0)
+            log = logs / (job["name"] + ".txt")
+            pid = os.fork()
+            if pid == 0:
+                os.setpgid(0, 0)
+                os.environ["MUTANT_UNDER_TEST"] = job["name"]
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                try:
+                    code = int(pytest.main([*PYTEST_ARGS, *job["tests"]]))
+                except BaseException:
+                    code = 3
+                os._exit(code)
+            running[pid] = (job, time.time())
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        now = time.time()
+        if pid == 0:
+            for pid, (job, start) in list(running.items()):
+                if now - start > job["timeout"]:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.05)
+            continue
+        job, start = running.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # whatever the tests started and left behind
+        except (ProcessLookupError, PermissionError):
+            pass
+        verdict = ("survived" if code == 0 else "killed" if code in (1, 2) else
+                   "timeout" if code == -signal.SIGKILL and now - start > job["timeout"] else "error")
+        print(json.dumps({"name": job["name"], "status": verdict, "code": code, "seconds": round(now - start, 1)}),
+              flush=True)
+
+
+def run_jobs(jobs: list[dict], parallel: int, on_result) -> None:
+    jobs_file = SCRATCH / f"jobs-{os.getpid()}.json"
+    jobs_file.write_text(json.dumps(jobs))
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(jobs_file),
+                             "--parallel", str(parallel)], cwd=SCRATCH / "mutants", env=env(),
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("{"):
+            on_result(json.loads(line))
+    if proc.wait() != 0:
+        sys.exit(f"the mutation worker failed (exit {proc.returncode})")
+
+
+def diff_of(mutant: str) -> str:
+    out = subprocess.run([str(MUTMUT), "show", mutant], cwd=SCRATCH, env=env(), capture_output=True, text=True).stdout
+    return "\n".join(line for line in out.splitlines()
+                     if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
+
+
+# The report ------------------------------------------------------------------------------------------
 
 
 def machine() -> str:
-    cpu = ""
+    cpu, avx = "", []
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
-        avx = sorted(set(re.findall(r"avx512[a-z]*", flags)))[:1]
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+        avx = sorted(set(re.findall(r"avx512[a-z]*", info)))[:1]
     except OSError:
-        avx = []
-    return (f"{os.cpu_count()} cores ({cpu}{', ' + avx[0] if avx else ', no AVX-512'}), shared with other jobs; "
-            f"Python {platform.python_version()}")
+        pass
+    return f"{os.cpu_count()} cores ({cpu}, {'AVX-512' if avx else 'AVX2, no AVX-512'}); Python {platform.python_version()}"
 
 
-def score(result: dict) -> tuple[int, int, int]:
-    """(killed, equivalent, non-equivalent total) over the mutants mutmut ran."""
-    counts = result["counts"]
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
-    equivalent = sum(1 for name in result["survivors"] if TRIAGE.get(name, "").startswith("equivalent"))
-    checked = killed + sum(counts.get(s, 0) for s in ("survived", "no tests", "suspicious"))
-    return killed, equivalent, checked - equivalent
+def equivalent(name: str) -> bool:
+    return TRIAGE.get(name, "").startswith("equivalent")
 
 
-def write_report(results: dict, command: str) -> None:
+def write_report(results: dict) -> None:
+    meta = results.get("_meta", {})
     lines = ["# Mutation testing of the core modules", "",
-             f"Produced by `{command}` (mutmut {mutmut_version()}) on {machine()}.", "",
-             "mutmut generates the mutants and records which tests (of the module's test files, `-m 'not slow'`) "
-             "reach each function; each mutant then runs in a fresh pytest process on those tests only, "
-             "stopping at the first failure. "
-             "Timeouts count as killed. Score = killed / (mutants checked - equivalent survivors). "
-             "The machine is shared (load average 20-30 on 2 cores during the run): a module 'cut short' "
-             "was stopped after the mutants counted under 'checked'; the others were not run.", "",
-             "| module | mutants checked | killed | survived | equivalent | score | finished | time |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+             f"Produced by `{meta.get('command', '?')}` (mutmut {meta.get('mutmut', '?')}), "
+             f"{meta.get('when', '?')}, on {meta.get('machine', '?')}.", "",
+             "mutmut generated every mutant of each module; a seeded random sample of them "
+             f"(`--sample {meta.get('sample')} --seed {meta.get('seed')}`) was run. Each mutant runs against the tests "
+             "that reach its function (mapped by mutmut over `pytest -m 'not exhaustive'`), fastest first, "
+             f"up to {meta.get('budget_s')} s of their recorded time, stopping at the first failure. "
+             "A timeout (an endless loop) counts as killed; 'no tests' (no test reaches the function) as survived. "
+             "Score = killed / (run - equivalent). 90% CI: Wilson interval of that proportion over the sample.", "",
+             "| module | mutants | run | killed | survived | equivalent | score | 90% CI |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    total_k = total_n = 0
     for module in MODULES:
-        if module not in results:
-            lines.append(f"| `{module}` | not run | | | | | | |")
+        r = results.get(module)
+        if not r:
+            lines.append(f"| `{module}` | | not run | | | | | |")
             continue
-        r = results[module]
-        killed, equivalent, total = score(r)
-        survived = sum(r["counts"].get(s, 0) for s in ("survived", "no tests", "suspicious"))
-        pct = f"{100 * killed / total:.0f}%" if total else "-"
-        scope = f" ({', '.join(r['functions'])})" if r.get("functions") else ""
-        checked = f"{killed + survived} of {r['total']}" if r.get("total") else str(killed + survived)
-        lines.append(f"| `{module}`{scope} | {checked} | {killed} | {survived} | {equivalent} | {pct} | "
-                     f"{'yes' if r['finished'] else 'cut short'} | {r['seconds'] // 60} min |")
-    lines += ["", "## Survivors killed by tests added after the run", ""]
-    for module, r in results.items():
-        for name in r.get("killed_on_retest", []):
-            lines.append(f"- `{name}`: {TRIAGE.get(name, 'killed on retest')} (retest: {r['retest']})")
+        statuses = r["statuses"]
+        killed = sum(1 for s in statuses.values() if s in ("killed", "timeout"))
+        alive = [n for n, s in statuses.items() if s in ("survived", "no tests", "error")]
+        eq = sum(1 for n in alive if equivalent(n))
+        n = len(statuses) - eq
+        total_k, total_n = total_k + killed, total_n + n
+        lo, hi = wilson(killed, n)
+        lines.append(f"| `{module}` | {r['total']} | {len(statuses)} | {killed} | {len(alive) - eq} | {eq} | "
+                     f"{100 * killed / n:.0f}% | {100 * lo:.0f}-{100 * hi:.0f}% |" if n else
+                     f"| `{module}` | {r['total']} | 0 | | | | - | |")
+    if total_n:
+        lo, hi = wilson(total_k, total_n)
+        lines.append(f"| all | | {total_n} | {total_k} | | | {100 * total_k / total_n:.0f}% | {100 * lo:.0f}-{100 * hi:.0f}% |")
+    if meta.get("retest"):
+        lines += ["", f"Survivors were run again on {meta['retest']} against the tests then in the repository "
+                  f"(their tests plus {', '.join(RETEST_FILES)}); those a newer test kills count as killed and are listed below."]
     lines += ["", "## Surviving mutants", ""]
-    for module, r in results.items():
-        if not r["survivors"]:
+    for module in MODULES:
+        r = results.get(module)
+        alive = {n: s for n, s in (r or {}).get("statuses", {}).items() if s in ("survived", "no tests", "error")}
+        killed_later = (r or {}).get("killed_on_retest", [])
+        if not alive and not killed_later:
             continue
         lines += [f"### `{module}`", ""]
-        for name, s in r["survivors"].items():
-            verdict = TRIAGE.get(name, "not triaged yet")
-            lines += [f"- `{name}` ({s['status']}): {verdict}", "", "  ```diff",
-                      *("  " + line for line in s["diff"].splitlines()[:6]), "  ```", ""]
-    REPORT.write_text("\n".join(lines) + "\n")
+        for name in killed_later:
+            lines.append(f"- `{name}`: killed on retest{': ' + TRIAGE[name] if name in TRIAGE else ''}")
+        for name, status in alive.items():
+            lines += [f"- `{name}` ({status}): {TRIAGE.get(name, 'not triaged')}", "", "  ```diff",
+                      *("  " + line for line in r["diffs"].get(name, "").splitlines()[:6]), "  ```", ""]
+        lines.append("")
+    REPORT.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def wilson(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
+    if not n:
+        return 0.0, 1.0
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * ((p * (1 - p) + z * z / (4 * n)) / n) ** 0.5
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
 
 
 def mutmut_version() -> str:
-    out = subprocess.run([str(MUTMUT), "--version"], capture_output=True, text=True, cwd=SCRATCH)
-    return out.stdout.strip().split()[-1] if out.stdout.strip() else "?"
+    from importlib.metadata import version
+    return version("mutmut")
+
+
+# Main ------------------------------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("modules", nargs="*", help="modules to run (default: all, in priority order)")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per module")
-    parser.add_argument("--mutant-timeout", type=float, default=600, help="seconds per mutant")
+    parser.add_argument("modules", nargs="*", help="modules to run (default: all core modules)")
+    parser.add_argument("--sample", type=int, default=30, help="mutants per module, drawn at random (default 30)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-s", type=float, default=60.0, help="recorded test seconds per mutant (default 60)")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="keep the statuses of an interrupted run with the same sample")
+    parser.add_argument("--retest", action="store_true", help="run the survivors again against the current tests")
     parser.add_argument("--report-only", action="store_true", help="rewrite MUTATION.md from mutation.json")
-    parser.add_argument("--retest", metavar="K_EXPR", help="rerun the survivors against the current tests (-k K_EXPR)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--map-tests", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.map_tests:
+        map_tests(args.map_tests)
+        return 0
+    if args.worker:
+        worker(args.worker, args.parallel)
+        return 0
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    command = "python scripts/mutation.py " + " ".join(sys.argv[1:])
+    if args.report_only:
+        write_report(results)
+        return 0
+    for module in args.modules:
+        if module not in MODULES:
+            parser.error(f"unknown module '{module}': choose from {', '.join(MODULES)}")
+    stats = prepare()
+
+    def save(result):
+        module = module_of(result["name"])
+        entry = results[module]
+        old = entry["statuses"].get(result["name"])
+        if args.retest and result["status"] in ("killed", "timeout") and old not in ("killed", "timeout"):
+            entry.setdefault("killed_on_retest", []).append(result["name"])
+        entry["statuses"][result["name"]] = result["status"]
+        entry["seconds"] = round(entry.get("seconds", 0) + result["seconds"], 1)
+        if result["status"] in ("survived", "no tests", "error"):
+            entry.setdefault("diffs", {})[result["name"]] = diff_of(result["name"])
+        print(f"  {result['name']}: {result['status']} ({result['seconds']} s)", flush=True)
+        RESULTS.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+
+    jobs = []
     if args.retest:
-        for module in args.modules:
-            results[module] = retest(module, results[module], args.retest, args.mutant_timeout)
-            RESULTS.write_text(json.dumps(results, indent=1))
-    elif not args.report_only:
-        SCRATCH.mkdir(parents=True, exist_ok=True)
-        for module in args.modules or list(MODULES):
-            if module not in MODULES:
-                parser.error(f"unknown module '{module}': choose from {', '.join(MODULES)}")
-            print(f"mutating {module} ...", flush=True)
-            def progress(partial, module=module):
-                results[module] = partial
-                RESULTS.write_text(json.dumps(results, indent=1))
-            results[module] = run_module(module, args.timeout, args.mutant_timeout, progress)
-            print(f"  {results[module]['counts']} in {results[module]['seconds']} s", flush=True)
-            RESULTS.write_text(json.dumps(results, indent=1))
-    write_report(results, command)
+        shutil.rmtree(SCRATCH / "mutants" / "tests")
+        shutil.copytree(REPO / "tests", SCRATCH / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        for module in args.modules or MODULES:
+            for name, status in results.get(module, {}).get("statuses", {}).items():
+                if status in ("survived", "no tests", "error"):
+                    function = name.rsplit("__mutmut_", 1)[0]
+                    tests = tests_for(name, stats, args.budget_s, RETEST_FILES + SUBPROCESS_TESTS.get(function, []))
+                    jobs.append({"name": name, "tests": tests, "timeout": 4 * args.budget_s + 120})
+        results.setdefault("_meta", {})["retest"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    else:
+        command = results.get("_meta", {}).get("command") if args.resume else None
+        results["_meta"] = {"command": command or "python scripts/mutation.py " + " ".join(sys.argv[1:]), "sample": args.sample,
+                            "seed": args.seed, "budget_s": args.budget_s, "mutmut": mutmut_version(),
+                            "machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        queues = []
+        for module in args.modules or MODULES:
+            everything = mutants_of(module)
+            chosen = sorted(random.Random(f"{args.seed}:{module}").sample(everything, min(args.sample, len(everything))))
+            earlier = results.get(module, {})
+            if not args.resume or earlier.get("total") != len(everything):
+                earlier = results[module] = {"total": len(everything), "statuses": {}, "diffs": {}, "seconds": 0}
+            queue = []
+            for name in chosen:
+                if name in earlier["statuses"]:
+                    continue  # --resume: checked by the interrupted run
+                tests = tests_for(name, stats, args.budget_s)
+                if not tests:
+                    save({"name": name, "status": "no tests", "seconds": 0})
+                    continue
+                queue.append({"name": name, "tests": tests, "timeout": 4 * args.budget_s + 120})
+            queues.append(queue)
+        # Round-robin over the modules, so that a run cut short has checked part of every module.
+        for i in range(max(map(len, queues), default=0)):
+            jobs += [queue[i] for queue in queues if i < len(queue)]
+    start = time.time()
+    run_jobs(jobs, args.parallel, save)
+    print(f"{len(jobs)} mutants in {time.time() - start:.0f} s", flush=True)
+    results["_meta"]["seconds"] = round(time.time() - start)
+    RESULTS.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    write_report(results)
     return 0
 
 

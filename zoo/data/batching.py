@@ -16,12 +16,6 @@ class Position:
     index: int = 0  # batches already taken in this epoch
 
 
-def random_shift(batch: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Shifts each example by up to `max_shift` steps along every spatial axis, zero-filling."""
-    offsets = rng.integers(0, 2 * max_shift + 1, size=(len(batch), batch.ndim - 2))
-    return shift_batch(batch, offsets, max_shift)
-
-
 def shift_batch(batch: np.ndarray, offsets: np.ndarray, max_shift: int) -> np.ndarray:
     """Shifts example i by offsets[i] - max_shift along each spatial axis (channels last), zero-filling."""
     spatial_axes = range(1, batch.ndim - 1)

@@ -26,14 +26,6 @@ def resolve(path: str | None, name: str) -> Path:
     return resolved
 
 
-def files_of(path: Path) -> list[Path]:
-    """Every file under `path` (or `path` itself), sorted, hidden files left out."""
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
-
-
 def fingerprint(paths: list[Path], root: Path) -> dict:
     """Total size, file count and a BLAKE2 hash of the files' names and bytes. Cached in memory by
     (path, size, mtime), so a process reads each file set once."""
