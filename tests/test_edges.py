@@ -5,14 +5,18 @@ survivors include them."""
 
 from __future__ import annotations
 
+import json
+import mmap
+
 import jax
 import numpy as np
 import optax
 import pytest
 
-from zoo import models
+from zoo import data, models, report
 from zoo.config import OptimizerConfig
-from zoo.errors import ConfigError
+from zoo.data import arrays, cifar, source
+from zoo.errors import ConfigError, DataError
 from zoo.training import optim, state as state_lib, step as step_lib
 
 NUM_CLASSES = 10
@@ -56,6 +60,13 @@ def test_a_train_step_carries_the_batchnorm_running_statistics_forward():
     assert not np.allclose(jax.tree.leaves(new_state.model_state)[0], jax.tree.leaves(state.model_state)[0])
 
 
+def test_the_family_of_a_built_model_picks_its_xla_options():
+    """zoo.training.step.x_family_of__mutmut_12 (no model had a family: CNNs and ResNets lost their options)."""
+    assert [step_lib.family_of(models.build(name, NUM_CLASSES)) for name in ("mlp", "cnn", "resnet20", "lstm")] == [
+        "dnn", "cnn", "resnet", "rnn"]
+    assert step_lib.family_of(object()) is None
+
+
 # zoo/training/optim.py -----------------------------------------------------------------------------
 
 
@@ -94,3 +105,207 @@ def test_a_pattern_that_matches_no_parameter_is_refused_naming_the_models_module
     optim.check_patterns(params, ["Dense_0", "Conv_*/bias"], "train.freeze")
     with pytest.raises(ConfigError, match=r"train.freeze: pattern 'Dense_9' matches no parameter .* Conv_0, Dense_0"):
         optim.check_patterns(params, ["Dense_9"], "train.freeze")
+
+
+# zoo/report.py -------------------------------------------------------------------------------------
+
+
+def test_the_learning_curves_read_train_loss_and_val_and_test_accuracy_by_step(tmp_path):
+    """zoo.report.x__curves__mutmut_53 (the train-loss curve kept only records without a loss: empty)."""
+    records = [{"split": "train", "step": 5, "loss": 2.0}, {"split": "train", "step": 10, "loss": 1.5},
+               {"split": "train", "step": 10, "learning_rate": 0.1},
+               {"split": "val", "step": 10, "accuracy": 0.7, "loss": 0.9}, {"split": "test", "step": 10, "accuracy": 0.6}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert report._curves(tmp_path) == ({10: 0.7}, {10: 0.6}, {5: 2.0, 10: 1.5})
+
+
+def test_a_flops_budget_line_says_how_the_steps_follow_from_each_models_flops():
+    """zoo.report.x__budget_line__mutmut_41 (the explanation of the steps was garbled)."""
+    models_ = [{"label": "MLP", "steps": 1000, "flops_per_step": 2e6}, {"label": "CNN", "steps": 40, "flops_per_step": 5e7}]
+    line = report._budget_line(models_, {"budget_kind": "flops", "budget": "2e9 FLOPs"})
+    assert line.startswith("Budget: 2e9 FLOPs per run, the same for every model; steps = FLOPs / XLA's count for "
+                           "one compiled train step: MLP 1,000 steps (") and "CNN 40 steps (" in line
+
+
+# zoo/data ------------------------------------------------------------------------------------------
+
+
+def test_a_class_outside_the_dataset_is_refused_naming_it_and_the_range():
+    """zoo.data.split.x_select_classes__mutmut_13 (the message's advice was changed)."""
+    x, y = np.zeros((6, 2), np.float32), np.arange(6) % 3
+    dataset = data.Dataset.from_arrays(x, y, x, y, name="toy")
+    with pytest.raises(DataError) as error:
+        data.select_classes(dataset, [0, 7])
+    assert str(error.value) == ("data.classes names class 7, but 'toy' has classes 0..2: give class indices of "
+                                "the dataset")
+
+
+def test_a_run_trained_on_in_memory_arrays_asks_for_them_again_when_the_config_reads_files():
+    """zoo.data.source.x_check_unchanged__mutmut_17 (the error lost its message) and _16 (arrays given
+    again were refused)."""
+    with pytest.raises(DataError, match=r"in-memory arrays .* pass them again with "
+                                        r"zoo\.evaluate_run\(run_dir, dataset=\.\.\.\)"):
+        source.check_unchanged({"kind": "arrays"}, {"kind": "npz", "fingerprint": {}})
+    source.check_unchanged({"kind": "arrays"}, {"kind": "arrays"})  # given again: nothing to refuse
+
+
+def test_releasing_a_view_drops_the_pages_of_the_memory_map_under_it():
+    """zoo.data.arrays.x_release__mutmut_13 (the walk down .base stopped at the view)."""
+    advised = []
+
+    class Mapped:
+        def madvise(self, option):
+            advised.append(option)
+
+    class Array:
+        def __init__(self, base=None, mapped=None):
+            self.base, self._mmap = base, mapped
+
+    arrays.release(Array(base=Array(base=Array(mapped=Mapped()))))
+    assert advised == [mmap.MADV_DONTNEED]
+
+
+def test_a_cifar10_folder_missing_a_file_names_the_cifar10_files(tmp_path):
+    """zoo.data.cifar.x__need__mutmut_11 (cifar10 was told to hold CIFAR-100's train.bin, test.bin)."""
+    with pytest.raises(DataError, match=r"lacks data_batch_1\.bin: .*cifar10 binary version "
+                                        r"\(data_batch_1\.bin \.\.\. test_batch\.bin\)"):
+        cifar._need(tmp_path, "data_batch_1.bin", "cifar10")
+    with pytest.raises(DataError, match=r"cifar100 binary version \(train\.bin, test\.bin\)"):
+        cifar._need(tmp_path, "train.bin", "cifar100")
+
+
+# zoo/training/loop.py ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_checkpoint_records_the_model_its_family_size_devices_and_platform(tmp_path, tiny_config):
+    """zoo.training.loop.x__train__mutmut_166 (the meta's "family" key was misspelt)."""
+    from zoo import checkpoint as ckpt
+    from zoo.training import loop
+
+    config = tiny_config({"train": {"steps": 10}, "checkpoint": {"every": 10, "keep": 1}})
+    loop.fit(config, tmp_path / "run")
+    meta = ckpt.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).read_meta(10)
+    assert {key: meta[key] for key in ("model", "family", "devices", "platform")} == {
+        "model": "mlp", "family": "dnn", "devices": jax.device_count(), "platform": "cpu"}
+    assert meta["param_count"] == models.count_params(meta_params(config))
+
+
+def meta_params(config):
+    model = models.build(config.model.name, NUM_CLASSES, **config.model.hparams)
+    return model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+
+
+def test_selecting_classes_keeps_every_example_of_each_and_relabels_them_in_the_order_given():
+    """zoo.data.split.x_select_classes__mutmut_31 (the examples of the first class given were dropped)."""
+    y = np.array([0, 1, 2, 2, 1, 0, 2])
+    x = np.arange(7, dtype=np.float32).reshape(7, 1)
+    chosen = data.select_classes(data.Dataset.from_arrays(x, y, x, y, name="toy"), [2, 0])
+    np.testing.assert_array_equal(np.asarray(chosen.x_train).ravel(), [0, 2, 3, 5, 6])
+    np.testing.assert_array_equal(chosen.y_train, [1, 0, 0, 1, 0])
+
+
+def test_a_csv_test_file_with_a_label_the_training_file_lacks_is_refused_naming_it(tmp_path):
+    """zoo.data.csv.x_load__mutmut_48 (the message indexed a second unseen label that is not there)."""
+    from zoo.config import from_dict
+
+    (tmp_path / "train.csv").write_text("f,label\n1,cat\n2,dog\n3,cat\n")
+    (tmp_path / "test.csv").write_text("f,label\n1,cat\n2,emu\n")
+    config = from_dict({"data": {"name": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
+                                 "test_path": str(tmp_path / "test.csv")}, "train": {"steps": 1}})
+    with pytest.raises(DataError, match=r"test\.csv has label 'emu', never seen in .*train\.csv"):
+        data.load(config.data)
+
+
+def image_folder(root, **section):
+    from zoo.config import from_dict
+
+    return data.load(from_dict({"data": {"name": "image_folder", "path": str(root), **section},
+                                "train": {"steps": 1}}).data)
+
+
+def test_an_image_folder_of_wide_images_has_height_by_width_inputs(tmp_path):
+    """zoo.data.image_folder.x__inspect__mutmut_4 (the width was read as the height: square inputs)."""
+    from data_files import write_png_folder
+
+    dataset = image_folder(write_png_folder(tmp_path / "p", n_train=6, n_test=3, size=(4, 6)))
+    assert dataset.spec.input_shape == (4, 6, 1) and np.asarray(dataset.x_train[np.array([0])]).shape == (1, 4, 6, 1)
+
+
+def test_class_folders_without_a_test_fraction_are_refused_naming_both_fixes(tmp_path):
+    """zoo.data.image_folder.x_load__mutmut_59 (the advice of the message was garbled)."""
+    from data_files import write_png_folder
+
+    root = write_png_folder(tmp_path / "p", n_train=6, n_test=3, layout="flat")
+    with pytest.raises(DataError) as error:
+        image_folder(root)
+    assert str(error.value) == (f"{root.resolve()} has no train/ and test/ folders: set data.test (e.g. 0.2) to "
+                                "carve a test split out of its class folders, or use the train/<class>, "
+                                "test/<class> layout")
+
+
+def test_images_of_different_sizes_are_refused_naming_two_of_them_and_the_fix(tmp_path):
+    """zoo.data.image_folder.x_load__mutmut_99 (the setting to use was misspelt in the message)."""
+    from PIL import Image
+
+    for split, size in (("train", (8, 8)), ("test", (6, 5))):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(np.zeros(size, np.uint8)).save(tmp_path / split / "a" / "0.png")
+    with pytest.raises(DataError, match=r"images differ in size \(.*0\.png is 8x8, .*0\.png is 6x5\): set "
+                                        r"data\.image_size: \[H, W\] to resize them all$"):
+        image_folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_mnist1d_has_its_published_4000_and_1000_labelled_signals_of_length_40():
+    """zoo.data.mnist1d.x__make__mutmut_52 (the training labels were lost)."""
+    from zoo.data import mnist1d
+
+    dataset = mnist1d.load()
+    assert dataset.x_train.shape == (4000, 40, 1) and dataset.x_test.shape == (1000, 40, 1)
+    for labels in (dataset.y_train, dataset.y_test):
+        assert labels.dtype == np.int32 and set(np.unique(labels)) == set(range(10))
+
+
+# zoo/checkpoint.py ---------------------------------------------------------------------------------
+
+
+def test_opening_checkpoints_for_writing_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+    """zoo.checkpoint.xǁCheckpointsǁ_clean_stale__mutmut_6 (the leftovers were kept)."""
+    from zoo import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    for name in ("20.orbax-checkpoint-tmp-1764", ckpt.TRASH, "10"):
+        (root / name).mkdir(parents=True)
+        (root / name / "file").write_text("x")
+    ckpt.Checkpoints(root)
+    assert sorted(p.name for p in root.iterdir()) == ["10"]
+
+
+# zoo/models ----------------------------------------------------------------------------------------
+
+
+def test_an_mlp_with_layer_norm_normalises_each_hidden_layer():
+    """zoo.models.mlp.xǁMLPǁ_normalize__mutmut_2 (norm: layer silently built no LayerNorm)."""
+    model = models.build("mlp", NUM_CLASSES, hidden_sizes=(8, 8), norm="layer")
+    params = model.init(jax.random.key(0), np.zeros((1, 12), np.float32))["params"]
+    assert sorted(name for name in params if name.startswith("LayerNorm")) == ["LayerNorm_0", "LayerNorm_1"]
+
+
+def test_stock_flax_pooling_on_a_signal_leaves_the_unit_axis_unpooled():
+    """zoo.models.cnn.x__flax_pool__mutmut_8 (a window of 2 over a size-1 axis: avg-pool halves the values)."""
+    import flax.linen as nn
+
+    from zoo.models import cnn
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 1, 3))
+    np.testing.assert_allclose(cnn._flax_pool(nn.avg_pool, x), x.reshape(2, 4, 2, 1, 3).mean(2), rtol=1e-6)
+    np.testing.assert_allclose(cnn._flax_pool(nn.max_pool, x), x.reshape(2, 4, 2, 1, 3).max(2), rtol=1e-6)
+
+
+def test_a_token_models_embedding_is_named_embed():
+    """zoo.models.common.x_embed_tokens__mutmut_10 (the table was auto-named Embed_0: imported and saved
+    weights look it up as 'embed')."""
+    model = models.build("transformer", NUM_CLASSES, vocab_size=50)
+    params = model.init(jax.random.key(0), np.zeros((1, 6), np.int32))["params"]
+    assert params["embed"]["embedding"].shape[0] == 50 and "Embed_0" not in params
