@@ -15,7 +15,7 @@ import pytest
 
 from zoo import data, models, report
 from zoo.config import OptimizerConfig
-from zoo.data import arrays, cifar, source
+from zoo.data import arrays, cifar, source, split as split_lib
 from zoo.errors import ConfigError, DataError
 from zoo.training import optim, state as state_lib, step as step_lib
 
@@ -127,6 +127,21 @@ def test_a_flops_budget_line_says_how_the_steps_follow_from_each_models_flops():
                            "one compiled train step: MLP 1,000 steps (") and "CNN 40 steps (" in line
 
 
+
+def test_numbers_in_reports_read_with_si_prefixes_and_missing_ones_as_a_dash():
+    """zoo.report.x__si__mutmut_6 (a missing number printed as 'XX-XX')."""
+    assert [report._si(v) for v in (None, float("nan"), 0.5, 2500, 3.2e6, 4e9, 1.5e12)] == [
+        "-", "-", "0.5", "2.5 k", "3.2 M", "4 G", "1.5 T"]
+
+
+def test_the_summary_of_a_sweep_choice_keeps_its_setting():
+    """zoo.report.x_summarize__mutmut_80 (the chosen setting of a tuned model was dropped from its row)."""
+    base = {key: 1.0 for key in report.COLUMNS} | {"config": "a", "model": "mlp", "family": "dnn",
+                                                   "setting": "lr=0.01"}
+    (row,) = report.summarize([base | {"seed": 0}, base | {"seed": 1}])
+    assert row["setting"] == "lr=0.01"
+
+
 # zoo/data ------------------------------------------------------------------------------------------
 
 
@@ -217,6 +232,65 @@ def test_a_csv_test_file_with_a_label_the_training_file_lacks_is_refused_naming_
         data.load(config.data)
 
 
+def test_a_csv_test_file_with_other_columns_is_refused_naming_both_column_lists(tmp_path):
+    """zoo.data.csv.x_load__mutmut_34 (the advice of the message was garbled)."""
+    from zoo.config import from_dict
+
+    (tmp_path / "train.csv").write_text("f,g,label\n1,2,cat\n")
+    (tmp_path / "test.csv").write_text("f,label\n1,cat\n")
+    config = from_dict({"data": {"name": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
+                                 "test_path": str(tmp_path / "test.csv")}, "train": {"steps": 1}})
+    with pytest.raises(DataError, match=r"test\.csv has columns f, .*train\.csv has f, g: the test file "
+                                        r"needs the same columns$"):
+        data.load(config.data)
+
+
+def test_an_empty_array_stored_in_an_npz_keeps_its_dtype_and_shape(tmp_path):
+    """zoo.data.npz.x__mapped_member__mutmut_46 (an empty member came back as float64)."""
+    from zoo.data import npz
+
+    np.savez(tmp_path / "a.npz", x=np.zeros((0, 3), np.int16), y=np.arange(4, dtype=np.uint8))
+    members = npz._npz(tmp_path / "a.npz")
+    assert (members["x"].dtype, members["x"].shape) == (np.int16, (0, 3))
+    np.testing.assert_array_equal(members["y"], np.arange(4, dtype=np.uint8))
+
+
+def test_arrays_without_any_label_have_no_classes():
+    """zoo.data.xǁDatasetǁfrom_arrays__mutmut_42 (no labels made one class)."""
+    x, y = np.zeros((0, 2), np.float32), np.zeros(0, np.int64)
+    spec = data.Dataset.from_arrays(x, y, x, y).spec
+    assert (spec.num_classes, spec.train_size) == (0, 0)
+
+
+def test_an_npz_with_a_validation_split_trains_on_train_and_selects_on_that_split(tmp_path):
+    """zoo.data.npz.x_load__mutmut_78 (x_val was ignored: the validation split came from nowhere)."""
+    from zoo.config import from_dict
+
+    rng = np.random.default_rng(0)
+    split = lambda n: (rng.normal(size=(n, 4)).astype(np.float32), np.arange(n) % 2)  # noqa: E731
+    (x, y), (xv, yv), (xt, yt) = split(10), split(6), split(4)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=xv, y_val=yv, x_test=xt, y_test=yt)
+    config = from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz")}, "train": {"steps": 1}})
+    dataset = data.load(config.data)
+    np.testing.assert_array_equal(np.asarray(dataset.x_val).reshape(6, 4), xv)
+    assert (dataset.spec.train_size, dataset.spec.val_size, dataset.spec.test_size) == (10, 6, 4)
+
+
+def test_a_held_out_split_takes_one_example_of_a_two_example_class_however_small_the_fraction():
+    """zoo.data.split.x_stratified_indices__mutmut_16 (a class of exactly two gave none to the split)."""
+    labels = np.array([0, 0] + [1] * 10)
+    kept, held = split_lib.stratified_indices(labels, 0.1, seed=0)
+    assert sorted(labels[held].tolist()) == [0, 1] and len(kept) == 10
+    assert not set(kept) & set(held) and sorted([*kept, *held]) == list(range(12))
+
+
+def test_float_labels_are_accepted_only_when_they_are_whole_numbers():
+    """zoo.data.source.x_check_labels__mutmut_13 (any float label passed, 0.5 included)."""
+    assert source.check_labels(np.array([0.0, 2.0, 1.0]), None, "y_train") == 3
+    with pytest.raises(DataError, match=r"y_train: labels must be integer class ids, got float64"):
+        source.check_labels(np.array([0.0, 0.5]), None, "y_train")
+
+
 def image_folder(root, **section):
     from zoo.config import from_dict
 
@@ -254,6 +328,17 @@ def test_images_of_different_sizes_are_refused_naming_two_of_them_and_the_fix(tm
     with pytest.raises(DataError, match=r"images differ in size \(.*0\.png is 8x8, .*0\.png is 6x5\): set "
                                         r"data\.image_size: \[H, W\] to resize them all$"):
         image_folder(tmp_path)
+
+
+def test_an_empty_class_folder_is_refused_naming_it_and_the_fix(tmp_path):
+    """zoo.data.image_folder.x__class_files__mutmut_26 (the advice of the message was garbled)."""
+    from data_files import write_png_folder
+
+    root = write_png_folder(tmp_path / "p", n_train=6, n_test=3)
+    (root / "train" / "class_9").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*class_9 holds no images \(.*\): add images or remove "
+                                        r"the folder$"):
+        image_folder(root)
 
 
 @pytest.mark.slow
@@ -309,3 +394,23 @@ def test_a_token_models_embedding_is_named_embed():
     model = models.build("transformer", NUM_CLASSES, vocab_size=50)
     params = model.init(jax.random.key(0), np.zeros((1, 6), np.int32))["params"]
     assert params["embed"]["embedding"].shape[0] == 50 and "Embed_0" not in params
+
+
+def test_token_ids_without_a_vocabulary_size_are_refused_saying_where_it_comes_from():
+    """zoo.models.common.x_embed_tokens__mutmut_5 (the advice of the message was garbled)."""
+    from zoo.errors import ModelError
+
+    model = models.build("transformer", NUM_CLASSES)
+    with pytest.raises(ModelError, match=r"got token ids .* but no vocab_size; pass vocab_size to build\(\) "
+                                         r"\(the dataset spec holds it\)"):
+        model.init(jax.random.key(0), np.zeros((1, 6), np.int32))
+
+
+def test_image_patches_do_not_overlap_and_a_remainder_is_left_out():
+    """zoo.models.transformer.xǁTransformerǁ_tokens__mutmut_40 ('SAME' padding made a 9x9 image 5x5 patches)."""
+    model = models.build("transformer", NUM_CLASSES, patch_size=2)
+    params = model.init(jax.random.key(0), np.zeros((1, 9, 9, 1), np.float32))["params"]
+    assert params["pos_embedding"].shape[1] in (16, 17)  # 4x4 patches (+ a class token)
+    same = models.build("transformer", NUM_CLASSES, patch_size=2).init(
+        jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]["pos_embedding"].shape
+    assert params["pos_embedding"].shape == same
