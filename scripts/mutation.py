@@ -90,6 +90,11 @@ TRIAGE: dict[str, str] = {
     "pipeline's), which np.asarray keeps as int64 without the dtype",
     "zoo.data.csv.x__class_ids__mutmut_3": "equivalent: NumPy makes an array of Python ints int64 on this "
     "platform (Linux, 64-bit) without the dtype",
+    "zoo.models.rnn.xǁRNNǁ_recurrent__mutmut_5": "equivalent in output: the fast LSTM and nn.RNN(LSTMCell) "
+    "compute the same with the same variables (tests/test_fast_layers.py); only the speed differs",
+    "zoo.models.transformer.xǁTransformerǁ_tokens__mutmut_44": "equivalent: lax reads padding names in any "
+    "case ('valid' is 'VALID')",
+    "zoo.models.cnn.x__flax_pool__mutmut_21": "equivalent: lax reads padding names in any case ('same' is 'SAME')",
     "zoo.models.resnet.x__cifar__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models is "
     "imported, before a mutant can be switched on",
     "zoo.models.resnet.x__imagenet__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models "

@@ -107,6 +107,25 @@ def test_a_pattern_that_matches_no_parameter_is_refused_naming_the_models_module
         optim.check_patterns(params, ["Dense_9"], "train.freeze")
 
 
+
+@pytest.mark.slow
+def test_init_from_a_batchnorm_run_starts_from_its_running_statistics(tmp_path, tiny_config):
+    """zoo.training.restore.x_init_from__mutmut_27 and _66 (the model state, BatchNorm's running mean and
+    variance, was not taken from the source run)."""
+    from zoo.training import build_run, fit
+    from zoo.training.restore import init_from, restore
+
+    model = {"model": {"name": "mlp", "hidden_sizes": [16], "norm": "batch"}}
+    fit(tiny_config(model | {"train": {"steps": 10}, "checkpoint": {"every": 10}}), tmp_path / "source")
+    config = tiny_config(model | {"init_from": {"run": str(tmp_path / "source")}})
+    run = build_run(config)
+    started = init_from(run, config.init_from)(run.init_state())
+    source = restore(tmp_path / "source").state
+    for got, want in zip(jax.tree.leaves(started.model_state), jax.tree.leaves(source.model_state), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.allclose(jax.tree.leaves(source.model_state)[0], 0.0)  # the statistics did move
+
+
 # zoo/report.py -------------------------------------------------------------------------------------
 
 
@@ -328,6 +347,19 @@ def test_images_of_different_sizes_are_refused_naming_two_of_them_and_the_fix(tm
     with pytest.raises(DataError, match=r"images differ in size \(.*0\.png is 8x8, .*0\.png is 6x5\): set "
                                         r"data\.image_size: \[H, W\] to resize them all$"):
         image_folder(tmp_path)
+
+
+def test_a_train_folder_without_a_test_folder_is_refused_naming_both_fixes(tmp_path):
+    """zoo.data.image_folder.x_load__mutmut_27 (the error lost its message)."""
+    import shutil
+
+    from data_files import write_png_folder
+
+    root = write_png_folder(tmp_path / "p", n_train=6, n_test=3)
+    shutil.rmtree(root / "test")
+    with pytest.raises(DataError, match=r"has train/ but no test/: add test/<class>/ folders or set data\.test "
+                                        r"\(e\.g\. 0\.2\) to carve a test split out of train/$"):
+        image_folder(root)
 
 
 def test_an_empty_class_folder_is_refused_naming_it_and_the_fix(tmp_path):
