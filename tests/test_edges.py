@@ -292,6 +292,7 @@ def test_an_npz_with_a_validation_split_trains_on_train_and_selects_on_that_spli
     config = from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz")}, "train": {"steps": 1}})
     dataset = data.load(config.data)
     np.testing.assert_array_equal(np.asarray(dataset.x_val).reshape(6, 4), xv)
+    assert dataset.spec.name == "d"  # named after the file (zoo.data.npz.x_load__mutmut_58)
     assert (dataset.spec.train_size, dataset.spec.val_size, dataset.spec.test_size) == (10, 6, 4)
 
 
@@ -308,6 +309,31 @@ def test_float_labels_are_accepted_only_when_they_are_whole_numbers():
     assert source.check_labels(np.array([0.0, 2.0, 1.0]), None, "y_train") == 3
     with pytest.raises(DataError, match=r"y_train: labels must be integer class ids, got float64"):
         source.check_labels(np.array([0.0, 0.5]), None, "y_train")
+
+
+def test_a_vocabulary_size_is_kept_only_for_token_inputs():
+    """zoo.data.xǁDatasetǁfrom_arrays__mutmut_115 (float images carried a vocab_size: models embedded them)."""
+    x, y = np.zeros((4, 3, 3, 1), np.float32), np.arange(4) % 2
+    assert data.Dataset.from_arrays(x, y, x, y, vocab_size=50).spec.vocab_size is None
+    tokens = np.ones((4, 5), np.int32)
+    assert data.Dataset.from_arrays(tokens, y, tokens, y, vocab_size=50).spec.vocab_size == 50
+
+
+def test_a_run_evaluated_on_another_kind_of_data_is_refused_naming_both_kinds():
+    """zoo.data.source.x_check_unchanged__mutmut_35 (the message named no current kind)."""
+    with pytest.raises(DataError, match=r"^this run was trained on npz data, the config now reads csv: restore its "
+                                        r"data section, or pass --allow-changed-data$"):
+        source.check_unchanged({"kind": "npz"}, {"kind": "csv"})
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x00", b"\x00\x00\x08", b"\x01\x00\x08\x01"])
+def test_a_file_too_short_or_with_a_wrong_magic_number_is_not_an_idx_file(tmp_path, content):
+    """zoo.data.idx.x_read__mutmut_11 (a file under 4 bytes crashed with an IndexError)."""
+    from zoo.data import idx
+
+    (tmp_path / "x.idx").write_bytes(content)
+    with pytest.raises(DataError, match=r"x\.idx is not an IDX file: wrong magic number"):
+        idx.read(tmp_path / "x.idx")
 
 
 def image_folder(root, **section):
@@ -446,3 +472,25 @@ def test_image_patches_do_not_overlap_and_a_remainder_is_left_out():
     same = models.build("transformer", NUM_CLASSES, patch_size=2).init(
         jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]["pos_embedding"].shape
     assert params["pos_embedding"].shape == same
+
+
+def layer_outputs(module, x):
+    """{layer path: output dtype} of a linen module's forward pass (train=False)."""
+    variables = module.init(jax.random.key(0), x)
+    _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    return {"/".join(str(getattr(k, "key", k)) for k in path[:-2]): leaf.dtype
+            for path, leaf in jax.tree_util.tree_leaves_with_path(state["intermediates"])}
+
+
+def test_in_bfloat16_batchnorm_and_the_token_embedding_compute_in_bfloat16():
+    """zoo.models.mlp.xǁMLPǁ_normalize__mutmut_12 and zoo.models.transformer.xǁTransformerǁ_tokens__mutmut_17
+    (BatchNorm / the embedding fell back to float32 outputs in a bfloat16 model)."""
+    import jax.numpy as jnp
+
+    from zoo.models.mlp import MLP
+    from zoo.models.transformer import Transformer
+
+    mlp = layer_outputs(MLP(NUM_CLASSES, hidden_sizes=(8,), norm="batch", precision="bfloat16"), np.ones((2, 12)))
+    assert mlp["BatchNorm_0"] == jnp.bfloat16
+    vit = layer_outputs(Transformer(NUM_CLASSES, vocab_size=20, precision="bfloat16"), np.ones((2, 6), np.int32))
+    assert vit["embed"] == jnp.bfloat16
