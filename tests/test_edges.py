@@ -67,6 +67,12 @@ def test_the_family_of_a_built_model_picks_its_xla_options():
     assert step_lib.family_of(object()) is None
 
 
+def test_a_new_train_state_counts_steps_in_int32_from_zero():
+    """zoo.training.state.x_create__mutmut_24 (a float32 step count: exact only up to 2**24 steps)."""
+    _, _, _, state, _, _ = small_run()
+    assert state.step.dtype == np.int32 and int(state.step) == 0
+
+
 # zoo/training/optim.py -----------------------------------------------------------------------------
 
 
@@ -444,6 +450,22 @@ def test_stock_flax_pooling_on_a_signal_leaves_the_unit_axis_unpooled():
     x = jax.random.normal(jax.random.key(0), (2, 8, 1, 3))
     np.testing.assert_allclose(cnn._flax_pool(nn.avg_pool, x), x.reshape(2, 4, 2, 1, 3).mean(2), rtol=1e-6)
     np.testing.assert_allclose(cnn._flax_pool(nn.max_pool, x), x.reshape(2, 4, 2, 1, 3).max(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("lhs, rhs", [((2, 2), (1, 1)), ((1, 1), (2, 2)), (None, (2, 1))])
+def test_a_dilated_convolution_bypasses_the_fast_path_and_equals_lax(lhs, rhs):
+    """zoo.models.layers.x_conv_general_dilated__mutmut_12 (an input-dilated convolution took the fast path,
+    which has no dilation, and came out wrong)."""
+    from zoo.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    numbers = ("NHWC", "HWIO", "NHWC")
+    pads = ((1, 1), (1, 1))
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, lhs, rhs, numbers)
+    got = layers.conv_general_dilated(x, kernel, (1, 1), pads, lhs, rhs,
+                                      jax.lax.conv_dimension_numbers(x.shape, kernel.shape, numbers))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_token_models_embedding_is_named_embed():
