@@ -403,6 +403,17 @@ def test_images_of_different_sizes_are_refused_naming_two_of_them_and_the_fix(tm
         image_folder(tmp_path)
 
 
+def test_class_folders_with_a_test_fraction_hold_out_that_share_of_each_class(tmp_path):
+    """zoo.data.image_folder.x_load__mutmut_138 (the carved-out test split was lost)."""
+    from data_files import write_png_folder
+
+    dataset = image_folder(write_png_folder(tmp_path / "p", n_train=30, n_test=10, layout="flat"), test=0.25)
+    assert (dataset.spec.train_size, dataset.spec.test_size) == (30, 10)
+    assert np.asarray(dataset.x_test[np.arange(10)]).shape == (10, 8, 8, 1)
+    per_class = zip(np.bincount(dataset.y_test), np.bincount(dataset.y_train), strict=True)
+    assert all(abs(test - 0.25 * (test + train)) <= 1 for test, train in per_class)
+
+
 def test_a_train_folder_without_a_test_folder_is_refused_naming_both_fixes(tmp_path):
     """zoo.data.image_folder.x_load__mutmut_27 (the error lost its message)."""
     import shutil
