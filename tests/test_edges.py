@@ -280,14 +280,15 @@ def test_a_csv_test_file_with_a_label_the_training_file_lacks_is_refused_naming_
 
 
 def test_a_csv_test_file_with_other_columns_is_refused_naming_both_column_lists(tmp_path):
-    """zoo.data.csv.x_load__mutmut_34 (the advice of the message was garbled)."""
+    """zoo.data.csv.x_load__mutmut_34 (the advice of the message was garbled) and _31 (the test file's
+    columns were joined by 'XX, XX')."""
     from zoo.config import from_dict
 
     (tmp_path / "train.csv").write_text("f,g,label\n1,2,cat\n")
-    (tmp_path / "test.csv").write_text("f,label\n1,cat\n")
+    (tmp_path / "test.csv").write_text("f,h,label\n1,2,cat\n")
     config = from_dict({"data": {"name": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
                                  "test_path": str(tmp_path / "test.csv")}, "train": {"steps": 1}})
-    with pytest.raises(DataError, match=r"test\.csv has columns f, .*train\.csv has f, g: the test file "
+    with pytest.raises(DataError, match=r"test\.csv has columns f, h, .*train\.csv has f, g: the test file "
                                         r"needs the same columns$"):
         data.load(config.data)
 
@@ -561,3 +562,66 @@ def test_in_bfloat16_batchnorm_and_the_token_embedding_compute_in_bfloat16():
     assert mlp["BatchNorm_0"] == jnp.bfloat16
     vit = layer_outputs(Transformer(NUM_CLASSES, vocab_size=20, precision="bfloat16"), np.ones((2, 6), np.int32))
     assert vit["embed"] == jnp.bfloat16
+
+
+@pytest.mark.slow
+def test_restoring_a_run_at_a_step_gives_that_steps_state(tmp_path, tiny_config):
+    """zoo.training.restore.x_restore__mutmut_7 (the step asked for was ignored: always the latest)."""
+    from zoo.training import fit
+    from zoo.training.restore import restore
+
+    fit(tiny_config({"train": {"steps": 20}, "checkpoint": {"every": 10, "keep": 2, "keep_best": 0}}), tmp_path)
+    earlier, latest = restore(tmp_path, 10), restore(tmp_path)
+    assert (earlier.step, int(earlier.state.step), latest.step, int(latest.state.step)) == (10, 10, 20, 20)
+    assert not np.array_equal(jax.tree.leaves(earlier.state.params)[0], jax.tree.leaves(latest.state.params)[0])
+
+
+@pytest.mark.slow
+def test_batches_are_the_same_with_a_worker_process_as_without():
+    """zoo.data.pipeline.xǁGatherBatchǁmap__mutmut_15 and xǁBatchIteratorǁ_element__mutmut_12 (the
+    worker path, which gathers one batch per element, crashed on a float index or a bad reshape)."""
+    from zoo.data.pipeline import BatchIterator
+
+    x = np.arange(200, dtype=np.float32).reshape(50, 4)
+    y = np.arange(50) % 3
+    plain, workers = BatchIterator(x, y, 8, seed=1), BatchIterator(x, y, 8, seed=1, workers=1)
+    for _ in range(8):  # past the end of the first epoch
+        (xa, ya), (xb, yb) = next(plain), next(workers)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_a_row_view_converts_to_the_array_of_all_its_rows():
+    """zoo.data.arrays.xǁRowViewǁ__array____mutmut_1 (np.asarray of a view gave None)."""
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    view = arrays.RowView(x, np.array([4, 0, 2]))
+    np.testing.assert_array_equal(np.asarray(view), x[[4, 0, 2]])
+    assert np.asarray(view, dtype=np.float64).dtype == np.float64
+
+
+def test_idx_files_load_as_grey_images_with_one_label_each_in_both_splits(tmp_path):
+    """zoo.data.idx.x_load__mutmut_19, _22, _27 and _48 (the test split skipped or swapped, grey images
+    left without a channel axis, every 1-D label file refused)."""
+    from zoo.config import from_dict
+
+    from data_files import write_idx
+
+    root = write_idx(tmp_path / "idx", n_train=30, n_test=10)
+    dataset = data.load(from_dict({"data": {"name": "idx", "path": str(root)}, "train": {"steps": 1}}).data)
+    assert np.asarray(dataset.x_train).shape[0] == 30 and np.asarray(dataset.x_test).shape[0] == 10
+    assert np.asarray(dataset.x_train).ndim == 4 and np.asarray(dataset.x_train).shape[-1] == 1
+    assert len(dataset.y_train) == 30 and len(dataset.y_test) == 10
+
+
+@pytest.mark.slow
+def test_the_imagenet_resnet_stem_halves_the_resolution_before_its_max_pool():
+    """zoo.models.resnet.xǁResNetǁ_stem__mutmut_26 (the 7x7 stem conv lost its stride 2: four times the
+    activations, and torchvision's weights no longer match)."""
+    from zoo.models import registry
+
+    entry = registry.get_entry("resnet18")
+    module = entry.module_cls(**{**entry.defaults, "num_classes": NUM_CLASSES, "model_name": "resnet18"})
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    variables = module.init(jax.random.key(0), x, train=False)
+    _, state = module.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    assert state["intermediates"]["BatchNorm_0"]["__call__"][0].shape == (1, 16, 16, 64)
