@@ -104,6 +104,10 @@ TRIAGE: dict[str, str] = {
     "zoo.report.x_write_report__mutmut_137": "not killed: the report name only reaches the figures' titles "
     "(pixels); the markdown report takes it elsewhere",
     "zoo.report.x_plot_tradeoff__mutmut_69": "not killed: where a point's label sits in a figure (pixels)",
+    "zoo.data.pipeline.xǁGatherBatchǁmap__mutmut_15": "not killed, open: the worker path runs in Grain's "
+    "worker processes; test_batches_are_the_same_with_a_worker_process_as_without passes with this mutant, "
+    "not yet understood",
+    "zoo.data.pipeline.xǁBatchIteratorǁ_element__mutmut_12": "not killed, open: as GatherBatch.map__mutmut_15",
     "zoo.models.resnet.x__cifar__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models is "
     "imported, before a mutant can be switched on",
     "zoo.models.resnet.x__imagenet__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models "
@@ -366,20 +370,21 @@ def equivalent(name: str) -> bool:
 def write_report(results: dict) -> None:
     meta = results.get("_meta", {})
     lines = ["# Mutation testing of the core modules", "",
-             f"Produced by `{meta.get('command', '?')}` (mutmut {meta.get('mutmut', '?')}), "
+             "Produced by " + ("; then ".join(f"`{c}` ({note})" for c, note in meta["commands"]) if meta.get("commands")
+                               else f"`{meta.get('command', '?')}`") + f" (mutmut {meta.get('mutmut', '?')}), "
              f"{meta.get('when', '?')}, on {meta.get('machine', '?')}.", "",
              "mutmut generated every mutant of each module; a seeded random sample of them "
              f"(`--sample {meta.get('sample')} --seed {meta.get('seed')}`) was run. Each mutant runs against the tests "
              "that reach its function (mapped by one run of `pytest -m 'not exhaustive'` over mutmut's trampolines), cheapest first, "
              f"up to {meta.get('budget_s')} s of their recorded time, stopping at the first failure. "
              "A timeout (an endless loop) counts as killed; 'no tests' (no test reaches the function) as survived. "
-             "'equivalent' counts the mutants left out of the score, each with its reason below: equivalent "
+             "'left out' counts the mutants not in the score, each with its reason below: equivalent "
              "(no behaviour changes), removed (it was in dead code, now deleted) or import-time (code run when "
              "zoo.models is imported, before a mutant can be switched on). "
              "Score = killed / (run - equivalent). 90% CI: Wilson interval of that proportion over the sample. "
-             "Each mutant runs in a process forked from a worker that imported JAX and the zoo once; "
-             f"the sample took {meta.get('seconds', '?')} s of wall time in its last invocation.", "",
-             "| module | mutants | run | killed | survived | equivalent | score | 90% CI |",
+             "Each mutant runs in a process forked from a worker that imported JAX and the zoo once"
+             + (f"; the last invocation took {meta['seconds']} s." if meta.get("seconds") else "."), "",
+             "| module | mutants | run | killed | survived | left out | score | 90% CI |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     total_k = total_n = 0
     for module in MODULES:
