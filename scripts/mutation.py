@@ -104,10 +104,10 @@ TRIAGE: dict[str, str] = {
     "zoo.report.x_write_report__mutmut_137": "not killed: the report name only reaches the figures' titles "
     "(pixels); the markdown report takes it elsewhere",
     "zoo.report.x_plot_tradeoff__mutmut_69": "not killed: where a point's label sits in a figure (pixels)",
-    "zoo.data.pipeline.xǁGatherBatchǁmap__mutmut_15": "not killed, open: the worker path runs in Grain's "
-    "worker processes; test_batches_are_the_same_with_a_worker_process_as_without passes with this mutant, "
-    "not yet understood",
-    "zoo.data.pipeline.xǁBatchIteratorǁ_element__mutmut_12": "not killed, open: as GatherBatch.map__mutmut_15",
+    "zoo.data.pipeline.xǁGatherBatchǁmap__mutmut_15": "equivalent: NumPy takes any negative size in reshape "
+    "as the rest of the array (reshape(-2) is reshape(-1); NumPy 2.4.6)",
+    "zoo.data.pipeline.xǁBatchIteratorǁ_element__mutmut_12": "equivalent: Grain's MapDataset.range hands a "
+    "float index through and GatherBatch.map takes int(block), and int(k / 16) == k // 16 for k >= 0",
     "zoo.models.resnet.x__cifar__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models is "
     "imported, before a mutant can be switched on",
     "zoo.models.resnet.x__imagenet__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models "
