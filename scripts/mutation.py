@@ -95,9 +95,6 @@ TRIAGE: dict[str, str] = {
     "zoo.models.cnn.x__flax_pool__mutmut_21": "equivalent: lax reads padding names in any case ('same' is 'SAME')",
     "zoo.models.layers.x__lstm_forward__mutmut_19": "equivalent: the gates are (batch, 4 * hidden), so axis "
     "+1 is axis -1",
-    "zoo.training.step.x_put_batch__mutmut_2[034]": "not killed, a gap: put_batch's multi-process branch "
-    "runs only in `zoo compare --distributed`'s calibration (training places rows with put_local_rows), "
-    "and no test runs a compare over two processes",
     "zoo.checkpoint.xǁCheckpointsǁ__init____mutmut_79": "equivalent with Orbax 0.12.8: without item_names "
     "the manager takes the items from the Composite arguments of each save and restore, and every call "
     "passes both (state, meta)",

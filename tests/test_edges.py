@@ -47,6 +47,22 @@ def test_the_jitted_train_step_donates_the_state_it_was_given():
     assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new_state))
 
 
+@pytest.mark.parametrize("leading_axes", [0, 1])
+def test_with_two_processes_put_batch_hands_jax_this_processs_rows_of_the_global_batch(monkeypatch, leading_axes):
+    """zoo.training.step.x_put_batch__mutmut_20, _23 and _24 (the rows were taken from the flattened batch,
+    or from its start): process 1 of 2 gives the second half of the batch axis, K steps stacked or not."""
+    given = {}
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(jax, "make_array_from_process_local_data",
+                        lambda sharding, local, shape: given.update(local=local, shape=shape))
+    batch = np.arange(3 * 8 * 2).reshape(3, 8, 2) if leading_axes else np.arange(8 * 2).reshape(8, 2)
+    step_lib.put_batch(step_lib.make_mesh(), batch, leading_axes)
+    want = batch[:, 4:] if leading_axes else batch[4:]
+    np.testing.assert_array_equal(given["local"], want)
+    assert given["shape"] == batch.shape
+
+
 def test_a_train_step_carries_the_batchnorm_running_statistics_forward():
     """zoo.training.step.x_train_step_fn__mutmut_106 (the step dropped the updated model state: BatchNorm's
     running mean and variance stayed at their initial 0 and 1, so eval used the wrong statistics)."""
