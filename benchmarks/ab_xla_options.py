@@ -31,6 +31,12 @@ YNN = "xla_cpu_experimental_ynn_fusion_type"
 PARTS = {
     "base": ({}, {}),
     "dot": ({}, {YNN: DOT}),
+    "idot": ({}, {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}),
+    "noynn": ({}, {YNN: "LIBRARY_FUSION_TYPE_INVALID"}),
+    "fastminmax": ({}, {"xla_cpu_enable_fast_min_max": True}),
+    "mof": ({}, {"xla_cpu_use_multi_output_fusion": True}),
+    "noconc": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
+    "oldemit": ({}, {"xla_cpu_use_fusion_emitters": False}),
     "all": ({}, {YNN: f"{DOT},LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}),
     "stock": ({"fast_layers": False}, {}),
     "noeigen": ({}, {"xla_cpu_multi_thread_eigen": False}),
@@ -39,6 +45,8 @@ PARTS = {
     "nomat": ({}, {}),
     "flaxpool": ({}, {}),
     "stockconv": ({}, {}),
+    "relupool": ({}, {}),
+    "nomatct": ({}, {}),
 }
 
 
@@ -54,7 +62,8 @@ def _patched(module, name, value):
 
 def _layer_patches(parts):
     """Trace-time swaps of single fast layers: nomat (the fast conv without its materialized input),
-    flaxpool (the fast conv with nn.max_pool/avg_pool), stockconv (nn.Conv with the fast pools)."""
+    flaxpool (the fast conv with nn.max_pool/avg_pool), stockconv (nn.Conv with the fast pools), relupool
+    (the CNN's conv, bias, ReLU, then max_pool, instead of layers.ConvMaxPool)."""
     import flax.linen as nn
     from zoo.models import cnn, layers
 
@@ -64,6 +73,22 @@ def _layer_patches(parts):
     if "flaxpool" in parts:
         stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (
             layers.Conv, functools.partial(cnn._flax_pool, nn.max_pool), functools.partial(cnn._flax_pool, nn.avg_pool))))
+    if "relupool" in parts:  # the CNN's conv -> bias -> ReLU -> max_pool, before ConvMaxPool
+        class ReluPool(nn.Module):
+            features: int
+            kernel_size: tuple
+            window: int = 2
+            dtype: object = None
+
+            @nn.compact
+            def __call__(self, x):
+                conv = layers.Conv(self.features, self.kernel_size, padding="SAME", dtype=self.dtype)
+                nn.share_scope(self, conv)
+                return layers.max_pool(nn.relu(conv(x)), self.window)
+
+        stack.enter_context(_patched(layers, "ConvMaxPool", ReluPool))
+    if "nomatct" in parts:
+        stack.enter_context(_patched(layers, "_MATERIALIZE_COTANGENT", False))
     if "stockconv" in parts:
         stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (nn.Conv, layers.max_pool, layers.avg_pool)))
     return stack

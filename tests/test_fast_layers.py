@@ -78,6 +78,20 @@ def test_fast_conv_matches_nn_conv_outputs_and_gradients(shape, features, kernel
     assert_trees_close(value_and_grads(fast, variables, x), value_and_grads(reference, variables, x))
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the conditionals are CPU-only")
+def test_fast_conv_gradient_reads_its_input_and_its_outputs_cotangent_from_buffers_on_cpu():
+    """Two conditionals XLA cannot see through (layers._materialize, layers._materialize_tangent):
+    one for the activations, one for the cotangent both backward convolutions read. Without the
+    second, XLA fuses the cotangent's producers (a pool's or BatchNorm's backward) into each of
+    them and computes it twice. Inference has neither."""
+    x = normal((2, 9, 9, 3))
+    conv = layers.Conv(4, (3, 3))
+    variables = conv.init(jax.random.key(1), x)
+    grad = jax.grad(lambda v, x: jnp.sum(jnp.sin(conv.apply(v, x))), argnums=(0, 1))
+    assert jax.jit(grad).lower(variables, x).compile().as_text().count("conditional(") == 2
+    assert "conditional(" not in jax.jit(conv.apply).lower(variables, x).compile().as_text()
+
+
 @pytest.mark.slow
 def test_fast_conv_falls_back_to_lax_for_dilated_and_grouped_convolutions():
     x = normal((2, 9, 9, 4))
@@ -106,6 +120,39 @@ def test_fast_conv_inside_a_batchnorm_residual_block_matches_flax():
     expected = value_and_grads(Block(nn.Conv), variables, x, mutable=["batch_stats"])
     actual = value_and_grads(Block(layers.Conv), variables, x, mutable=["batch_stats"])
     assert_trees_close(actual, expected, **tolerance(1e-4, 1e-5))
+
+
+class ConvReluPool(nn.Module):
+    """The reference for layers.ConvMaxPool: nn.Conv (bias), ReLU, then nn.max_pool."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        window = tuple(2 if size > 1 else 1 for size in x.shape[1:-1])
+        y = nn.relu(nn.Conv(self.features, (3,) * (x.ndim - 2), padding="SAME", name="Conv_0")(x))
+        return nn.max_pool(y, window, window, padding="SAME")
+
+
+class FastConvReluPool(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(layers.ConvMaxPool(self.features, (3,) * (x.ndim - 2), name="Conv_0")(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 2), (2, 11, 3)])
+def test_conv_then_pool_with_the_bias_after_the_pool_matches_conv_bias_relu_pool(shape):
+    """Same variables (Conv_0/kernel, Conv_0/bias), bit-identical values, gradients to tolerance."""
+    x = normal(shape)
+    variables = ConvReluPool(5).init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + normal(v.shape, seed=4), variables)  # a non-zero bias
+    fast = FastConvReluPool(5)
+    assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    np.testing.assert_array_equal(fast.apply(variables, x), ConvReluPool(5).apply(variables, x))
+    assert_trees_close(value_and_grads(fast, variables, x), value_and_grads(ConvReluPool(5), variables, x))
 
 
 # --- LSTM ---------------------------------------------------------------------------------------

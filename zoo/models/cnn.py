@@ -49,7 +49,11 @@ class CNN(nn.Module):
         dtype = compute_dtype(self.precision)
         x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
         kernel = (self.kernel_size,) * (x.ndim - 2)
-        for channels in self.features:
+        for i, channels in enumerate(self.features):
+            if self.fast_layers and self.pool and self.norm == "none":
+                # conv -> bias -> ReLU -> pool, computed as conv -> pool -> bias -> ReLU (the same values)
+                x = nn.relu(layers.ConvMaxPool(channels, kernel, dtype=dtype, name=f"Conv_{i}")(x))
+                continue
             x = conv(channels, kernel, padding="SAME", use_bias=self.norm == "none", dtype=dtype)(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)(x)

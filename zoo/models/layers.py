@@ -18,24 +18,32 @@ from jax.custom_derivatives import SymbolicZero
 # Pooling
 
 
-def _pool(x, window: int, reduce, fill: float):
-    """Non-overlapping pooling over the spatial axes by reshape; axes of size 1 are left alone."""
+def _windowed(x, window: int, fill: float):
+    """x reshaped to (N, s1 // w1, w1, s2 // w2, w2, ..., C) for non-overlapping windows, and the
+    window axes; axes of size 1 get no window, and sizes are padded at the end with `fill` (what
+    padding='SAME' of nn.max_pool/avg_pool does for stride == window)."""
     spatial = x.shape[1:-1]
     windows = [window if size > 1 else 1 for size in spatial]
     pads = [(0, -size % w) for size, w in zip(spatial, windows)]
     if any(after for _, after in pads):
-        # Padding the end matches padding='SAME' of nn.max_pool/avg_pool for stride == window.
         x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
     shape, axes = [x.shape[0]], []
     for size, w in zip(x.shape[1:-1], windows):
         shape += [size // w, w]
         axes.append(len(shape) - 1)
-    return reduce(x.reshape(*shape, x.shape[-1]), axis=tuple(axes))
+    return x.reshape(*shape, x.shape[-1]), tuple(axes)
+
+
+def _pool(x, window: int, reduce, fill: float):
+    """Non-overlapping pooling over the spatial axes by reshape."""
+    view, axes = _windowed(x, window, fill)
+    return reduce(view, axis=axes)
 
 
 def max_pool(x, window: int = 2):
     """nn.max_pool with stride == window: reshape + max, because nn.max_pool's backward
-    (select-and-scatter) costs about a third of a small CNN's step on CPU."""
+    (select-and-scatter) costs about a third of a small CNN's step on CPU. Ties in a window share
+    the gradient equally (jnp.max's rule), where nn.max_pool gives it all to the first."""
     return _pool(x, window, jnp.max, -jnp.inf)
 
 
@@ -63,6 +71,18 @@ def _materialize(x):
     with jax.named_scope(CPU_ONLY_SCOPE):
         keep = jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))  # always true, but unknown at compile time
         return jax.lax.cond(keep, lambda x: x, lambda x: x + 0, x)
+
+
+def _materialize_tangent(t, primal):
+    """t, unchanged; in reverse mode the cotangent flowing back through this point is read from a
+    buffer (the transpose of a conditional is a conditional), so XLA cannot fuse its producers into
+    each of its consumers. The predicate comes from `primal`: a tangent's must stay linear."""
+    with jax.named_scope(CPU_ONLY_SCOPE):
+        keep = jnp.logical_not(jnp.isnan(primal.reshape(-1)[0]))
+        return jax.lax.cond(keep, lambda t: t, lambda t: t * 1.0, t)
+
+
+_MATERIALIZE_COTANGENT = True
 
 
 def _plain_conv(x, kernel, strides, padding):
@@ -98,7 +118,12 @@ def _conv_jvp(strides, padding, primals, tangents):
     if not _is_zero(d_kernel):
         x_read = jax.lax.platform_dependent(x, cpu=_materialize, default=lambda x: x)
         terms.append(_plain_conv(x_read, d_kernel, strides, padding))
-    return y, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
+    if not terms:
+        return y, jnp.zeros_like(y)
+    d_y = sum(terms[1:], terms[0])
+    if _MATERIALIZE_COTANGENT and not _is_zero(d_kernel):
+        d_y = jax.lax.platform_dependent(d_y, y, cpu=_materialize_tangent, default=lambda t, y: t)
+    return y, d_y
 
 
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
@@ -130,6 +155,31 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 # nn.Conv with the faster backward pass: same variables, same names (Conv_0, ...), same maths.
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+class ConvMaxPool(nn.Module):
+    """`max_pool(Conv(features, kernel_size, padding='SAME')(x), window)`: the same variables as that
+    Conv (kernel, bias) and the same values, with the bias added after the pooling.
+
+    max(z_i + b) == max(z_i) + b exactly (rounding is monotone), so the bias is added to a quarter
+    of the values and its gradient sums a quarter of them (a 2x2 window). A ReLU applied by the
+    caller commutes with the pool too: the CNN's conv -> bias -> ReLU -> pool becomes conv -> pool ->
+    bias -> ReLU, on a quarter of the values. Name it as the Conv it replaces (`name="Conv_0"`).
+    """
+
+    features: int
+    kernel_size: tuple[int, ...]
+    window: int = 2
+    dtype: Any = None
+    bias_init: Any = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):
+        conv = Conv(self.features, self.kernel_size, padding="SAME", use_bias=False, dtype=self.dtype)
+        nn.share_scope(self, conv)  # the kernel lives in this module's scope, beside the bias
+        y = max_pool(conv(x), self.window)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return y + bias.astype(y.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -123,14 +123,18 @@ def multi_step_fn(step):
 # XLA's experimental YNNPACK fusions for the CPU backend (jaxlib 0.10.2): per CPU vector ISA and
 # model family, chosen by paired, interleaved A/B timings of each family's benchmark train step
 # (benchmarks/ab_xla_options.py; numbers in benchmarks/NOTES.md). A family absent from its ISA's
-# table measured no better with any option tried there.
+# table measured no better with any option tried there. The option takes one fusion type; setting
+# it replaces XLA's default set, which runs convolutions in YNNPACK, slower here than XLA's own
+# (a 14x14x32->64 3x3 convolution's gradient: 43 ms in YNNPACK, 25 ms in XLA's).
 YNN_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+YNN_INDIVIDUAL_DOT = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 CPU_FAMILY_OPTIONS_BY_ISA: dict[str, dict[str, dict]] = {
-    # 2-core AMD EPYC with AVX-512 (+BF16), YNN dot / none, median of paired per-round ratios. Quiet
-    # (load < 1.5): CNN 0.77 (0.63-0.89), ResNet-20 0.80 (0.76-1.03). Under load 5-7 the gain vanished
-    # (CNN 0.95-1.00, ResNet-20 0.96-1.13), and the other families were never faster (MLP 1.01,
-    # LSTM 1.12, Transformer 1.05).
-    "avx512": {"cnn": YNN_DOT, "resnet": YNN_DOT},
+    # 2-core AMD EPYC with AVX-512 (+BF16), median of paired per-round ratios. YNN dot / none, quiet
+    # (load < 1.5): CNN 0.77 (0.63-0.89), ResNet-20 0.80 (0.76-1.03); under load 5-7 the gain
+    # vanished (CNN 0.95-1.00, ResNet-20 0.96-1.13). Individual dots / YNN dot (2026-12-03, load ~1):
+    # CNN 0.93 (0.82-1.15) and 0.94 (0.84-1.15), ResNet-20 1.00 (0.87-1.17) with compile 3.2 vs 3.8 s.
+    # The other families were never faster with any (MLP 1.01, LSTM 1.12, Transformer 1.05 with YNN dot).
+    "avx512": {"cnn": YNN_INDIVIDUAL_DOT, "resnet": YNN_INDIVIDUAL_DOT},
     # 2-core AVX2-only machine, issue 13's measurements (not re-measured on this one): ResNet-20 step
     # 765 -> 459 ms; process-wide CNN 1.84 -> 1.29, ResNet-20 1.94 -> 1.18 (x PyTorch), while the
     # LSTM, Transformer and MLP got slower.
