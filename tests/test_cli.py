@@ -149,3 +149,29 @@ def test_the_compare_and_evaluate_submodules_are_not_shadowed_by_functions():
 
     assert zoo.compare.__name__ == "zoo.compare" and zoo.evaluate.__name__ == "zoo.evaluate"
     assert zoo.run_compare is zoo.compare.compare and zoo.evaluate_run is zoo.evaluate.evaluate
+
+
+def test_a_late_wakeup_of_a_closed_event_loop_prints_nothing_and_other_exceptions_still_print(
+        monkeypatch, capsys):
+    """After a failed checkpoint read, a TensorStore thread may wake Orbax's closed asyncio loop;
+    Python would print that RuntimeError's traceback (via sys.excepthook) next to our one line."""
+    import asyncio
+
+    from zoo import cli
+
+    monkeypatch.delenv("ZOO_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    cli._drop_late_loop_wakeups()
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError:
+        sys.excepthook(*sys.exc_info())
+    assert capsys.readouterr().err == ""
+    try:
+        raise RuntimeError("Event loop is closed")  # the same words from elsewhere are not dropped
+    except RuntimeError:
+        sys.excepthook(*sys.exc_info())
+    assert "RuntimeError: Event loop is closed" in capsys.readouterr().err

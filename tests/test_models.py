@@ -17,8 +17,7 @@ from zoo.errors import ModelError
 NUM_CLASSES = 3
 VOCAB_SIZE = 20
 
-# Eager JAX compiles every op once per shape, and that is most of this file's time, so the inputs
-# are chosen to share shapes: tokens as long as signals (past the embedding, convolutions and
+# Inputs share shapes where they can: tokens as long as signals (past the embedding, convolutions and
 # recurrent layers see the same shapes), and every kind giving a transformer the same token count.
 SHAPES = {"image": (2, 8, 8, 1), "signal": (2, 40, 1), "tokens": (2, 40)}
 SHAPE_OVERRIDES = {
@@ -43,11 +42,11 @@ HPARAM_OVERRIDES = {
 }
 
 CASES = [(name, kind) for name in models.list_models() for kind in models.get_entry(name).input_kinds]
-# Running a model costs a compile per op and shape (about 25 ms each on CPU); tracing it, almost
-# nothing. So every kind of every name is traced (shapes, collections), and numbers (finite logits,
-# finite non-zero gradients) are computed on each name's first kind, except for deeper or wider
-# copies of an architecture computed here already (the same blocks, more of them), which would cost
-# seconds each.
+# Running a model costs a compile (one jitted call: 1-13 s on 2 cores); tracing it, almost nothing.
+# So every kind of every name is traced (shapes, collections), and numbers (finite logits, finite
+# non-zero gradients) are computed on each name's first kind, except for deeper or wider copies of
+# an architecture computed here already (the same blocks, more of them), which would cost seconds
+# each. (Eager, op by op, took 108 s for this file against 84 s jitted.)
 TRACED_ONLY = {
     "resnet32", "resnet44", "resnet56", "resnet110",  # resnet20's blocks
     "resnet34",  # resnet18's
@@ -103,19 +102,23 @@ def trace(name: str, kind: str) -> Run:
 
 @functools.cache
 def run(name: str, kind: str) -> Run:
-    """Init, an eval apply and a train step's loss gradients, computed."""
+    """Init, an eval apply and a train step's loss gradients, computed in one jitted call."""
     model, shape = build(name, kind)
     x = sample(kind, shape)
-    variables = model.init(key(1), x)
-    eval_logits, eval_state = model.apply(variables, x, train=False)
-    labels = jnp.arange(x.shape[0]) % NUM_CLASSES
 
-    def loss(params):
-        logits, state = model.apply({**variables, "params": params}, x, train=True, rng=key(2))
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), (logits, state)
+    def compute(x):
+        variables = model.init(key(1), x)
+        eval_logits, eval_state = model.apply(variables, x, train=False)
+        labels = jnp.arange(x.shape[0]) % NUM_CLASSES
 
-    (_, (train_logits, train_state)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-    return Run(x, variables, eval_logits, eval_state, train_logits, train_state, grads)
+        def loss(params):
+            logits, state = model.apply({**variables, "params": params}, x, train=True, rng=key(2))
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), (logits, state)
+
+        (_, (train_logits, train_state)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        return variables, eval_logits, eval_state, train_logits, train_state, grads
+
+    return Run(x, *jax.jit(compute)(x))
 
 
 @pytest.mark.slow

@@ -409,6 +409,34 @@ def _mute_libraries() -> None:
     sys.stderr = open(os.devnull, "w")
 
 
+def _is_late_loop_wakeup(exc_type, value, tb) -> bool:
+    """A TensorStore thread waking an asyncio loop Orbax has already closed (after a failed read)."""
+    import traceback
+
+    return (exc_type is RuntimeError and str(value) == "Event loop is closed"
+            and any(frame.f_code.co_name == "call_soon_threadsafe" for frame, _ in traceback.walk_tb(tb)))
+
+
+def _drop_late_loop_wakeups() -> None:
+    """After a failed checkpoint read a TensorStore thread may call `call_soon_threadsafe` on Orbax's
+    closed event loop, and Python prints that RuntimeError's traceback at any moment, even before
+    our one-line refusal mutes fd 2. Only that exception is dropped (ZOO_DEBUG=1 keeps it); every
+    other one reaches the previous hooks."""
+    if os.environ.get("ZOO_DEBUG"):
+        return
+    except_hook, unraisable_hook = sys.excepthook, sys.unraisablehook
+
+    def excepthook(exc_type, value, tb):
+        if not _is_late_loop_wakeup(exc_type, value, tb):
+            except_hook(exc_type, value, tb)
+
+    def unraisablehook(unraisable):
+        if not _is_late_loop_wakeup(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+            unraisable_hook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+
+
 def run() -> None:
     """The console script. After a refusal, exit at once: Orbax's background threads may still be
     unwinding a failed read, and interpreter teardown would wait for them."""
@@ -417,6 +445,7 @@ def run() -> None:
     if launch.wants_supervisor(sys.argv[1:]):  # one process of a multi-process run: see launch.supervise
         sys.exit(launch.supervise(sys.argv[1:]))
     _own_stderr()
+    _drop_late_loop_wakeups()
     code = main(mute_on_refusal=True)
     if code:
         sys.stdout.flush(), err().flush()
