@@ -47,6 +47,7 @@ PARTS = {
     "stockconv": ({}, {}),
     "relupool": ({}, {}),
     "nomatct": ({}, {}),
+    "stockbn": ({}, {}),
 }
 
 
@@ -63,7 +64,8 @@ def _patched(module, name, value):
 def _layer_patches(parts):
     """Trace-time swaps of single fast layers: nomat (the fast conv without its materialized input),
     flaxpool (the fast conv with nn.max_pool/avg_pool), stockconv (nn.Conv with the fast pools), relupool
-    (the CNN's conv, bias, ReLU, then max_pool, instead of layers.ConvMaxPool)."""
+    (the CNN's conv, bias, ReLU, then max_pool, instead of layers.ConvMaxPool), nomatct (the fast conv
+    without its materialized output cotangent), stockbn (nn.BatchNorm in the ResNets)."""
     import flax.linen as nn
     from zoo.models import cnn, layers
 
@@ -87,6 +89,8 @@ def _layer_patches(parts):
                 return layers.max_pool(nn.relu(conv(x)), self.window)
 
         stack.enter_context(_patched(layers, "ConvMaxPool", ReluPool))
+    if "stockbn" in parts:  # the ResNets' nn.BatchNorm instead of layers.BatchNorm
+        stack.enter_context(_patched(layers, "BatchNorm", nn.BatchNorm))
     if "nomatct" in parts:
         stack.enter_context(_patched(layers, "_MATERIALIZE_COTANGENT", False))
     if "stockconv" in parts:

@@ -155,6 +155,26 @@ def test_conv_then_pool_with_the_bias_after_the_pool_matches_conv_bias_relu_pool
     assert_trees_close(value_and_grads(fast, variables, x), value_and_grads(ConvReluPool(5), variables, x))
 
 
+# --- BatchNorm ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(4, 6, 6, 5), (3, 10, 4)])
+@pytest.mark.parametrize("train", [True, False])
+def test_matmul_batchnorm_matches_nn_batchnorm_outputs_statistics_and_gradients(shape, train):
+    x = normal(shape) * 3.0 + 1.0
+    kwargs = {"use_running_average": not train, "momentum": 0.9}
+    reference, fast = nn.BatchNorm(**kwargs), layers.BatchNorm(**kwargs)
+    variables = reference.init(jax.random.key(1), x)
+    assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    channels = shape[-1]
+    variables = {"params": {"scale": normal((channels,), seed=5), "bias": normal((channels,), seed=6)},
+                 "batch_stats": {"mean": normal((channels,), seed=7), "var": jnp.exp(normal((channels,), seed=8))}}
+    assert_trees_close(value_and_grads(fast, variables, x, mutable=["batch_stats"]),
+                       value_and_grads(reference, variables, x, mutable=["batch_stats"]),
+                       **tolerance(1e-4, 1e-5))
+
+
 # --- LSTM ---------------------------------------------------------------------------------------
 
 

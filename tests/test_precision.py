@@ -78,13 +78,18 @@ def test_bfloat16_models_return_bfloat16_logits(name):
 
 @pytest.mark.parametrize("name", EVERY_NAME)
 def test_every_matmul_and_convolution_of_a_bfloat16_model_multiplies_bfloat16(name):
-    """All but attention's probabilities x values, one per encoder block: the softmax stays float32."""
+    """All but attention's probabilities x values, one per encoder block (the softmax stays float32),
+    and the two statistics matmuls of each fast BatchNorm (layers.BatchNorm: statistics stay float32)."""
     model, x, _ = build(name)
     variables = abstract_variables(model, x)
     jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(1)))(variables, x)
     found = products(jaxpr.jaxpr)
     in_float32 = [pair for pair in found if pair != (BF16, BF16)]
     expected = model.info.hparams["depth"] if model.info.family == "transformer" else 0
+    if model.info.family == "resnet" and model.info.hparams["fast_layers"]:
+        batchnorms = len(jax.tree.leaves(variables["batch_stats"])) // 2  # a mean and a var each
+        expected += 2 * batchnorms
+        assert all(pair == (F32, F32) for pair in in_float32)
     assert found and len(in_float32) == expected, in_float32
 
 

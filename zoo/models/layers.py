@@ -183,6 +183,63 @@ class ConvMaxPool(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
+# BatchNorm
+
+
+_PRECISION = jax.lax.Precision.HIGHEST  # float32 on TPUs too; on CPU no slower than the default
+
+
+def _channel_mean(rows):
+    """(M, C) -> (C,): the mean over rows as a (1, M) x (M, C) matmul (HIGHEST: float32 on TPUs too)."""
+    weights = jnp.full((1, rows.shape[0]), 1.0 / rows.shape[0], jnp.float32)
+    return jnp.matmul(weights, rows, precision=_PRECISION)[0]
+
+
+class BatchNorm(nn.Module):
+    """nn.BatchNorm over the last axis (the same variables, statistics and running averages) whose
+    batch statistics are matmuls against a ones vector.
+
+    XLA's CPU backend splits a per-channel sum over a (N, H, W, C) activation into a reduce-window
+    and a reduce, slow for 16-64 channels: BatchNorm's reductions took ~40% of ResNet-20's op time.
+    The statistics as (1, M) x (M, C) matmuls, and so their gradients as matmuls too, made the
+    ResNet-20 step 0.90-0.93x as long (benchmarks/NOTES.md). Writing the per-channel broadcasts as
+    (M, 1) x (1, C) matmuls too (so that the gradients of scale and bias are matmuls) gained
+    another ~2.5% but cost ~1 s more compile time: not done. In training mode the output is
+    x * mul + (bias - mean * mul) with mul = scale / sqrt(var + eps); in inference mode it is
+    nn.BatchNorm's (x - mean) * mul + bias.
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = None
+    scale_init: Any = nn.initializers.ones
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None):
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        channels = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (channels,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (channels,))
+        scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+        bias = self.param("bias", self.bias_init, (channels,), jnp.float32)
+        dtype = self.dtype or x.dtype
+        rows = x.reshape(-1, channels).astype(jnp.float32)
+        if use_running_average:
+            mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
+            return ((rows - ra_mean.value) * mul + bias).reshape(x.shape).astype(dtype)
+        mean = _channel_mean(rows)
+        var = jnp.maximum(0.0, _channel_mean(rows * rows) - mean * mean)  # nn.BatchNorm's fast variance
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale
+        return (rows * mul + (bias - mean * mul)).reshape(x.shape).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
 # LSTM
 
 

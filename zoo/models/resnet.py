@@ -3,8 +3,9 @@
 Both are rank-generic: 1-D convs for signals (and embedded tokens), 2-D for images. Every shortcut
 that changes shape is a 1x1 conv + BatchNorm projection (option B of He et al. 2016), also in the
 CIFAR nets, where the paper used zero-padding (option A): it costs ~2.8k parameters in resnet20 and
-keeps one block type for both styles. Blocks take their conv as an attribute (Flax's
-`examples/imagenet` pattern); `fast_layers` picks zoo's fast conv or `nn.Conv`.
+keeps one block type for both styles. Blocks take their conv and BatchNorm as attributes (Flax's
+`examples/imagenet` pattern); `fast_layers` picks zoo's fast ones (layers.Conv, layers.BatchNorm)
+or `nn.Conv` and `nn.BatchNorm`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ModuleDef = Any
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv_bn(conv: ModuleDef, x, features: int, kernel: int, train: bool, strides: int = 1,
+def conv_bn(conv: ModuleDef, norm: ModuleDef, x, features: int, kernel: int, train: bool, strides: int = 1,
             zero_scale: bool = False, dtype=jnp.float32):
     """Bias-free conv ('same'-style symmetric padding, like torchvision) then BatchNorm, computing in
     `dtype` (BatchNorm's statistics stay float32)."""
@@ -35,24 +36,25 @@ def conv_bn(conv: ModuleDef, x, features: int, kernel: int, train: bool, strides
     )(x)
     # Zero-init of a block's last BN scale makes each block start as the identity (Goyal et al. 2017).
     scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, scale_init=scale_init, dtype=dtype)(x)
+    return norm(use_running_average=not train, momentum=0.9, scale_init=scale_init, dtype=dtype)(x)
 
 
-def shortcut(conv: ModuleDef, x, features: int, strides: int, train: bool, dtype=jnp.float32):
+def shortcut(conv: ModuleDef, norm: ModuleDef, x, features: int, strides: int, train: bool, dtype=jnp.float32):
     """Identity, or a 1x1 conv + BN projection when the block changes channels or resolution."""
     if strides == 1 and x.shape[-1] == features:
         return x
-    return conv_bn(conv, x, features, 1, train, strides, dtype=dtype)
+    return conv_bn(conv, norm, x, features, 1, train, strides, dtype=dtype)
 
 
 class Block(nn.Module):
-    """What both blocks take: width, stride of the first strided conv, the conv layer to use and the
-    compute dtype."""
+    """What both blocks take: width, stride of the first strided conv, the conv and BatchNorm layers
+    to use and the compute dtype."""
 
     features: int
     strides: int = 1
     conv: ModuleDef = nn.Conv
     dtype: Any = jnp.float32
+    norm: ModuleDef = nn.BatchNorm
 
 
 class BasicBlock(Block):
@@ -61,9 +63,10 @@ class BasicBlock(Block):
     @nn.compact
     def __call__(self, x, train: bool):
         dtype = self.dtype
-        y = nn.relu(conv_bn(self.conv, x, self.features, 3, train, self.strides, dtype=dtype))
-        y = conv_bn(self.conv, y, self.features, 3, train, zero_scale=True, dtype=dtype)
-        return nn.relu(y + shortcut(self.conv, x, self.features, self.strides, train, dtype))
+        conv, norm = self.conv, self.norm
+        y = nn.relu(conv_bn(conv, norm, x, self.features, 3, train, self.strides, dtype=dtype))
+        y = conv_bn(conv, norm, y, self.features, 3, train, zero_scale=True, dtype=dtype)
+        return nn.relu(y + shortcut(conv, norm, x, self.features, self.strides, train, dtype))
 
 
 class BottleneckBlock(Block):
@@ -72,18 +75,20 @@ class BottleneckBlock(Block):
     @nn.compact
     def __call__(self, x, train: bool):
         out, dtype = self.features * 4, self.dtype
-        y = nn.relu(conv_bn(self.conv, x, self.features, 1, train, dtype=dtype))
-        y = nn.relu(conv_bn(self.conv, y, self.features, 3, train, self.strides, dtype=dtype))
-        y = conv_bn(self.conv, y, out, 1, train, zero_scale=True, dtype=dtype)
-        return nn.relu(y + shortcut(self.conv, x, out, self.strides, train, dtype))
+        conv, norm = self.conv, self.norm
+        y = nn.relu(conv_bn(conv, norm, x, self.features, 1, train, dtype=dtype))
+        y = nn.relu(conv_bn(conv, norm, y, self.features, 3, train, self.strides, dtype=dtype))
+        y = conv_bn(conv, norm, y, out, 1, train, zero_scale=True, dtype=dtype)
+        return nn.relu(y + shortcut(conv, norm, x, out, self.strides, train, dtype))
 
 
-def stages(x, stage_sizes, width: int, block_cls, conv: ModuleDef, train: bool, dtype=jnp.float32):
+def stages(x, stage_sizes, width: int, block_cls, conv: ModuleDef, norm: ModuleDef, train: bool,
+           dtype=jnp.float32):
     """Stage i has width * 2**i channels; every stage but the first halves the resolution."""
     for i, size in enumerate(stage_sizes):
         for j in range(size):
             strides = 2 if i > 0 and j == 0 else 1
-            x = block_cls(width * 2**i, strides, conv, dtype)(x, train)
+            x = block_cls(width * 2**i, strides, conv, dtype, norm)(x, train)
     return x.mean(axis=tuple(range(1, x.ndim - 1)))  # global average pooling
 
 
@@ -101,15 +106,15 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = layers.Conv if self.fast_layers else nn.Conv
+        conv, norm = (layers.Conv, layers.BatchNorm) if self.fast_layers else (nn.Conv, nn.BatchNorm)
         dtype = compute_dtype(self.precision)
         x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
-        x = self._stem(conv, x, train, dtype)
-        x = stages(x, self.stage_sizes, self.width, self._block(), conv, train, dtype)
+        x = self._stem(conv, norm, x, train, dtype)
+        x = stages(x, self.stage_sizes, self.width, self._block(), conv, norm, train, dtype)
         return nn.Dense(self.num_classes, dtype=dtype)(x)
 
-    def _stem(self, conv: ModuleDef, x, train: bool, dtype):
-        return nn.relu(conv_bn(conv, x, self.width, 3, train, dtype=dtype))
+    def _stem(self, conv: ModuleDef, norm: ModuleDef, x, train: bool, dtype):
+        return nn.relu(conv_bn(conv, norm, x, self.width, 3, train, dtype=dtype))
 
     def _block(self):
         return BasicBlock
@@ -125,11 +130,11 @@ class ResNet(CifarResNet):
     bottleneck: bool = False
     small_input: bool = False
 
-    def _stem(self, conv: ModuleDef, x, train: bool, dtype):
+    def _stem(self, conv: ModuleDef, norm: ModuleDef, x, train: bool, dtype):
         if self.small_input:
-            return super()._stem(conv, x, train, dtype)
+            return super()._stem(conv, norm, x, train, dtype)
         nd = x.ndim - 2
-        x = nn.relu(conv_bn(conv, x, self.width, 7, train, strides=2, dtype=dtype))
+        x = nn.relu(conv_bn(conv, norm, x, self.width, 7, train, strides=2, dtype=dtype))
         return nn.max_pool(x, (3,) * nd, (2,) * nd, padding=((1, 1),) * nd)
 
     def _block(self):
