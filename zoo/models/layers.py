@@ -226,10 +226,10 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
         bias = self.param("bias", self.bias_init, (channels,), jnp.float32)
         dtype = self.dtype or x.dtype
-        rows = x.reshape(-1, channels).astype(jnp.float32)
         if use_running_average:
             mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return ((rows - ra_mean.value) * mul + bias).reshape(x.shape).astype(dtype)
+            return ((x.astype(jnp.float32) - ra_mean.value) * mul + bias).astype(dtype)
+        rows = x.reshape(-1, channels).astype(jnp.float32)
         mean = _channel_mean(rows)
         var = jnp.maximum(0.0, _channel_mean(rows * rows) - mean * mean)  # nn.BatchNorm's fast variance
         if not self.is_initializing():
