@@ -51,7 +51,7 @@ test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -8,7 +8,7 @@ its models are in baselines_torch.py, the GPU variant in bench_gpu.py.
     python benchmarks/bench.py                       # full run (~4 min on 2 cores), writes benchmarks/
     python benchmarks/bench.py --quick --workloads mlp,lstm
     python benchmarks/bench.py --precision bfloat16  # the zoo column in bfloat16 (model.precision)
-    (also: python scripts/benchmark.py, zoo bench, make bench)
+    (also: zoo bench, make bench)
 """
 
 from __future__ import annotations

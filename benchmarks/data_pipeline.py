@@ -52,6 +52,7 @@ def bench_pngs(args) -> dict:
     import jax
 
     from zoo import data
+    from zoo.training import setup as setup_lib
     from zoo.config import from_dict
     from zoo.data.pipeline import BatchIterator
     from zoo.training import loop, step as step_lib
@@ -70,7 +71,7 @@ def bench_pngs(args) -> dict:
         raw = data.load(config.data)
         out["open_and_check_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        run = loop.build_run(config, raw)
+        run = setup_lib.build_setup(config, raw)
         out["statistics_s"] = time.perf_counter() - start
         x, y = run.dataset.x_train, run.dataset.y_train
         feed = {}

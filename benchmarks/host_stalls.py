@@ -21,6 +21,7 @@ import json, sys, tempfile, time, statistics
 import jax, numpy as np
 from zoo.config import from_dict
 from zoo.training import loop, step as step_lib
+from zoo.training import setup as setup_lib
 from zoo import checkpoint as ckpt
 raw = {"name": "bench", "seed": 0, "data": {"name": "digits", "batch_size": 64, "eval_batch_size": 64},
        "model": {"name": sys.argv[1]}, "optimizer": {"name": "adam"},
@@ -28,7 +29,7 @@ raw = {"name": "bench", "seed": 0, "data": {"name": "digits", "batch_size": 64, 
 config = from_dict(raw)
 with tempfile.TemporaryDirectory() as tmp:
     result = loop.fit(config, tmp + "/run")
-    run = loop.build_run(config)
+    run = setup_lib.build_setup(config)
     state = run.init_state()
     eval_step = step_lib.jit_eval_step(run.model, run.spec.num_classes, run.mesh)
     x, y = run.dataset.x_test, run.dataset.y_test

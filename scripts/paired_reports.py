@@ -1,5 +1,5 @@
 """Two committed compare reports of the same dataset and seeds, model by model: the change in mean
-final test accuracy and the p-value of a paired t-test by seed (zoo.report.paired_t_test).
+final test accuracy and the p-value of a paired t-test by seed (zoo.comparison.report.paired_t_test).
 
     python scripts/paired_reports.py results/mnist1d results/mnist1d_tuned
 """
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the zoo of this checkout
-from zoo.report import mean_ci, paired_t_test  # noqa: E402
+from zoo.comparison.report import mean_ci, paired_t_test  # noqa: E402
 
 
 def per_seed(report_dir: str) -> dict[str, dict[int, float]]:

@@ -174,11 +174,9 @@ def one_line_error():
     return _assert_one_line_error
 
 
-# `make test-fast` (-m "not slow") runs the cheap registry-wide tests on one model per family (tests
-# that take over ~1 s carry @pytest.mark.slow themselves); `make test` runs them on every model.
-REPRESENTATIVES = {"mlp", "cnn", "lstm", "resnet20", "transformer"}
-
-
+# `make test-fast` (-m "not slow") runs the cheap registry-wide tests on one model per family, the
+# entry whose test settings say `representative` (tests that take over ~1 s carry @pytest.mark.slow
+# themselves); `make test` runs them on every model.
 def pytest_collection_modifyitems(config, items):
     from zoo import models
 
@@ -186,5 +184,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         name = params.get("name")
-        if isinstance(name, str) and name in registered and name not in REPRESENTATIVES:
+        if isinstance(name, str) and name in registered and not models.get_entry(name).test.representative:
             item.add_marker(pytest.mark.slow)

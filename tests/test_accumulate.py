@@ -10,7 +10,8 @@ import pytest
 from conftest import TINY, merged, tolerance
 from test_reliability import EVERY_SOURCE_OF_STATE, Recorder, restore
 from test_training import train_steps
-from zoo import config as config_lib, soak
+from zoo import config as config_lib
+from tools import soak
 from zoo.errors import ConfigError
 from zoo.training import loop
 

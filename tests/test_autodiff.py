@@ -11,42 +11,32 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from zoo import models
 
 NUM_CLASSES = 3
 VOCAB_SIZE = 11
+BATCH = 2
 TOLERANCE = 1e-5  # relative to each result's largest magnitude
+# These checks are about the maths, not the speed of the code: without LLVM's optimizations and with
+# XLA's elemental CPU fusion emitters, a compile takes about a quarter of the time (resnet20: 17 -> 4 s).
+CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
-SHAPES = {"image": (2, 8, 8, 1), "signal": (2, 16, 1), "tokens": (2, 16)}
-# Small versions; switches that put the fast layers where they matter (conv after BatchNorm,
-# bidirectional stacked LSTMs).
-HPARAMS = {
-    "mlp": {"hidden_sizes": (8,)},
-    "cnn": {"features": (4, 8), "hidden": 8, "norm": "batch"},
-    "rnn": {"cell": "lstm", "hidden_size": 6, "num_layers": 2, "bidirectional": True},
-    "lstm": {"hidden_size": 6},
-    "gru": {"hidden_size": 6},
-    "transformer": {"width": 16, "depth": 1, "num_heads": 2, "patch_size": 2},
-    **{name: {"width": 4} for name in models.list_models("resnet*")},
-}
-SHAPE_OVERRIDES = {("vit_tiny", "image"): (2, 32, 32, 1)}  # vit_digits and vit_tiny fix their sizes
-# Each family once in `make test`, where its fast layers are (conv after BatchNorm, the fast LSTM,
-# residual blocks): a few seconds of compiling each. Every other (name, kind), the stacked
-# bidirectional LSTMs and the 1-D paths included, is marked slow and exhaustive: `make test-all`
-# runs them (the deep ResNets alone compile for minutes).
-FAST_CASES = {
-    ("mlp", "image"), ("cnn", "image"), ("lstm", "signal"), ("resnet20", "image"), ("transformer", "tokens"),
-}
-# Deeper copies of blocks covered above: one input kind each.
-HEAVY = {"resnet32", "resnet44", "resnet56", "resnet110", "resnet34", "resnet101", "resnet152", "vit_tiny"}
+
+def entry(name: str):
+    return models.get_entry(name)
 
 
 def cases():
+    """Every (name, kind), each entry with its test settings' kinds (a `traced_only` entry, more of
+    blocks checked elsewhere, its first only). Each family's representative on its first kind runs in
+    `make test`, where its fast layers are (conv after BatchNorm, the fast LSTM, residual blocks); every
+    other case is slow and exhaustive: `make test-all` runs them (the deep ResNets compile for minutes)."""
     for name in models.list_models():
-        kinds = models.get_entry(name).input_kinds
-        for kind in kinds[:1] if name in HEAVY else kinds:
-            yield ((name, kind) if (name, kind) in FAST_CASES
+        kinds = list(entry(name).test.shapes)
+        for kind in kinds[:1] if entry(name).test.traced_only else kinds:
+            yield ((name, kind) if entry(name).test.representative and kind == kinds[0]
                    else pytest.param(name, kind, marks=[pytest.mark.slow, pytest.mark.exhaustive]))
 
 
@@ -57,25 +47,25 @@ def has_fast_layers(name: str) -> bool:
     return "fast_layers" in models.hparam_fields(name)
 
 
-def random_like(tree, seed: int):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return treedef.unflatten([jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)])
+def random_like(tree, key):
+    """Normal noise shaped like `tree`: one draw, cut into its leaves."""
+    flat, unravel = ravel_pytree(tree)
+    return unravel(jax.random.normal(key, flat.shape, flat.dtype))
 
 
-def sample(kind: str, shape):
+def sample(kind: str, shape, key):
     if kind == "tokens":
-        return jax.random.randint(jax.random.key(0), shape, 0, VOCAB_SIZE, dtype=jnp.int32)
-    return jax.random.normal(jax.random.key(0), shape, jnp.float32)
+        return jax.random.randint(key, shape, 0, VOCAB_SIZE, dtype=jnp.int32)
+    return jax.random.normal(key, shape, jnp.float32)
 
 
-def transforms(model, variables, x, directions):
+def transforms(model, variables, x, directions, rng):
     """(jvp of apply, Hessian-vector product of the loss, vmap of apply over two parameter sets)."""
     d_params, d_x, params_b = directions
     labels = jnp.arange(x.shape[0]) % NUM_CLASSES
 
     def logits(params, x):
-        return model.apply({**variables, "params": params}, x, train=True)[0]
+        return model.apply({**variables, "params": params}, x, train=True, rng=rng)[0]
 
     def loss(params):
         return optax.softmax_cross_entropy_with_integer_labels(logits(params, x), labels).mean()
@@ -92,36 +82,44 @@ def transforms(model, variables, x, directions):
 
 
 def build(name: str, fast_layers: bool):
-    hparams = dict(HPARAMS.get(name, {}))
+    """The entry's test-sized model, with fast or stock layers where it has the choice."""
+    hparams = dict(entry(name).test.hparams)
     if has_fast_layers(name):
         hparams["fast_layers"] = fast_layers
     return models.build(name, NUM_CLASSES, vocab_size=VOCAB_SIZE, **hparams)
 
 
 @functools.cache
-def results(name: str, kind: str, fast_layers: bool):
-    """The three transforms' outputs for one formulation; both formulations share variables
-    (initialized by the stock one: the fast LSTM draws its initial weights in another order) and directions."""
-    x = sample(kind, SHAPE_OVERRIDES.get((name, kind), SHAPES[kind]))
-    variables = build(name, fast_layers=False).init(jax.random.key(1), x)
-    model = build(name, fast_layers)
-    params = variables["params"]
-    directions = (
-        random_like(params, 2),
-        None if kind == "tokens" else random_like(x, 3),
-        jax.tree.map(lambda a, b: a + 0.1 * b, params, random_like(params, 4)),
-    )
-    run = jax.jit(functools.partial(transforms, model))
-    return jax.device_get(run(variables, x, directions))
+def results(name: str, kind: str) -> list:
+    """The three transforms' outputs with fast layers, then with stock ones (where the entry has the
+    choice), from one jitted call: eager, op by op, initializing resnet20 alone took 7 s. Both
+    formulations share variables (initialized by the stock one: the fast LSTM draws its initial
+    weights in another order), directions and dropout masks."""
+    formulations = [build(name, True)] + ([build(name, False)] if has_fast_layers(name) else [])
+
+    def compute(key):
+        x_key, init_key, *direction_keys, rng = jax.random.split(key, 6)
+        x = sample(kind, (BATCH, *entry(name).test.shapes[kind]), x_key)
+        variables = formulations[-1].init(init_key, x)
+        params = variables["params"]
+        directions = (
+            random_like(params, direction_keys[0]),
+            None if kind == "tokens" else random_like(x, direction_keys[1]),
+            jax.tree.map(lambda a, b: a + 0.1 * b, params, random_like(params, direction_keys[2])),
+        )
+        return [transforms(model, variables, x, directions, rng) for model in formulations]
+
+    options = CHEAP_COMPILE if jax.default_backend() == "cpu" else None
+    return jax.device_get(jax.jit(compute, compiler_options=options)(jax.random.key(0, impl="rbg")))
 
 
 def assert_agree(name, kind, index):
-    actual = results(name, kind, True)[index]
+    actual, *stock = (outputs[index] for outputs in results(name, kind))
     for leaf in jax.tree.leaves(actual):
         assert np.isfinite(leaf).all()
-    if not has_fast_layers(name):
+    if not stock:
         return  # one formulation only: it runs, and that is the test
-    expected = results(name, kind, False)[index]
+    expected = stock[0]
     assert jax.tree.structure(actual) == jax.tree.structure(expected)
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
         scale = max(1.0, float(np.abs(e).max()))
@@ -148,9 +146,10 @@ def test_vmap_over_parameter_sets_runs_and_matches_stock_flax_layers(name, kind)
 
 @pytest.mark.parametrize("name", [name for name in models.list_models() if has_fast_layers(name)])
 def test_fast_and_stock_layers_have_the_same_variables(name):
+    kind, example = next(iter(entry(name).test.shapes.items()))
+    x = jax.ShapeDtypeStruct((BATCH, *example), jnp.int32 if kind == "tokens" else jnp.float32)
+
     def shapes(fast_layers):
-        model = models.build(name, NUM_CLASSES, **HPARAMS.get(name, {}), fast_layers=fast_layers)
-        x = jax.ShapeDtypeStruct(SHAPES["image"], jnp.float32)
-        return jax.tree.map(lambda a: a.shape, jax.eval_shape(model.init, jax.random.key(0), x))
+        return jax.tree.map(lambda a: a.shape, jax.eval_shape(build(name, fast_layers).init, jax.random.key(0), x))
 
     assert shapes(True) == shapes(False)

@@ -126,9 +126,9 @@ def noisy_fit(*args, **kwargs):
     os.write(2, b"a native message on fd 2\\n")
     return fit(*args, **kwargs)
 zoo.training.fit = noisy_fit
-from zoo.cli import run
+from zoo.cli import console_main
 sys.argv = ["zoo", *sys.argv[1:]]
-run()
+console_main()
 """
 
 
@@ -142,13 +142,13 @@ def test_warnings_and_native_messages_during_train_reach_the_users_stderr(tmp_pa
     assert "a native message on fd 2" in result.stderr
 
 
-def test_the_compare_and_evaluate_submodules_are_not_shadowed_by_functions():
+def test_zoo_compare_and_zoo_evaluate_are_the_functions_even_after_their_packages_are_imported():
     import zoo
-    import zoo.compare
-    import zoo.evaluate
+    import zoo.comparison.runner
+    import zoo.inference.evaluate
 
-    assert zoo.compare.__name__ == "zoo.compare" and zoo.evaluate.__name__ == "zoo.evaluate"
-    assert zoo.run_compare is zoo.compare.compare and zoo.evaluate_run is zoo.evaluate.evaluate
+    assert zoo.compare is zoo.comparison.runner.compare and zoo.evaluate is zoo.inference.evaluate.evaluate
+    assert callable(zoo.compare) and callable(zoo.evaluate)
 
 
 def test_a_late_wakeup_of_a_closed_event_loop_prints_nothing_and_other_exceptions_still_print(

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from conftest import TINY, merged
-from zoo import report
+from zoo.comparison import report
 from zoo.errors import ConfigError
 
-import zoo.compare as compare_lib
+import zoo.comparison.runner as compare_lib
 
 SEEDS = [0, 1]
 STEPS = 10
@@ -147,7 +147,7 @@ def test_rerun_trains_only_the_unfinished_run(copy_of, monkeypatch):
 
 @pytest.mark.slow
 def test_run_evaluates_to_the_reported_accuracy(finished):
-    from zoo.evaluate import evaluate
+    from zoo.inference.evaluate import evaluate
 
     _, workdir, _ = finished
     _, rows = _csv_rows(workdir)

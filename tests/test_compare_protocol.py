@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from conftest import TINY, merged
-from zoo import report
+from zoo.comparison import report
 from zoo.errors import ConfigError
 
-compare_lib = importlib.import_module("zoo.compare")
+compare_lib = importlib.import_module("zoo.comparison.runner")
 
 LRS = [1e-3, 3e-3, 1e-2]
 

@@ -335,7 +335,7 @@ def test_eval_refuses_data_changed_since_training_unless_allowed(tmp_path, write
 
 @pytest.mark.slow
 def test_eval_of_a_run_trained_on_arrays_says_how_to_pass_them_again(tmp_path, tiny_config):
-    from zoo.evaluate import evaluate
+    from zoo.inference.evaluate import evaluate
     from zoo.training import fit
 
     arrays = npz_arrays()

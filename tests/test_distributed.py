@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, merged
-from zoo import soak
+from tools import soak
 from zoo.data import BatchIterator, eval_batches
 from zoo.data.pipeline import Rows
 
@@ -325,16 +325,16 @@ def test_held_runtime_log_lines_pass_on_after_the_hold_while_the_process_runs(mo
 
 @pytest.mark.slow
 def test_a_stop_signal_delivered_twice_at_once_is_one_request_and_a_later_one_acts_at_once():
-    from zoo.training import loop
+    from zoo.training import hooks
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever earlier code left there
     try:
-        with loop.stop_requests() as stop:
+        with hooks.stop_requests() as stop:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)  # a scheduler's and the supervisor's copy of one request
             time.sleep(0.05)
             assert stop["signal"] == "SIGINT"
-            time.sleep(loop.REPEAT_SECONDS + 0.05)
+            time.sleep(hooks.REPEAT_SECONDS + 0.05)
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)

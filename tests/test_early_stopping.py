@@ -6,17 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from zoo.training import fit, loop
+from zoo.training import fit, hooks, loop
+from zoo.training import setup as setup_lib
 
 
 def scripted(monkeypatch, val: dict, test: dict | None = None):
     """Replaces evaluation with fixed curves: val[step] and test[step] accuracies (loss = 1 - accuracy)."""
-    def evaluate_splits(run, fn, state):
+    def splits(evaluator, state):
         step = int(state.step)
         t = (test or {}).get(step, 0.5)
         return {"val_loss": 1 - val[step], "val_accuracy": val[step], "test_loss": 1 - t, "test_accuracy": t}
 
-    monkeypatch.setattr(loop, "evaluate_splits", evaluate_splits)
+    monkeypatch.setattr(setup_lib.Evaluator, "splits", splits)
 
 
 def es_config(tiny_config, patience=2, min_delta=0.0, steps=40, metric="accuracy"):
@@ -104,8 +105,8 @@ def test_no_code_path_selects_on_test(tiny_config):
     the metric they rank by starts with 'val_', and no selection site names a test metric."""
     for metric in ("accuracy", "loss"):
         config = tiny_config({"checkpoint": {"metric": metric}, "train": {"early_stopping": {"metric": metric}}})
-        assert loop.selection_metric(config)[0] == f"val_{metric}"
-        assert loop.EarlyStopping(config.train.early_stopping).metric == f"val_{metric}"
+        assert setup_lib.selection_metric(config)[0] == f"val_{metric}"
+        assert hooks.EarlyStopping(config.train.early_stopping).metric == f"val_{metric}"
     selection = re.compile(r"best_step\(|BestN\(|best_fn|EarlyStopping\(|selection_metric|keep_best|best_mode")
     package = Path(loop.__file__).resolve().parents[1]
     for path in package.rglob("*.py"):

@@ -10,7 +10,7 @@ import pytest
 from zoo.config import ModelConfig
 from zoo.data import load_dataset, select_classes
 from zoo.errors import ConfigError, DataError
-from zoo.training import build_run, fit
+from zoo.training import build_setup, fit
 from zoo.training.restore import init_from, restore
 
 FIRST_HALF, SECOND_HALF = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
@@ -46,7 +46,7 @@ def test_data_classes_outside_the_dataset_are_refused():
 def test_init_from_loads_every_parameter_but_the_skipped_ones(source_run, tiny_config):
     config = tiny_config({"data": {"classes": SECOND_HALF},
                           "init_from": {"run": str(source_run), "skip": ["Dense_1"]}})
-    run = build_run(config)
+    run = build_setup(config)
     fresh = run.init_state()
     started = leaves(init_from(run, config.init_from)(fresh).params)
     source, fresh = leaves(restore(source_run).state.params), leaves(fresh.params)
@@ -80,7 +80,7 @@ def test_init_from_a_parameter_of_another_shape_is_refused_by_name(source_run, t
 
 def test_a_freeze_pattern_that_matches_no_parameter_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="freeze: pattern 'head' matches no parameter.*Dense_0, Dense_1"):
-        build_run(tiny_config({"freeze": ["head"]}))
+        build_setup(tiny_config({"freeze": ["head"]}))
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_tensorboard_off_writes_no_event_files(tiny_config, tmp_path):
 
 
 def test_runs_lists_a_finished_run_with_its_accuracies(finished_run):
-    from zoo.runs import list_runs
+    from zoo.rundir import list_runs
 
     (row,) = list_runs(finished_run.parents[1])
     tests = [r["accuracy"] for r in read_jsonl(finished_run / "metrics.jsonl") if r["split"] == "test"]
@@ -72,7 +72,7 @@ def test_runs_lists_a_finished_run_with_its_accuracies(finished_run):
 
 
 def test_runs_reports_a_locked_run_as_running(finished_run):
-    from zoo.runs import list_runs
+    from zoo.rundir import list_runs
 
     with (finished_run / ".lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -81,7 +81,7 @@ def test_runs_reports_a_locked_run_as_running(finished_run):
 
 
 def test_runs_reports_an_unreadable_config_as_damaged(tmp_path):
-    from zoo.runs import list_runs
+    from zoo.rundir import list_runs
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text("{not json")
@@ -89,7 +89,7 @@ def test_runs_reports_an_unreadable_config_as_damaged(tmp_path):
 
 
 def test_runs_reports_a_run_without_result_as_unfinished(tmp_path):
-    from zoo.runs import list_runs
+    from zoo.rundir import list_runs
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps(

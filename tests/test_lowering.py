@@ -20,7 +20,7 @@ from zoo import models
 from zoo.config import OptimizerConfig
 from zoo.models.layers import CPU_ONLY_SCOPE
 from zoo.training import optim, state as state_lib, step as step_lib
-from zoo.training.loop import auto_steps_per_call
+from zoo.training.setup import auto_steps_per_call
 
 PLATFORMS = ("cuda", "tpu")
 DEVICES = 8

@@ -13,49 +13,43 @@ import pytest
 
 from zoo import models
 from zoo.errors import ModelError
+from zoo.models.common import TEST_SHAPES
 
 NUM_CLASSES = 3
 VOCAB_SIZE = 20
+BATCH = 2
+NAMES = models.list_models()
 
-# Inputs share shapes where they can: tokens as long as signals (past the embedding, convolutions and
-# recurrent layers see the same shapes), and every kind giving a transformer the same token count.
-SHAPES = {"image": (2, 8, 8, 1), "signal": (2, 40, 1), "tokens": (2, 40)}
-SHAPE_OVERRIDES = {
-    **{(name, "signal"): (2, 32, 1) for name in ("transformer", "vit_digits")},  # 16 patches of 2
-    **{(name, "tokens"): (2, 16) for name in ("transformer", "vit_digits")},
-    ("vit_tiny", "image"): (2, 32, 32, 1),  # 2x2 patches of 16x16
-    ("vit_tiny", "signal"): (2, 64, 1),
-    ("vit_tiny", "tokens"): (2, 4),
-}
-# Narrow versions of heavy models, and switches that exercise more code paths; a name missing here
-# is tested with its defaults.
-HPARAM_OVERRIDES = {
-    "mlp": {"hidden_sizes": (16, 16), "norm": "batch", "dropout": 0.1},
-    "cnn": {"features": (4, 8), "hidden": 16, "norm": "batch", "dropout": 0.1},
-    "rnn": {"hidden_size": 8, "num_layers": 2, "bidirectional": True, "dropout": 0.1},
-    "lstm": {"hidden_size": 8},
-    "gru": {"hidden_size": 8},
-    # vit_digits' shapes (so they compile once), with the class token of vit_tiny and dropout.
-    "transformer": {"mlp_dim": 128, "patch_size": 2, "pool": "cls", "dropout": 0.1},
-    "vit_digits": {"pool": "cls"},
-    **{f"resnet{depth}": {"width": 4} for depth in (20, 32, 44, 56, 110, 18, 34, 50, 101, 152)},
-}
 
-CASES = [(name, kind) for name in models.list_models() for kind in models.get_entry(name).input_kinds]
+def entry(name: str):
+    return models.get_entry(name)
+
+
+def batch_shape(name: str, kind: str) -> tuple:
+    """A test batch's shape: BATCH examples of the entry's test shape for the kind."""
+    return (BATCH, *entry(name).test.shapes[kind])
+
+
+def numeric_kinds(name: str) -> list[str]:
+    """Its first input kind, and the first of its test settings (the one the transform checks of
+    `make test` run) where that is another."""
+    return list(dict.fromkeys((entry(name).input_kinds[0], next(iter(entry(name).test.shapes)))))
+
+
+CASES = [(name, kind) for name in NAMES for kind in entry(name).input_kinds]
 # Running a model costs a compile (one jitted call: 1-13 s on 2 cores); tracing it, almost nothing.
 # So every kind of every name is traced (shapes, collections), and numbers (finite logits, finite
-# non-zero gradients) are computed on each name's first kind, except for deeper or wider copies of
-# an architecture computed here already (the same blocks, more of them), which would cost seconds
-# each. (Eager, op by op, took 108 s for this file against 84 s jitted.)
-TRACED_ONLY = {
-    "resnet32", "resnet44", "resnet56", "resnet110",  # resnet20's blocks
-    "resnet34",  # resnet18's
-    "resnet101", "resnet152",  # resnet50's
-    "vit_tiny",  # the transformer's, wider and deeper
-}
-NUMERIC_CASES = [
-    (name, models.get_entry(name).input_kinds[0]) for name in models.list_models() if name not in TRACED_ONLY
-]
+# non-zero gradients) are computed on its numeric kinds, except for names whose test settings say
+# `traced_only`: deeper or wider copies of an architecture computed here already (the same blocks,
+# more of them), which would cost seconds each. (Eager, op by op, took 108 s for this file against
+# 84 s jitted.)
+NUMERIC_CASES = [(name, kind) for name in NAMES if not entry(name).test.traced_only for kind in numeric_kinds(name)]
+
+# tests/test_precision.py builds the same test-sized models from these views of the test settings.
+SHAPES = {kind: (BATCH, *example) for kind, example in TEST_SHAPES.items()}
+SHAPE_OVERRIDES = {(name, kind): batch_shape(name, kind) for name in NAMES for kind in entry(name).test.shapes}
+HPARAM_OVERRIDES = {name: entry(name).test.hparams for name in NAMES}
+TRACED_ONLY = {name for name in NAMES if entry(name).test.traced_only}
 
 
 def key(seed: int):
@@ -71,9 +65,9 @@ def sample(kind: str, shape, seed: int = 0):
 
 
 def build(name: str, kind: str):
-    """The test-sized model and input shape for a case."""
-    model = models.build(name, NUM_CLASSES, vocab_size=VOCAB_SIZE, **HPARAM_OVERRIDES.get(name, {}))
-    return model, SHAPE_OVERRIDES.get((name, kind), SHAPES[kind])
+    """The test-sized model (its entry's test hyperparameters) and input shape for a case."""
+    model = models.build(name, NUM_CLASSES, vocab_size=VOCAB_SIZE, **entry(name).test.hparams)
+    return model, batch_shape(name, kind)
 
 
 class Run(NamedTuple):
@@ -173,13 +167,28 @@ def test_eval_apply_returns_state_unchanged():
     assert jax.tree_util.tree_all(jax.tree.map(np.array_equal, result.eval_state, expected))
 
 
-@pytest.mark.parametrize("name", models.list_models())
+@pytest.mark.parametrize("name", NAMES)
 def test_token_input_without_vocab_size_raises_model_error(name):
-    if "tokens" not in models.get_entry(name).input_kinds:
+    if "tokens" not in entry(name).input_kinds:
         pytest.skip("takes no tokens")
     model = models.build(name, NUM_CLASSES)
     with pytest.raises(ModelError, match="vocab_size"):
-        model.init(key(0), sample("tokens", SHAPES["tokens"]))
+        model.init(key(0), sample("tokens", batch_shape(name, "tokens")))
+
+
+def test_every_family_has_exactly_one_representative_in_the_fast_tests():
+    """A family without one would drop out of `make test-fast` unnoticed; two would double its cost."""
+    representatives = {family: [] for family in {entry(name).family for name in NAMES}}
+    for name in NAMES:
+        if entry(name).test.representative:
+            representatives[entry(name).family].append(name)
+    assert {family: len(names) for family, names in representatives.items()} == dict.fromkeys(representatives, 1), (
+        f"set TestSettings(representative=True) on exactly one entry per family: {representatives}")
+
+
+def test_every_entrys_test_settings_give_a_shape_for_each_of_its_input_kinds_and_only_those():
+    assert {name: set(entry(name).test.shapes) for name in NAMES} == {
+        name: set(entry(name).input_kinds) for name in NAMES}
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ def test_load_run_predict_gives_evals_test_accuracy(trained):
     probabilities = run.predict(data.x_test)
     assert probabilities.shape == (360, 10) and np.allclose(probabilities.sum(-1), 1, atol=1e-5)
     accuracy = float(np.mean(probabilities.argmax(-1) == data.y_test))
-    assert accuracy == pytest.approx(zoo.evaluate_run(trained)["test"]["accuracy"], abs=1e-9)
+    assert accuracy == pytest.approx(zoo.evaluate(trained)["test"]["accuracy"], abs=1e-9)
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_load_run_exposes_model_variables_config_spec_and_class_names(trained):
     assert logits.shape == (3, 10)
     assert run.config.model.name == "mlp" and run.spec.input_shape == (8, 8, 1)
     assert run.class_names == [str(i) for i in range(10)]
-    assert run.step == zoo.evaluate_run(trained, best=True)["step"]
+    assert run.step == zoo.evaluate(trained, best=True)["step"]
 
 
 @pytest.mark.slow
@@ -145,12 +145,12 @@ def test_eval_of_an_in_memory_run_says_how_to_pass_the_data_again(in_memory, zoo
     path, _, _ = in_memory
     status, _, err = zoo_main("eval", path)
     assert status == 2
-    one_line_error(err, "trained on in-memory arrays", "zoo.evaluate_run(", "dataset=")
+    one_line_error(err, "trained on in-memory arrays", "zoo.evaluate(", "dataset=")
 
 
 def test_evaluate_and_load_run_accept_the_in_memory_dataset(in_memory):
     path, arrays, result = in_memory
-    evaluated = zoo.evaluate_run(path, dataset=arrays)
+    evaluated = zoo.evaluate(path, dataset=arrays)
     assert evaluated["test"]["accuracy"] == pytest.approx(result["final"]["test_accuracy"], abs=1e-9)
     run = zoo.load_run(path, dataset=arrays)
     accuracy = float(np.mean(run.predict(arrays.x_test).argmax(-1) == arrays.y_test))

@@ -18,10 +18,13 @@ import jax
 import numpy as np
 import pytest
 
-from zoo import checkpoint as ckpt, soak
+from zoo import rundir
+from zoo import checkpoint as ckpt
+from tools import soak
 from zoo.errors import CheckpointError, DamagedCheckpointError
 from zoo.metrics import Progress
 from zoo.training import loop
+from zoo.training import setup as setup_lib
 
 REPO = Path(__file__).resolve().parents[1]
 # Dropout, BatchNorm, shifted batches, weight decay and a schedule: every part of the state matters.
@@ -53,7 +56,7 @@ def restore(run_dir: Path, step: int | None = None):
     """(state, meta) of a run's checkpoint (the latest by default), verified."""
     checkpoints = ckpt.Checkpoints(Path(run_dir) / "checkpoints", read_only=True)
     step = checkpoints.latest_step() if step is None else step
-    return checkpoints.restore(step, loop.build_run(loop.load_run_config(run_dir)).abstract_state())
+    return checkpoints.restore(step, setup_lib.build_setup(rundir.read_config(run_dir)).abstract_state())
 
 
 def largest_array_file(step_dir: Path) -> Path:
@@ -100,7 +103,7 @@ def test_a_checkpoint_saves_the_data_position_of_the_batches_consumed_not_of_tho
     config = tiny_config({"train": {"steps": 20, "steps_per_call": 4}, "checkpoint": {"every": 10, "keep": 2}})
     loop.fit(config, tmp_path / "run")
     checkpoints = ckpt.Checkpoints(tmp_path / "run" / "checkpoints", read_only=True)
-    steps_per_epoch = loop.build_run(config).steps_per_epoch
+    steps_per_epoch = setup_lib.build_setup(config).steps_per_epoch
     assert steps_per_epoch > 20
     assert [checkpoints.read_meta(step)["position"] for step in (10, 20)] == [
         {"epoch": 0, "index": 10}, {"epoch": 0, "index": 20}]
@@ -280,7 +283,7 @@ def _hold_lock(run_dir: Path) -> subprocess.Popen:
     run_dir.mkdir(parents=True, exist_ok=True)
     code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
             "print('locked', flush=True); time.sleep(600)")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir / loop.LOCK_FILE)],
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir / rundir.LOCK_FILE)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder

@@ -3,7 +3,7 @@ was seen to fail with that bug planted (dropout key, eval mode, best-K retention
 label smoothing, seed statistics, RNN direction, the residual add, the checksum check).
 
 They go through the public entry points (zoo.models.build, the training step functions,
-zoo.training.optim, zoo.checkpoint.Checkpoints, zoo.report.summarize, zoo.training.fit)."""
+zoo.training.optim, zoo.checkpoint.Checkpoints, zoo.comparison.report.summarize, zoo.training.fit)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ import numpy as np
 import optax
 import pytest
 
+from zoo import rundir
 from zoo import checkpoint as ckpt
 from zoo import models
 from zoo.config import OptimizerConfig
 from zoo.errors import DamagedCheckpointError
-from zoo.report import COLUMNS, summarize
+from zoo.comparison.report import COLUMNS, summarize
 from zoo.training import loop, optim, state as state_lib, step as step_lib
 
 NUM_CLASSES = 10
@@ -159,7 +160,7 @@ def test_the_logged_learning_rate_is_the_one_the_last_update_used(tmp_path, tiny
                           "train": {"steps": 20, "log_every": 5, "steps_per_call": 1}})
     loop.fit(config, tmp_path / "run")
     reference = optax.warmup_cosine_decay_schedule(0.0, config.optimizer.learning_rate, 10, 20)
-    logged = [json.loads(line) for line in (tmp_path / "run" / loop.METRICS_FILE).read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "run" / rundir.METRICS_FILE).read_text().splitlines()]
     train = {r["step"]: r["lr"] for r in logged if r["split"] == "train"}
     assert sorted(train) == [5, 10, 15, 20]
     for step, lr in train.items():

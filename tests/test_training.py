@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY, merged
 from zoo import config as config_lib
 from zoo.data import BatchIterator, load_dataset, with_validation
-from zoo.training import build_run, fit, optim, step as step_lib
+from zoo.training import build_setup, fit, optim, step as step_lib
 from conftest import tolerance
 
 
@@ -25,7 +25,7 @@ def tiny_config(**overrides):
 
 
 def train_steps(config, count):
-    run = build_run(config)
+    run = build_setup(config)
     state = run.init_state()
     train_step = step_lib.jit_train_step(run.model, run.tx, 10, 0.0, run.mesh)
     batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed)
@@ -53,7 +53,7 @@ def test_different_seed_gives_different_parameters():
 @pytest.mark.slow
 def test_batchnorm_running_stats_are_updated_by_training():
     config = tiny_config(**{"model.norm": "batch"})
-    run = build_run(config)
+    run = build_setup(config)
     before = jax.device_get(run.init_state().model_state)
     after, _ = train_steps(config, 2)
     assert any(not np.array_equal(a, b) for a, b in
@@ -113,10 +113,10 @@ SHARDED = textwrap.dedent("""
     import jax, json, numpy as np
     from zoo import config as config_lib
     from zoo.data import BatchIterator
-    from zoo.training import build_run, step as step_lib
+    from zoo.training import build_setup, step as step_lib
     config = config_lib.from_dict({"data": {"batch_size": 32}, "train": {"steps": 3},
                                    "model": {"name": "mlp", "hidden_sizes": [16]}})
-    run = build_run(config)
+    run = build_setup(config)
     state = run.init_state()
     train_step = step_lib.jit_train_step(run.model, run.tx, 10, 0.0, run.mesh)
     batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, 32, 0)
@@ -157,14 +157,14 @@ def test_adamw_matches_optax_reference():
 
 
 def test_steps_per_call_is_automatic_by_family_unless_set():
-    from zoo.training.loop import auto_steps_per_call
+    from zoo.training.setup import auto_steps_per_call
 
     assert tiny_config().train.steps_per_call is None
     assert tuple(auto_steps_per_call(family, "cpu") for family in ("dnn", "cnn", "resnet")) == (10, 1, 1)
 
 
 def test_steps_per_call_defaults_to_ten_for_every_family_on_gpu_and_tpu():
-    from zoo.training.loop import auto_steps_per_call
+    from zoo.training.setup import auto_steps_per_call
 
     assert {auto_steps_per_call(family, backend) for family in ("dnn", "cnn", "rnn", "resnet", "transformer")
             for backend in ("gpu", "tpu")} == {10}
@@ -172,7 +172,7 @@ def test_steps_per_call_defaults_to_ten_for_every_family_on_gpu_and_tpu():
 
 def _evaluation_case():
     """A trained-from-init MLP's eval step and the digits test split, with a batch size that pads."""
-    run = build_run(tiny_config())
+    run = build_setup(tiny_config())
     state = run.init_state()
     eval_step = step_lib.jit_eval_step(run.model, 10, run.mesh)
     return run, state, eval_step, run.dataset.x_test, run.dataset.y_test

@@ -15,8 +15,8 @@ import pytest
 from conftest import TINY, merged, tolerance
 from zoo import config as config_lib, models
 from zoo.metrics import Progress
-from zoo.run import LoadedRun
-from zoo.training import build_run, fit, step as step_lib
+from zoo.inference.loaded import LoadedRun
+from zoo.training import build_setup, fit, step as step_lib
 
 RTOL, ATOL = tolerance(1e-5, 1e-5).values()
 YNN = step_lib.YNN_DOT
@@ -89,20 +89,26 @@ def _config(**train):
 
 def test_train_xla_options_is_validated():
     assert _config().train.xla_options is None
-    assert _config(xla_options={"a": "b", "c": True, "d": 2}).train.xla_options == {"a": "b", "c": True, "d": 2}
+    known = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT", "xla_cpu_multi_thread_eigen": True,
+             "xla_cpu_prefer_vector_width": 256}  # only known performance options (step_lib.KNOWN_XLA_OPTIONS)
+    assert _config(xla_options=known).train.xla_options == known
     for bad in ({"a": 1.5}, {"a": None}, {"a": [1]}, "LIBRARY_FUSION_TYPE_DOT"):
         with pytest.raises(config_lib.ConfigError, match="train.xla_options"):
             _config(xla_options=bad)
 
 
-def test_a_configs_xla_options_reach_the_train_step(tmp_path):
+def test_a_configs_xla_options_reach_the_train_step(tmp_path, monkeypatch):
+    # allowed here, so that XLA itself (not the allowlist) is what refuses it
+    from zoo import config as zoo_config
+
+    monkeypatch.setattr(zoo_config, "KNOWN_XLA_OPTIONS", (*zoo_config.KNOWN_XLA_OPTIONS, "xla_zoo_no_such_option"))
     with pytest.raises(Exception, match="xla_zoo_no_such_option"):
         fit(_config(xla_options={"xla_zoo_no_such_option": True}), tmp_path / "run")
 
 
 @pytest.mark.slow
 def test_a_configs_xla_options_reach_the_eval_and_predict_functions():
-    run = build_run(_config(xla_options=YNN))
+    run = build_setup(_config(xla_options=YNN))
     state = run.init_state()
     x, y = run.dataset.x_train[:32], run.dataset.y_train[:32]
     args = (state.params, state.model_state, step_lib.put_batch(run.mesh, x), step_lib.put_batch(run.mesh, y),
@@ -146,3 +152,12 @@ def test_a_cnn_resumed_under_its_default_options_is_bit_identical(tmp_path):
     straight, resumed = (restore(tmp_path / name, 20).state.params for name in ("straight", "resumed"))
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_every_option_of_the_per_family_table_is_on_the_allowlist():
+    """The allowlist (zoo.config) names each option the measured per-family defaults set, so a run
+    trained with today's defaults can always be continued or evaluated."""
+    from zoo import config as zoo_config
+
+    table = {name for isa in step_lib.CPU_FAMILY_OPTIONS_BY_ISA.values() for options in isa.values() for name in options}
+    assert table and table <= set(zoo_config.KNOWN_XLA_OPTIONS)

@@ -1,16 +1,15 @@
 """zoo: five families of JAX models as init/apply pairs, one training loop, Orbax checkpoints.
 
-`zoo.compare` and `zoo.evaluate` are the submodules; their entry points are `zoo.run_compare` and
-`zoo.evaluate_run` (also `zoo.compare.compare`, `zoo.evaluate.evaluate`). Names are imported on
-first use (PEP 562), so `zoo predict model.zoo` runs an export without importing the models, data or
-training modules."""
+The public face: `zoo.load_config`, `zoo.fit`, `zoo.evaluate`, `zoo.load_run`, `zoo.load_compare`,
+`zoo.compare`, `zoo.build`, ... Names are imported on first use (PEP 562), so `zoo predict model.zoo`
+runs an export without importing the models, data or training modules."""
 
 import importlib
 
 __version__ = "0.1.0"
 
 _PUBLIC = {  # name -> (module, attribute)
-    "run_compare": ("zoo.compare", "compare"), "load_compare": ("zoo.compare", "load_compare"),
+    "compare": ("zoo.comparison.runner", "compare"), "load_compare": ("zoo.comparison.schema", "load_compare"),
     "Config": ("zoo.config", "Config"), "load_config": ("zoo.config", "load"),
     "DataSpec": ("zoo.data", "DataSpec"), "Dataset": ("zoo.data", "Dataset"),
     "list_datasets": ("zoo.data", "list_datasets"), "load_dataset": ("zoo.data", "load_dataset"),
@@ -18,8 +17,8 @@ _PUBLIC = {  # name -> (module, attribute)
     "DataError": ("zoo.errors", "DataError"), "ModelError": ("zoo.errors", "ModelError"),
     "RunError": ("zoo.errors", "RunError"), "WeightsError": ("zoo.errors", "WeightsError"),
     "ZooError": ("zoo.errors", "ZooError"),
-    "evaluate_run": ("zoo.evaluate", "evaluate"),
-    "LoadedRun": ("zoo.run", "LoadedRun"), "load_run": ("zoo.run", "load_run"),
+    "evaluate": ("zoo.inference.evaluate", "evaluate"),
+    "LoadedRun": ("zoo.inference.loaded", "LoadedRun"), "load_run": ("zoo.inference.loaded", "load_run"),
     "Model": ("zoo.models", "Model"), "build": ("zoo.models", "build"),
     "list_models": ("zoo.models", "list_models"), "param_count": ("zoo.models", "param_count"),
     "fit": ("zoo.training", "fit"),

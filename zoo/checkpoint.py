@@ -27,10 +27,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from zoo import distributed
 from zoo.errors import CheckpointError, DamagedCheckpointError
+from zoo.rundir import COMMITTED
 
 FORMAT_VERSION = 2  # 2: per-array checksums computed on the devices; 1: CRC32 on the host
 TRASH, DAMAGED = "trash", "damaged"  # old steps are renamed into TRASH, then removed
-COMMITTED = "commit_success.txt"  # Orbax writes it before the step directory gets its final name
 _STATE, _META = "state", "meta"
 
 

@@ -90,11 +90,12 @@ def cmd_train(args) -> int:
 
 def _start_distributed(args) -> bool:
     """Joins the cluster when asked (--distributed, or any of its process flags); True on process 0."""
-    if not (args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None):
+    if not (args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None
+            or args.coordinator_bind):
         return True
     from zoo import distributed
 
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, bind=args.coordinator_bind)
     return distributed.is_primary()
 
 
@@ -105,7 +106,7 @@ def cmd_launch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from zoo.evaluate import evaluate
+    from zoo.inference.evaluate import evaluate
 
     primary = _start_distributed(args)
     result = evaluate(args.run_dir, step=args.step, best=args.best, allow_changed_data=args.allow_changed_data)
@@ -137,7 +138,7 @@ def _step_arg(text: str):
 def cmd_predict(args) -> int:
     from pathlib import Path
 
-    from zoo.predict import predict, to_csv
+    from zoo.inference.predict import predict, to_csv
 
     rows = predict(args.target, args.inputs, step=_step_arg(args.step), top_k=args.top_k)
     text = json.dumps(rows) + "\n" if args.json else to_csv(rows)
@@ -177,7 +178,7 @@ def cmd_compare(args) -> int:
     import shlex
     from pathlib import Path
 
-    from zoo.compare import compare, load_compare
+    from zoo.comparison.runner import compare, load_compare
 
     config = load_compare(args.config, args.set or [])
     workdir = Path(args.workdir or Path("runs") / f"compare_{config.name}")
@@ -227,7 +228,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from zoo.runs import list_runs
+    from zoo.rundir import list_runs
 
     rows = list_runs(args.dir)
     if args.json:
@@ -249,29 +250,28 @@ def _add_distributed(p) -> None:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (else $ZOO_COORDINATOR)")
     p.add_argument("--num-processes", metavar="N", help="processes in the run (else $ZOO_NUM_PROCESSES)")
     p.add_argument("--process-id", metavar="I", help="this process, 0..N-1 (else $ZOO_PROCESS_ID)")
+    p.add_argument("--coordinator-bind", metavar="HOST[:PORT]",
+                   help="where process 0's coordinator service listens (else $ZOO_COORDINATOR_BIND, else the "
+                        "--coordinator address, which must then be process 0's own; 0.0.0.0: every interface)")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("list", help="every model with family, parameter count and description")
+def _list_arguments(p) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="glob over names, e.g. 'resnet*'")
     p.add_argument("--input-shape", default="8,8,1", help="one example's shape (default 8,8,1)")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--tokens", action="store_true", help="inputs are token ids")
     p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("train", help="train a config (resumes if the run directory has checkpoints)")
+
+def _train_arguments(p) -> None:
     p.add_argument("config", help="a YAML config, e.g. configs/digits/cnn.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
     p.add_argument("--workdir", help="run directory (default runs/<config name>)")
     _add_distributed(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint on the test set")
+
+def _eval_arguments(p) -> None:
     p.add_argument("run_dir")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--step", type=int, help="a checkpointed step (default: the latest)")
@@ -280,10 +280,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="evaluate even though the data files changed since training")
     _add_distributed(p)
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict with a run's checkpoint or a .zoo export on images, folders, "
-                       ".npy/.npz or .csv")
+
+def _predict_arguments(p) -> None:
     p.add_argument("target", help="a run directory, or a .zoo file from `zoo export`")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="an image, a folder of images, a .npy, a .npz (its 'x' array) or a .csv (one row each)")
@@ -291,25 +290,25 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes listed per example (default 3)")
     p.add_argument("--out", help="write the CSV here instead of standard output")
     p.add_argument("--json", action="store_true", help="one JSON list of rows, with every class probability")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("compare", help="train every model x seed of a compare config, then write a report")
+
+def _compare_arguments(p) -> None:
     p.add_argument("config", help="a compare YAML, e.g. configs/compare/digits.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. budget.steps=100")
     p.add_argument("--workdir", help="where runs/ and report/ go (default runs/compare_<name>)")
     p.add_argument("--budget-s", type=float, metavar="S",
                    help="launch no new run after S seconds; the report lists what was skipped (rerun to finish)")
     _add_distributed(p)
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("launch", help="run train, compare or eval in N processes on this machine (jax.distributed)")
+
+def _launch_arguments(p) -> None:
     p.add_argument("--local", type=int, required=True, metavar="N", help="processes to start on 127.0.0.1")
     p.add_argument("--devices-per-process", type=int, metavar="K",
                    help="simulated CPU devices per process (and K of CUDA_VISIBLE_DEVICES each, when set)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- train CONFIG [args] (or compare, eval)")
-    p.set_defaults(func=cmd_launch)
 
-    p = sub.add_parser("bench", help="time a training step of each family: zoo vs plain Flax vs PyTorch")
+
+def _bench_arguments(p) -> None:
     p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,dispatch")
     p.add_argument("--quick", action="store_true", help="3 short rounds instead of 9")
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
@@ -318,9 +317,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the zoo model's compute precision (model.precision); bfloat16 writes RESULTS_bfloat16.md")
     p.add_argument("--out", default="benchmarks", help="where RESULTS.md and results.json go ('' for none)")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("import", help="a run directory from PyTorch weights (.safetensors)")
+
+def _import_arguments(p) -> None:
     p.add_argument("model", help="a zoo model: resnet18..152, vit_tiny, transformer, lstm, gru, rnn")
     p.add_argument("weights", help="a .safetensors file in torchvision / timm / torch.nn naming")
     p.add_argument("--out", required=True, help="the new run directory")
@@ -328,20 +327,45 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="a new head of this many classes (the file's is skipped)")
     p.add_argument("--config", help="a YAML config for later fine-tuning (default: zoo's defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_heads=3")
-    p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="a run's model as one file: jax.export (.zoo) or ONNX")
+
+def _export_arguments(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="the file to write, e.g. model.zoo or model.onnx")
     p.add_argument("--step", default="latest", help="a step number, 'latest' (default) or 'best'")
     p.add_argument("--format", default="zoo", help="zoo (jax.export, default) or onnx (needs the onnx extra)")
     p.add_argument("--platforms", default="cpu", help="jax.export platforms, e.g. cpu,cuda,tpu (default cpu)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("runs", help="one row per run directory under DIR: steps, accuracies, status")
+
+def _runs_arguments(p) -> None:
     p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default runs/)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_runs)
+
+
+# (command, help, the function adding its arguments, the function running it), in `zoo --help` order
+COMMANDS = (
+    ("list", "every model with family, parameter count and description", _list_arguments, cmd_list),
+    ("train", "train a config (resumes if the run directory has checkpoints)", _train_arguments, cmd_train),
+    ("eval", "evaluate a run's checkpoint on the test set", _eval_arguments, cmd_eval),
+    ("predict", "predict with a run's checkpoint or a .zoo export on images, folders, .npy/.npz or .csv",
+     _predict_arguments, cmd_predict),
+    ("compare", "train every model x seed of a compare config, then write a report", _compare_arguments, cmd_compare),
+    ("launch", "run train, compare or eval in N processes on this machine (jax.distributed)", _launch_arguments,
+     cmd_launch),
+    ("bench", "time a training step of each family: zoo vs plain Flax vs PyTorch", _bench_arguments, cmd_bench),
+    ("import", "a run directory from PyTorch weights (.safetensors)", _import_arguments, cmd_import),
+    ("export", "a run's model as one file: jax.export (.zoo) or ONNX", _export_arguments, cmd_export),
+    ("runs", "one row per run directory under DIR: steps, accuracies, status", _runs_arguments, cmd_runs),
+)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, text, add_arguments, run in COMMANDS:
+        command = sub.add_parser(name, help=text)
+        add_arguments(command)
+        command.set_defaults(func=run)
     return parser
 
 
@@ -437,7 +461,7 @@ def _drop_late_loop_wakeups() -> None:
     sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
-def run() -> None:
+def console_main() -> None:
     """The console script. After a refusal, exit at once: Orbax's background threads may still be
     unwinding a failed read, and interpreter teardown would wait for them."""
     from zoo import launch
@@ -454,4 +478,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run()
+    console_main()

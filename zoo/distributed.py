@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 
 import numpy as np
@@ -24,9 +25,11 @@ _joined = False  # set once this process is part of a cluster  # an agreed error
 
 
 def initialize(coordinator: str | None = None, num_processes: int | str | None = None,
-               process_id: int | str | None = None, heartbeat_timeout: int | None = None) -> None:
+               process_id: int | str | None = None, heartbeat_timeout: int | None = None,
+               bind: str | None = None) -> None:
     """`jax.distributed.initialize()`: JAX's cluster detection (SLURM, Open MPI, TPU, Kubernetes)
-    fills whatever the arguments and ZOO_* variables leave open. Missing pieces: one line."""
+    fills whatever the arguments and ZOO_* variables leave open. Missing pieces: one line.
+    Process 0's coordinator service listens where `bind_address` says (not on every interface)."""
     import jax
 
     coordinator = coordinator or os.environ.get(ENV["coordinator"]) or None
@@ -36,7 +39,7 @@ def initialize(coordinator: str | None = None, num_processes: int | str | None =
         raise ConfigError(f"--process-id {index} must be below --num-processes {count} (ids run 0..{count - 1})")
     timeout = heartbeat_timeout or _int("ZOO_HEARTBEAT_TIMEOUT", os.environ.get("ZOO_HEARTBEAT_TIMEOUT"), 1)
     given = {"coordinator_address": coordinator, "num_processes": count, "process_id": index,
-             "heartbeat_timeout_seconds": timeout}
+             "heartbeat_timeout_seconds": timeout, "coordinator_bind_address": bind_address(coordinator, bind, index)}
     try:
         jax.distributed.initialize(**{key: value for key, value in given.items() if value is not None})
     except ValueError as error:  # raised before any connection: nothing detected, something missing
@@ -52,6 +55,63 @@ def initialize(coordinator: str | None = None, num_processes: int | str | None =
     _joined = True
     with _stdout_to_stderr():  # gloo announces its connections on stdout, which is for results
         barrier("joined")
+
+
+# Where process 0's coordinator service listens, when not derived from the coordinator address.
+BIND_ENV = ("ZOO_COORDINATOR_BIND", "JAX_COORDINATOR_BIND_ADDRESS")
+
+
+def bind_address(coordinator: str | None, bind: str | None, process_id: int | None) -> str | None:
+    """HOST:PORT where process 0's coordinator service listens: `bind` (--coordinator-bind, else
+    $ZOO_COORDINATOR_BIND or $JAX_COORDINATOR_BIND_ADDRESS; a bare HOST takes the coordinator's port),
+    else the coordinator address itself, whose host must then be this machine's on process 0. JAX's
+    own default is every interface ([::]:PORT), where anyone who can reach the port could end the
+    run: it applies only when the coordinator comes from cluster detection and no bind is given."""
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    host, port = _split(coordinator, "--coordinator") if coordinator else (None, None)
+    chosen = bind or next((os.environ[name] for name in BIND_ENV if os.environ.get(name)), None)
+    if chosen:
+        host, port = _split(chosen, "--coordinator-bind", port)
+    elif host is None:
+        return None
+    elif process_id == 0:
+        _check_local(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _split(address: str, flag: str, default_port: str | None = None) -> tuple[str, str]:
+    """(host, port) of 'HOST:PORT', '[IPV6]:PORT', or a bare host (with `default_port`)."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest or None  # anything else after ']' fails below
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    else:  # a host name, an IPv4 address or a bare IPv6 address, without a port
+        host, port = address, None
+    port = port or default_port
+    if not host or not port or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{flag} '{address}' must be HOST:PORT with a port in 1..65535, e.g. 10.0.0.5:29500")
+    return host, port
+
+
+def _check_local(host: str) -> None:
+    """Refuses a coordinator host that is not an address of this machine (process 0 listens there)."""
+    try:
+        addresses = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ConfigError(f"--coordinator host '{host}' does not resolve on process 0 "
+                          f"({getattr(error, 'strerror', None) or error}): give process 0's address") from None
+    for family, _, _, _, address in addresses:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address[0], 0, *address[2:]))
+                return
+            except OSError:
+                continue
+    raise ConfigError(f"--coordinator host '{host}' is not an address of this machine, and process 0 runs the "
+                      "coordinator service there: give process 0's own address, or choose where it listens "
+                      "with --coordinator-bind ADDRESS (or $ZOO_COORDINATOR_BIND; 0.0.0.0 is every interface, "
+                      "where anyone who can reach the port can end the run)")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """`zoo launch --local N -- train CONFIG ...`: N processes of one run on this machine.
 
 Each child is `python -m zoo.cli <command> ... --distributed` with ZOO_COORDINATOR (127.0.0.1 and a
-free port), ZOO_NUM_PROCESSES and ZOO_PROCESS_ID set; on CPU they talk through gloo. Their output is
+free port; ZOO_COORDINATOR_BIND the same, so process 0's coordinator service listens on loopback only),
+ZOO_NUM_PROCESSES and ZOO_PROCESS_ID set; on CPU they talk through gloo. Their output is
 prefixed with the process id; SIGINT and SIGTERM are forwarded to all; the launcher exits with the
 first non-zero status (a child killed by a signal counts as 128 + signal).
 
@@ -129,7 +130,8 @@ def wants_supervisor(argv: list[str]) -> bool:
     """A multi-process train, eval or compare not already relayed by a supervisor or the launcher."""
     if os.environ.get(SUPERVISED) or not argv or argv[0] not in COMMANDS:
         return False
-    return any(arg == "--distributed" or arg.split("=")[0] in ("--coordinator", "--num-processes", "--process-id")
+    return any(arg == "--distributed" or arg.split("=")[0] in ("--coordinator", "--num-processes", "--process-id",
+                                                                  "--coordinator-bind")
                for arg in argv[1:])
 
 
@@ -162,8 +164,10 @@ def free_port() -> int:
 
 
 def child_env(base: dict, port: int, processes: int, index: int, devices: int | None) -> dict:
-    env = {**base, "ZOO_COORDINATOR": f"127.0.0.1:{port}", "ZOO_NUM_PROCESSES": str(processes),
-           "ZOO_PROCESS_ID": str(index), "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    # The coordinator service listens on loopback only (JAX's default is every interface).
+    env = {**base, "ZOO_COORDINATOR": f"127.0.0.1:{port}", "ZOO_COORDINATOR_BIND": f"127.0.0.1:{port}",
+           "ZOO_NUM_PROCESSES": str(processes), "ZOO_PROCESS_ID": str(index),
+           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
     if devices:
         flags = [flag for flag in base.get("XLA_FLAGS", "").split()
                  if not flag.startswith("--xla_force_host_platform_device_count")]

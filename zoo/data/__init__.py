@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Callable
 
 import numpy as np
 
-from zoo.data import arrays, source as source_lib
+from zoo.data import arrays, limits, source as source_lib
 from zoo.data.batching import eval_batches
 from zoo.data.pipeline import BatchIterator, default_workers
 from zoo.data.split import select_classes, with_validation
@@ -87,14 +88,11 @@ class Dataset:
                 raise DataError(f"{where}: give both x_{split} and y_{split}")
             if len(x) != len(y):
                 raise DataError(f"{where}: x_{split} has {len(x)} rows but y_{split} has {len(y)}: one label per example")
-        num_classes = len(class_names) if class_names is not None else None
-        for split, (_, y) in splits.items():
-            found = source_lib.check_labels(y, num_classes, f"{where} y_{split}")
-            num_classes = num_classes if class_names is not None else max(num_classes or 0, found)
+        ys, class_names, num_classes = source_lib.class_ids({s: y for s, (_, y) in splits.items()}, class_names, where)
+        _check_finite_inputs({split: x for split, (x, _) in splits.items()}, where, source)
         x_train = _as_array(x_train)
         kind, shape = _kind_of(x_train, vocab_size, where)
         as_input = (lambda x: _as_array(x)[..., None]) if kind == "signal" and x_train.ndim == 2 else _as_array
-        labels = lambda y: np.asarray(y).astype(np.int32)  # noqa: E731
         if kind == "tokens":
             for split, (x, _) in splits.items():
                 x = _as_array(x)
@@ -111,8 +109,22 @@ class Dataset:
                         tuple(class_names) if class_names is not None else None,
                         {**(source or {"kind": "arrays"}), **({"vectors": True} if x_train.ndim == 2 and
                                                               kind == "signal" else {})})
-        return cls(spec, xs["train"], labels(y_train), xs["test"], labels(y_test),
-                   xs.get("val"), labels(y_val) if "val" in xs else None)
+        return cls(spec, xs["train"], ys["train"], xs["test"], ys["test"], xs.get("val"), ys.get("val"))
+
+
+_FINITE: set = set()  # the sources (files, fingerprint, columns) whose inputs were found finite, per process
+
+
+def _check_finite_inputs(xs: dict, where: str, source: dict | None) -> None:
+    """Refuses NaN or infinity in any split, naming it, the row and the column; a file source already
+    found finite in this process (a compare loads it once per run) is not read again."""
+    key = json.dumps(source, sort_keys=True) if source and source.get("fingerprint") else None
+    if key in _FINITE:
+        return
+    for split, x in xs.items():
+        source_lib.check_finite(_as_array(x), f"{where} x_{split}")
+    if key:
+        _FINITE.add(key)
 
 
 def _as_array(x):
@@ -181,7 +193,9 @@ _STATS: dict = {}  # (fingerprint, validation, seed, normalize) -> statistics, p
 
 def prepare(dataset: Dataset, data_config) -> Dataset:
     """`dataset` ready to train on: a validation split, the training split's normalisation statistics
-    recorded in the spec, and every split passed through `preprocess` (lazily for data on disk)."""
+    recorded in the spec, and every split passed through `preprocess` (lazily for data on disk).
+    Refuses, before anything trains, data that could not train or be evaluated (see `check_usable`)."""
+    check_usable(dataset, data_config)
     dataset = with_validation(dataset, data_config.validation, data_config.seed)
     spec = dataset.spec
     check_inputs(spec, dataset.x_train[:1])  # the raw inputs, before preprocessing casts them
@@ -205,6 +219,31 @@ def prepare(dataset: Dataset, data_config) -> Dataset:
     splits = {f"x_{split}": _converted(getattr(dataset, f"x_{split}"), convert)
               for split in ("train", "val", "test") if getattr(dataset, f"x_{split}") is not None}
     return dataclasses.replace(dataset, spec=spec, **splits)
+
+
+def check_usable(dataset: Dataset, data_config) -> None:
+    """Refuses an empty test split, NaN or infinity in inputs held in memory (file sources were checked
+    as they were read, naming the file), a shift that moves every example out of view, and batches too
+    large for zoo's memory limit."""
+    spec, where = dataset.spec, f"dataset '{dataset.spec.name}'"
+    if len(dataset.x_test) == 0:
+        raise DataError(f"{where} has an empty test split: every run reports test accuracy; give test examples "
+                        "(data.test carves a fraction of train for csv and image folders)")
+    for split in ("train", "val", "test"):
+        x = getattr(dataset, f"x_{split}")
+        if x is not None and not arrays.is_lazy(x):
+            source_lib.check_finite(x, f"{where} x_{split}")
+    spatial = tuple(spec.input_shape[:-1]) if spec.kind != "tokens" else ()
+    if data_config.shift and spatial and data_config.shift >= min(spatial):
+        raise DataError(f"data.shift {data_config.shift} is not smaller than the inputs' size {spatial} in "
+                        f"{where}: use at most {min(spatial) - 1} (a shift moves examples by up to that many steps)")
+    example_bytes = math.prod(spec.input_shape) * 4  # float32 or int32, as the model takes them
+    for key in ("batch_size", "eval_batch_size"):
+        size = getattr(data_config, key)
+        if size * example_bytes > limits.max_bytes():
+            raise DataError(f"data.{key} {size}: a batch of inputs of shape {tuple(spec.input_shape)} takes "
+                            f"{size * example_bytes:,} bytes, over zoo's memory limit of {limits.max_bytes():,} "
+                            f"(${limits.MAX_BYTES_ENV}): lower data.{key}")
 
 
 _EAGER_BYTES = 256 << 20  # in-memory splits up to this size (as float32) are converted at once
@@ -245,5 +284,5 @@ def check_inputs(spec: DataSpec, x: np.ndarray) -> None:
 
 
 __all__ = ["BUILT_IN", "BatchIterator", "DataSpec", "Dataset", "FILE_FORMATS", "KINDS", "check_inputs",
-           "check_unchanged", "default_workers", "eval_batches", "list_datasets", "load", "load_dataset",
-           "prepare", "preprocess", "select_classes", "with_validation"]
+           "check_unchanged", "check_usable", "default_workers", "eval_batches", "list_datasets", "load",
+           "load_dataset", "prepare", "preprocess", "select_classes", "with_validation"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data import source
+from zoo.data import limits, source
 from zoo.errors import DataError
 
 PIXELS = 3 * 32 * 32
@@ -48,6 +48,11 @@ def _need(root: Path, name: str, kind: str) -> Path:
     return path
 
 
+def _check_size(paths: list[Path], root: Path) -> None:
+    """The records are read into memory: refuses files larger than the memory limit before reading."""
+    limits.check_bytes(sum(path.stat().st_size for path in paths), f"the {len(paths)} .bin files of {root}")
+
+
 def load(config, name: str | None = None):
     from zoo.data import Dataset
 
@@ -60,6 +65,7 @@ def load(config, name: str | None = None):
         if not train_files:
             _need(root, "data_batch_1.bin", kind)
         test_file = _need(root, "test_batch.bin", kind)
+        _check_size([*train_files, test_file], root)
         parts = [read_records(path, 1) for path in train_files]
         x_train = np.concatenate([p[0] for p in parts])
         y_train = np.concatenate([p[1][:, 0] for p in parts])
@@ -71,6 +77,7 @@ def load(config, name: str | None = None):
         train_files = [_need(root, "train.bin", kind)]
         test_file = _need(root, "test.bin", kind)
         column = 0 if config.label_mode == "coarse" else 1
+        _check_size([*train_files, test_file], root)
         x_train, y_train = read_records(train_files[0], 2)
         x_test, y_test = read_records(test_file, 2)
         y_train, y_test = y_train[:, column], y_test[:, column]

@@ -7,12 +7,14 @@ one uint32 per dimension, then the values."""
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from zoo.data import source
+from zoo.data import limits, source
 from zoo.errors import DataError
 
 FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
@@ -31,25 +33,33 @@ def _find(root: Path, stem: str) -> Path:
 
 
 def read(path: Path) -> np.ndarray:
-    """The array an IDX file holds; refuses a wrong magic number or a size disagreeing with its header."""
+    """The array an IDX file holds; refuses a wrong magic number, a size disagreeing with its header, or
+    a header declaring more than zoo's memory limit (checked before anything past the header is read)."""
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+            shape, dtype = _header(path, handle)
+            expected = math.prod(shape) * dtype.itemsize  # Python ints: a hostile header cannot wrap around
+            limits.check_bytes(expected, f"{path}: the header's shape {shape}")
+            data = handle.read(expected + 1)  # one byte more tells a longer file; a gzip bomb stops here
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{path} cannot be read ({error})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _TYPES:
-        raise DataError(f"{path} is not an IDX file: wrong magic number {data[:4].hex() or 'none'} (expected "
-                        "00 00, a type code such as 08, and the number of dimensions)")
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
-        raise DataError(f"{path}: the header is cut short ({len(data)} bytes for {ndim} dimensions)")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    dtype = np.dtype(_TYPES[data[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    got = len(data) - 4 - 4 * ndim
-    if got != expected:
+    if len(data) != expected:
+        got = f"more than {expected}" if len(data) > expected else str(len(data))
         raise DataError(f"{path}: the header says shape {shape} ({expected} bytes of values) but the file holds "
                         f"{got}: the file is truncated or not this dataset's")
-    return np.frombuffer(data, dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _header(path: Path, handle) -> tuple[tuple[int, ...], np.dtype]:
+    magic = handle.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _TYPES:
+        raise DataError(f"{path} is not an IDX file: wrong magic number {magic.hex() or 'none'} (expected "
+                        "00 00, a type code such as 08, and the number of dimensions)")
+    ndim = magic[3]
+    dims = handle.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path}: the header is cut short ({4 + len(dims)} bytes for {ndim} dimensions)")
+    return struct.unpack(f">{ndim}I", dims), np.dtype(_TYPES[magic[2]])
 
 
 def load(config, name: str = "idx"):

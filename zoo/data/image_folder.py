@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data import source
+from zoo.data import limits, source
 from zoo.data.arrays import take
 from zoo.data.split import stratified_indices
 from zoo.errors import DataError
-from zoo.inputs import decode
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -51,15 +50,25 @@ class LazyImages:
 
 
 def _inspect(path: Path) -> tuple[tuple[int, int], str]:
-    """((H, W), mode) of an image file, after checking it reads through (PNG: every chunk's CRC)."""
+    """((H, W), mode) of an image file, after checking its size in pixels (from the header, before any
+    decoding) and that it reads through (PNG: every chunk's CRC)."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow warns above half its own cap; ours is checked next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             size, mode = (image.size[1], image.size[0]), image.mode
+            limits.check_pixels(*size, f"image {path}")
             image.verify()
         return size, mode
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # Pillow's own cap (~179 M pixels), checked as it opens
+        raise DataError(f"image {path} is over zoo's limit of {limits.max_pixels():,} pixels per image and over "
+                        f"Pillow's ({error}): shrink the image") from None
+    except (OSError, ValueError, SyntaxError) as error:
         reason = str(error) or type(error).__name__
         raise DataError(f"image {path} is truncated or not an image ({reason}): remove or replace the file") from None
 
@@ -98,6 +107,8 @@ def load(config, name: str = "image_folder"):
     root = source.resolve(config.path, name)
     if not root.is_dir():
         raise DataError(f"data.path {root} must be a folder of class folders (or of train/ and test/)")
+    if config.image_size:
+        limits.check_pixels(*config.image_size, "data.image_size")
     split_layout = (root / "train").is_dir()
     if split_layout:
         train = _class_files(root / "train")
@@ -145,3 +156,18 @@ def load(config, name: str = "image_folder"):
     return Dataset.from_arrays(x_train, y_train, x_test, y_test, class_names=tuple(names), name=root.name,
                                x_val=x_val, y_val=y_val, where=str(root),
                                source=source.record("image_folder", root, sorted(every_file)))
+
+
+def decode(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image file -> (H, W, C) uint8, converted to grey or RGB and resized to `size` (H, W): the
+    one decoder of image-folder training data and of inputs to predict on."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(image, np.uint8).reshape(size[0], size[1], channels)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"image {path} cannot be read as an image ({error}): remove or replace the file") from None

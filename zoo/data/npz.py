@@ -9,12 +9,14 @@ set), 3-D signals (N, L, C), 4-D images (N, H, W, C).
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from zoo.data import source
+from zoo.data import limits, source
 from zoo.errors import DataError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -62,14 +64,17 @@ def _read(root: Path) -> tuple[dict, list[Path]]:
 
 
 def _npy(path: Path):
+    """A memory map of an .npy file, after checking its header declares no more than the file holds."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as handle:
+            return _mapped(path, handle, path.stat().st_size, str(path))
     except (OSError, ValueError) as error:
         raise DataError(f"{path} is not a readable .npy array ({error})") from None
 
 
 def _npz(path: Path) -> dict:
-    """Members of an .npz: memory-mapped where stored uncompressed, read otherwise."""
+    """Members of an .npz: memory-mapped where stored uncompressed, read otherwise (each within the memory
+    limit, checked against the sizes its zip and .npy headers declare before it is inflated)."""
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as error:
@@ -78,28 +83,52 @@ def _npz(path: Path) -> dict:
     with archive, open(path, "rb") as handle:
         for info in archive.infolist():
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            what = f"{path}: member '{info.filename}'"
             try:
                 if info.compress_type == zipfile.ZIP_STORED:
-                    out[key] = _mapped_member(path, handle, info)
+                    out[key] = _mapped_member(path, handle, info, what)
                 else:
-                    with archive.open(info) as member:
-                        out[key] = np.lib.format.read_array(member, allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise DataError(f"{path}: member '{info.filename}' cannot be read ({error})") from None
+                    limits.check_bytes(info.file_size, f"{what} (inflated, as its zip header says)")
+                    out[key] = _inflated(archive, info, what)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+                raise DataError(f"{what} cannot be read ({error})") from None
     return out
 
 
-def _mapped_member(path: Path, handle, info: zipfile.ZipInfo):
-    handle.seek(info.header_offset)
-    local = handle.read(30)
-    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-    handle.seek(info.header_offset + 30 + name_length + extra_length)
+def _declared(handle) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, bytes of values) from the .npy header at the handle's position."""
     version = np.lib.format.read_magic(handle)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(handle)
     if dtype.hasobject:
         raise ValueError("object arrays are not allowed")
+    return shape, fortran, dtype, math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+
+
+def _inflated(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
+    with archive.open(info) as member:
+        shape, _, dtype, nbytes = _declared(member)
+        limits.check_bytes(nbytes, f"{what} (shape {tuple(shape)} of {dtype}, as its .npy header says)")
+        member.seek(0)
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _mapped_member(path: Path, handle, info: zipfile.ZipInfo, what: str):
+    handle.seek(info.header_offset)
+    local = handle.read(30)
+    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    handle.seek(start)
+    return _mapped(path, handle, start + info.file_size, what)
+
+
+def _mapped(path: Path, handle, end: int, what: str):
+    """A memory map of the .npy array at the handle's position, whose values must end by byte `end`."""
+    shape, fortran, dtype, nbytes = _declared(handle)
     offset = handle.tell()
-    if int(np.prod(shape)) == 0:
+    if offset + nbytes > end:
+        raise DataError(f"{what}: its header declares shape {tuple(shape)} of {dtype} ({nbytes:,} bytes) but "
+                        f"only {max(end - offset, 0):,} bytes follow: the file is truncated or its header is wrong")
+    if nbytes == 0:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")

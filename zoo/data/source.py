@@ -4,12 +4,13 @@ split's normalisation statistics (applied the same way by training, evaluation a
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from zoo.data.arrays import chunks
+from zoo.data.arrays import chunks, release
 from zoo.errors import DataError
 
 _FINGERPRINTS: dict = {}  # (path, size, mtime) of every file -> fingerprint; in memory, per process
@@ -63,7 +64,7 @@ def check_unchanged(recorded: dict | None, current: dict | None) -> None:
         return
     if recorded.get("kind") == "arrays" and current.get("kind") != "arrays":
         raise DataError("this run was trained on in-memory arrays (zoo.Dataset.from_arrays), which the run "
-                        "directory does not hold: pass them again with zoo.evaluate_run(run_dir, dataset=...)")
+                        "directory does not hold: pass them again with zoo.evaluate(run_dir, dataset=...)")
     if recorded.get("kind") != current.get("kind"):
         raise DataError(f"this run was trained on {recorded.get('kind')} data, the config now reads "
                         f"{current.get('kind')}: restore its data section, or pass --allow-changed-data")
@@ -78,21 +79,78 @@ def check_unchanged(recorded: dict | None, current: dict | None) -> None:
             "--allow-changed-data to evaluate on it anyway")
 
 
+MAX_CLASSES = 1000  # more distinct labels than this look like a regression target, not classes
+FEW_CLASSES = 20  # up to this many distinct labels are classes however few the rows
+
+
 def check_labels(y, num_classes: int | None, where: str) -> int:
     """Labels must be integers in [0, num_classes); returns the class count (max + 1 when not given)."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be one integer per example, got shape {y.shape}")
     if y.size and not np.issubdtype(y.dtype, np.integer):
-        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
-            raise DataError(f"{where}: labels must be integer class ids, got {y.dtype}")
+        floating = np.issubdtype(y.dtype, np.floating)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(y) & (np.mod(y, 1) == 0) & (np.abs(y) < 2**53) if floating else np.zeros(1, bool)
+        if not whole.all():
+            row = int(np.argmin(whole))
+            at = f" (row {row}: {y[row]})" if floating else ""
+            raise DataError(f"{where}: labels must be integer class ids, got {y.dtype}{at}: fix or drop that example")
     if y.size and y.min() < 0:
-        raise DataError(f"{where}: label {int(y.min())} is negative: class ids run from 0 to the class count - 1")
+        raise DataError(f"{where}: label {int(y.min())} is negative (row {int(np.argmin(y))}): class ids run from 0 "
+                        "to the class count - 1")
     top = int(y.max()) if y.size else -1
     if num_classes is not None and top >= num_classes:
         raise DataError(f"{where}: label {top} is out of range for {num_classes} classes: class ids run "
                         f"from 0 to {num_classes - 1}")
     return num_classes if num_classes is not None else top + 1
+
+
+def class_ids(ys: dict, class_names, where: str) -> tuple[dict, tuple | None, int]:
+    """({split: int32 class ids}, class names, class count) of the labels of every split. With `class_names`
+    the labels index them. Without, labels 0..K-1 stay as they are; any other integers (1..3, or 0, 5,
+    9) are remapped to 0..K-1 in sorted order and their values become the class names, so predictions
+    print the labels the data used. Refuses labels that look like a regression target."""
+    num_classes = len(class_names) if class_names is not None else None
+    arrays = {split: np.asarray(y) for split, y in ys.items()}
+    for split, y in arrays.items():
+        check_labels(y, num_classes, f"{where} y_{split}")
+    if class_names is not None:
+        return {split: y.astype(np.int32) for split, y in arrays.items()}, tuple(class_names), num_classes
+    values = np.unique(np.concatenate([np.unique(y).astype(np.int64) for y in arrays.values()]))
+    check_classification(len(values), sum(len(y) for y in arrays.values()), where)
+    if np.array_equal(values, np.arange(len(values))):
+        return {split: y.astype(np.int32) for split, y in arrays.items()}, None, len(values)
+    ids = {split: np.searchsorted(values, y.astype(np.int64)).astype(np.int32) for split, y in arrays.items()}
+    return ids, tuple(str(v) for v in values.tolist()), len(values)
+
+
+def check_classification(distinct: int, rows: int, where: str) -> None:
+    """Refuses labels with more distinct values than a classification plausibly has: over MAX_CLASSES,
+    or (beyond FEW_CLASSES) more than half the rows."""
+    if distinct > MAX_CLASSES or (distinct > FEW_CLASSES and 2 * distinct > rows):
+        raise DataError(f"{where}: the labels take {distinct:,} distinct values in {rows:,} rows, which looks "
+                        "like a regression target: classification needs integer class labels (at most "
+                        f"{MAX_CLASSES}, several rows each); pick a class column, or give class names if these "
+                        "are classes (regression is coming)")
+
+
+def check_finite(x, where: str) -> None:
+    """Refuses NaN or infinity in float inputs, naming the first such row and position. Reads in chunks
+    of about 64 MB, so a memory-mapped split is never loaded whole."""
+    if not np.issubdtype(np.dtype(x.dtype), np.floating):
+        return
+    row_bytes = max(1, math.prod(x.shape[1:]) * np.dtype(x.dtype).itemsize)
+    rows = max(1, (64 << 20) // row_bytes)
+    for start in range(0, len(x), rows):
+        batch = np.asarray(x[start:start + rows])
+        release(x)
+        finite = np.isfinite(batch)
+        if not finite.all():
+            row, *position = (int(i) for i in np.argwhere(~finite)[0])
+            place = f"column {position[0]}" if len(position) == 1 else f"position {tuple(position)}"
+            raise DataError(f"{where} row {start + row}, {place}: {batch[(row, *position)]} is not a finite "
+                            "number: fix or drop that example (NaN and infinity are refused)")
 
 
 def statistics(x, per_column: bool, scale: float = 1.0) -> dict:

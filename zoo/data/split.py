@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from zoo.data.arrays import take
-from zoo.errors import DataError
+from zoo.errors import DataError, did_you_mean, listing
 
 
 def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,16 +49,32 @@ def with_validation(dataset, fraction: float, seed: int = 0):
 
 
 
+def class_indices(spec, classes) -> list[int]:
+    """The class ids of `classes`: ids of the dataset, or names resolved against its class names (the ids
+    as strings where the source has none)."""
+    names = [str(n) for n in spec.class_names] if spec.class_names else [str(c) for c in range(spec.num_classes)]
+    out = []
+    for choice in classes:
+        if isinstance(choice, str) and choice not in names:
+            raise DataError(f"data.classes names class '{choice}', which '{spec.name}' lacks: "
+                            f"{did_you_mean(choice, names)}its classes are {listing(names)}")
+        if not isinstance(choice, str) and not 0 <= choice < spec.num_classes:
+            raise DataError(f"data.classes names class {choice}, but '{spec.name}' has classes "
+                            f"0..{spec.num_classes - 1}: give class indices of the dataset")
+        index = names.index(choice) if isinstance(choice, str) else choice
+        if index in out:
+            raise DataError(f"data.classes names class {index} ('{names[index]}') twice: give each class once")
+        out.append(index)
+    return out
+
+
 def select_classes(dataset, classes):
-    """`dataset` with only the examples of `classes` (original label ids), relabelled 0..k-1 in the
+    """`dataset` with only the examples of `classes` (label ids or class names), relabelled 0..k-1 in the
     order given; class names are kept (the original ids become the names where the source has none)."""
     if classes is None:
         return dataset
     spec = dataset.spec
-    unknown = [c for c in classes if not 0 <= c < spec.num_classes]
-    if unknown:
-        raise DataError(f"data.classes names class {unknown[0]}, but '{spec.name}' has classes 0..{spec.num_classes - 1}: "
-                        "give class indices of the dataset")
+    classes = class_indices(spec, classes)
     lookup = np.full(spec.num_classes, -1, np.int64)
     lookup[list(classes)] = np.arange(len(classes))
 

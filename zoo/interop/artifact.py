@@ -8,14 +8,33 @@ header (input shape and dtype, class names, platforms, zoo and jax versions, ...
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from zoo.errors import ZooError
+from zoo.util import atomic_write
 
 MAGIC = b"ZOOEXPORT1\n"
+# The custom calls (native code XLA runs by name) a module may hold before zoo calls it, per platform.
+# jax.export checks its own allowlist when exporting, not when deserializing or calling: a crafted file
+# could name any target (`xla_ffi_python_cpu_callback` with a made-up callback: a segfault). Measured
+# with jax 0.10.2 by exporting every registered model (symbolic batch, lowered for each platform below,
+# on 1 and 2 devices) and `zoo export` of one model per family (tests/test_hostile_network_and_exports.py):
+# `shape_assertion` (the symbolic batch's checks) is all they contain.
+ALLOWED_CUSTOM_CALLS = {
+    "cpu": ("shape_assertion",),
+    "cuda": ("shape_assertion",),
+    "rocm": ("shape_assertion",),
+    "tpu": ("shape_assertion",),
+}
+# A custom call as MLIR prints it: `stablehlo.custom_call @target(` (a target name with other
+# characters is quoted). Any other mention of a custom_call op (generic form, another dialect's) is
+# refused as unrecognised.
+_CUSTOM_CALL = re.compile(r'stablehlo\.custom_call @(?:([\w.$-]+)|"((?:[^"\\]|\\.)*)")\(')
+_ANY_CUSTOM_CALL = re.compile(r"\w\.custom_call")
 
 
 class ExportError(ZooError):
@@ -23,14 +42,9 @@ class ExportError(ZooError):
 
 
 def write(path: str | Path, header: dict, payload: bytes) -> None:
-    """Writes header + payload atomically (a temporary file renamed into place)."""
-    import os
-
-    path = Path(path)
+    """Writes header + payload atomically (a uniquely named temporary file renamed into place)."""
     body = json.dumps(header, sort_keys=True).encode()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(MAGIC + struct.pack("<Q", len(body)) + body + bytes(payload))
-    os.replace(tmp, path)
+    atomic_write(path, MAGIC + struct.pack("<Q", len(body)) + body + bytes(payload))
 
 
 def read(path: str | Path) -> tuple[dict, bytes]:
@@ -70,7 +84,31 @@ def load(path: str | Path):
     if platform not in exported.platforms:
         raise ExportError(f"export file '{path}' was exported for {', '.join(exported.platforms)}, this "
                           f"machine runs {platform}: export again with --platforms {platform}")
+    check_custom_calls(exported, path)
     return header, exported.call
+
+
+def custom_call_targets(module_text: str) -> list[str]:
+    """Every custom call target a StableHLO module's text names, in order; '?' for each mention of
+    a custom_call op that is not in the printed form (so it cannot pass an allowlist)."""
+    targets = [plain or quoted for plain, quoted in _CUSTOM_CALL.findall(module_text)]
+    unrecognised = len(_ANY_CUSTOM_CALL.findall(module_text)) - len(targets)
+    return targets + ["?"] * unrecognised
+
+
+def check_custom_calls(exported, path: str | Path) -> None:
+    """Refuses an export whose module calls native code outside ALLOWED_CUSTOM_CALLS of its platforms."""
+    allowed = {name for platform in exported.platforms for name in ALLOWED_CUSTOM_CALLS.get(platform, ())}
+    try:
+        text = exported.mlir_module()
+    except Exception as error:  # noqa: BLE001 - a module that does not print: one line
+        raise ExportError(f"export file '{path}' is damaged ({type(error).__name__}): export it again") from None
+    bad = sorted({target for target in custom_call_targets(text) if target not in allowed})
+    if bad:
+        named = ", ".join(repr(target[:60]) for target in bad[:3])
+        raise ExportError(f"export file '{path}' calls native code that zoo exports never contain (custom call "
+                          f"{named}; allowed: {', '.join(sorted(allowed)) or 'none'}): refused; export the "
+                          "model again with `zoo export` from a run you trust")
 
 
 def check_inputs(header: dict, x: np.ndarray, where: str) -> np.ndarray:

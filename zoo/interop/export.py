@@ -25,7 +25,7 @@ def preprocess_fn(spec):
 
 def load_inference(run_dir: str | Path, step: int | str = "latest"):
     """(probabilities of a batch of raw inputs, the LoadedRun) for one checkpoint of a run."""
-    from zoo.run import load_run
+    from zoo.inference.loaded import load_run
 
     run = load_run(run_dir, step)
     model, variables, preprocess = run.model, run.variables, preprocess_fn(run.spec)

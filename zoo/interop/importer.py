@@ -331,7 +331,6 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
     tensors = read_safetensors(path)
     rules_for, infer = FAMILIES[family]
     inferred, implied_shape = infer(tensors)
-    entry = models.get_entry(model_name)
     valid = models.hparam_fields(model_name)
     hp = {k: v for k, v in inferred.items() if k in valid}
     if family == "transformer" and "activation" in valid:
@@ -345,25 +344,46 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
     if not shape:
         raise WeightsError(f"cannot tell the input shape of '{path}' for {model_name}: pass --dataset")
     model = models.build(model_name, classes, **hp)
+    targets = _targets(model, model_name, shape, seed)
+    rules = rules_for({**models.get_entry(model_name).defaults, **valid, **hp}, set(targets), list(tensors))
+    skip_head = classes != head  # another class count, or no head in the file: a fresh one
+    values = _fill_by_rules(rules, tensors, targets, skip_head, f"'{path}' does not fit {model_name}{_hp_text(hp)}")
+    reinitialised = sorted(t for t in targets if t not in values)
+    if reinitialised:
+        fresh = jax.device_get(model.init(jax.random.key(seed), np.zeros((1, *shape), np.float32)))
+        for target in reinitialised:
+            values[target] = np.asarray(_get(fresh, target))
+    variables = {}
+    for target, array in values.items():
+        node = variables
+        *parents, leaf = target.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = array
+    return Imported(model_name, hp, classes, shape, variables, reinitialised)
+
+
+def _targets(model, model_name: str, shape: tuple, seed: int) -> dict:
+    """{'params/...': abstract array} of every variable the model has for inputs of `shape`."""
     x = jax.ShapeDtypeStruct((1, *shape), np.float32)
     try:
         abstract = jax.eval_shape(model.init, jax.random.key(seed), x)
     except Exception as error:  # noqa: BLE001 - a shape the model refuses: one line
         raise WeightsError(f"{model_name} cannot take inputs of shape {shape}: {str(error).splitlines()[0]}") from None
-    targets = {_key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
-    full = {**entry.defaults, **valid, **hp}
-    rules = rules_for(full, set(targets), list(tensors))
-    skip_head = classes != head  # another class count, or no head in the file: a fresh one
+    return {_key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+
+
+def _fill_by_rules(rules, tensors: dict, targets: dict, skip_head: bool, does_not_fit: str) -> dict:
+    """{target: array} from the file's tensors by the family's rules; every tensor used and every
+    variable filled (but a skipped head), else one WeightsError listing what does not fit."""
     values, used, missing, misfit = {}, set(), [], []
     for rule in rules:
-        optional = not rule.targets
         if skip_head and any(t.startswith(f"params/{HEAD}/") for t in rule.targets):
             used.update(s for s in rule.sources if s in tensors)
             continue
         absent = [s for s in rule.sources if s not in tensors]
         if absent:
-            if not optional:
-                missing += absent
+            missing += absent if rule.targets else []  # a rule without targets is optional
             continue
         used.update(rule.sources)
         try:
@@ -381,31 +401,14 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
                 values[target] = array
     unused = sorted(set(tensors) - used)
     unfilled = sorted(t for t in targets if t not in values and not (skip_head and f"/{HEAD}/" in f"/{t}"))
-    problems = []
-    if misfit:
-        problems.append(f"shapes differ: {_names(misfit, 2)}")
-    if missing:
-        problems.append(f"missing from the file: {_names(missing)}")
-    if unused:
-        problems.append(f"unused tensors: {_names(unused)}")
-    if unfilled and not (missing or misfit):
-        problems.append(f"zoo variables left unfilled: {_names(unfilled)}")
+    problems = ([f"shapes differ: {_names(misfit, 2)}"] if misfit else []) + \
+        ([f"missing from the file: {_names(missing)}"] if missing else []) + \
+        ([f"unused tensors: {_names(unused)}"] if unused else []) + \
+        ([f"zoo variables left unfilled: {_names(unfilled)}"] if unfilled and not (missing or misfit) else [])
     if problems:
-        raise WeightsError(f"'{path}' does not fit {model_name}{_hp_text(hp)}: {'; '.join(problems)}; "
-                           "check the model name, --set hyperparameters and --num-classes")
-    reinitialised = sorted(t for t in targets if t not in values)
-    if reinitialised:
-        fresh = jax.device_get(model.init(jax.random.key(seed), np.zeros((1, *shape), np.float32)))
-        for target in reinitialised:
-            values[target] = np.asarray(_get(fresh, target))
-    variables = {}
-    for target, array in values.items():
-        node = variables
-        *parents, leaf = target.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = array
-    return Imported(model_name, hp, classes, shape, variables, reinitialised)
+        raise WeightsError(f"{does_not_fit}: {'; '.join(problems)}; check the model name, --set hyperparameters "
+                           "and --num-classes")
+    return values
 
 
 def _head_classes(tensors: dict, family: str) -> int | None:
@@ -437,29 +440,14 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
     `zoo train OUT/config.json --workdir OUT` fine-tunes from it (it resumes from step 0).
 
     The config is `config_path` (or the defaults) with `overrides`, the model and `dataset` set."""
-    import json
-    import os
-    import shutil
-    import tempfile
-
     from zoo import config as config_lib
-    from zoo.data import load_dataset
-    from zoo.data.batching import Position
-    from zoo.training import loop, step as step_lib
+    from zoo.training import step as step_lib
+    from zoo.training.setup import Evaluator, build_setup
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WeightsError(f"'{out}' already exists: give a new --out directory (nothing was written)")
-    raw = config_lib.load_yaml(config_path) if config_path else {
-        "name": f"import_{model_name}", "seed": seed, "train": {"steps": 1000}}
-    raw = config_lib.apply_overrides(raw, list(overrides))
-    raw.setdefault("data", {})
-    if dataset:
-        raw["data"]["name"] = dataset
-    if "name" not in raw["data"]:
-        raise WeightsError("the run needs a dataset to evaluate on: pass --dataset NAME "
-                           "(or a --config naming data.name)")
-    data = load_dataset(raw["data"]["name"])
+    raw, data = _import_config(model_name, dataset, config_path, overrides, seed)
     spec = data.spec
     if num_classes is not None and num_classes != spec.num_classes:
         raise WeightsError(f"--num-classes {num_classes} differs from the {spec.num_classes} classes of "
@@ -472,31 +460,63 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
                            f"has {spec.num_classes}: pass --num-classes {spec.num_classes} to start a new head")
     raw["model"] = {"name": model_name, **imported.hparams, **given}
     config = config_lib.from_dict(raw)
-    run = loop.build_run(config, data, training=False)  # holds the validation split the config asks for
+    run = build_setup(config, data, training=False)  # holds the validation split the config asks for
     state = run.init_state()
     replicated = step_lib.replicated(run.mesh)
     params = _fill(state.params, imported.variables["params"], replicated)
     model_state = _fill(state.model_state, {k: v for k, v in imported.variables.items() if k != "params"},
                         replicated)
     state = state.replace(params=params, model_state=model_state, opt_state=run.tx.init(params))
-    eval_step = step_lib.jit_eval_step(run.model, spec.num_classes, run.mesh, config.train.deterministic,
-                                       config.train.xla_options)
-    eval_bs = -(-config.data.eval_batch_size // jax.device_count()) * jax.device_count()
-    evaluate_split = lambda s, x, y: step_lib.evaluate_arrays(  # noqa: E731
-        eval_step, run.mesh, s.params, s.model_state, x, y, eval_bs)
-    metrics = loop.evaluate_splits(run, evaluate_split, state)  # val_* and test_*, as `zoo train` records
+    metrics = Evaluator(run).splits(state)  # val_* and test_*, as `zoo train` records
+    _write_run(out, run, state, metrics, {"path": str(Path(path).absolute()),
+                                          "reinitialised": imported.reinitialised})
+    return {"run_dir": str(out), "model": model_name, "dataset": spec.name, "hparams": imported.hparams,
+            "reinitialised": imported.reinitialised,
+            "test": {"loss": metrics["test_loss"], "accuracy": metrics["test_accuracy"]},
+            "val": {"loss": metrics["val_loss"], "accuracy": metrics["val_accuracy"]} if "val_loss" in metrics else None}
+
+
+def _import_config(model_name: str, dataset, config_path, overrides, seed: int):
+    """(the raw config of the new run, its dataset) from `config_path` (or the defaults) and `overrides`."""
+    from zoo import config as config_lib
+    from zoo.data import load_dataset
+
+    raw = config_lib.load_yaml(config_path) if config_path else {
+        "name": f"import_{model_name}", "seed": seed, "train": {"steps": 1000}}
+    raw = config_lib.apply_overrides(raw, list(overrides))
+    raw.setdefault("data", {})
+    if dataset:
+        raw["data"]["name"] = dataset
+    if "name" not in raw["data"]:
+        raise WeightsError("the run needs a dataset to evaluate on: pass --dataset NAME "
+                           "(or a --config naming data.name)")
+    return raw, load_dataset(raw["data"]["name"])
+
+
+def _write_run(out: Path, run, state, metrics: dict, imported_from: dict) -> None:
+    """The run directory `out`, written in a staging directory beside it and renamed into place."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from zoo.data.batching import Position
+    from zoo.rundir import CONFIG_FILE, METRICS_FILE
+    from zoo.training.setup import checkpoints_for
+
+    config = run.config
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        checkpoints = loop.checkpoints_for(staging, config, has_validation=run.dataset.has_validation)
-        meta = {"config": config.to_dict(), "spec": spec.to_json(), "model": model_name,
+        checkpoints = checkpoints_for(staging, config, has_validation=run.dataset.has_validation)
+        meta = {"config": config.to_dict(), "spec": run.spec.to_json(), "model": config.model.name,
                 "family": run.model.info.family, "param_count": models.count_params(state.params),
                 "devices": jax.device_count(), "position": dataclasses.asdict(Position()),
-                "imported_from": {"path": str(Path(path).absolute()), "reinitialised": imported.reinitialised}}
+                "imported_from": imported_from}
         checkpoints.save(0, state, meta, metrics)
         checkpoints.close()
-        (staging / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
-        (staging / loop.METRICS_FILE).write_text("".join(
+        (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+        (staging / METRICS_FILE).write_text("".join(
             json.dumps({"step": 0, "split": split, "loss": metrics[f"{split}_loss"],
                         "accuracy": metrics[f"{split}_accuracy"]}) + "\n"
             for split in ("val", "test") if f"{split}_loss" in metrics))
@@ -506,10 +526,6 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"run_dir": str(out), "model": model_name, "dataset": spec.name, "hparams": imported.hparams,
-            "reinitialised": imported.reinitialised,
-            "test": {"loss": metrics["test_loss"], "accuracy": metrics["test_accuracy"]},
-            "val": {"loss": metrics["val_loss"], "accuracy": metrics["val_accuracy"]} if "val_loss" in metrics else None}
 
 
 def _fill(template, values: dict, sharding):

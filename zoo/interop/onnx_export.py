@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from zoo.errors import ZooError
+from zoo.util import atomic_write
 
 TOLERANCE = 1e-5  # max |onnxruntime - JAX| over the probabilities of a check batch
 CHECK_BATCH = 3
@@ -57,8 +58,6 @@ def run_onnx(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
 def write(probabilities, spec, meta: dict, out: str | Path) -> str:
     """Writes an ONNX model that matches JAX to TOLERANCE in onnxruntime: a symbolic batch where that
     works, else a batch of 1; refuses in one line naming the cause when neither does."""
-    import os
-
     rng = np.random.default_rng(0)
     if spec.dtype == "int32":
         x = rng.integers(0, spec.vocab_size or 2, size=(CHECK_BATCH, *spec.input_shape)).astype(np.int32)
@@ -80,10 +79,7 @@ def write(probabilities, spec, meta: dict, out: str | Path) -> str:
         if diff > TOLERANCE:
             causes.append(f"batch {batch}: onnxruntime differs from JAX by {diff:.2e}")
             continue
-        out = Path(out)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
+        atomic_write(out, data)  # a uniquely named temporary file: a link planted beside `out` is never followed
         return "symbolic" if batch == "B" else str(batch)
     raise ZooError(f"{meta.get('model')} cannot be exported to ONNX with this jax2onnx/onnxruntime "
                    f"({'; '.join(causes)}); use the default jax.export format")

@@ -7,7 +7,9 @@ import functools
 import flax.linen as nn
 
 from zoo.models import layers
-from zoo.models.common import ACTIVATIONS, Entry, Precision, as_features, check_choice, compute_dtype
+from zoo.models.common import ACTIVATIONS, Entry, Precision, TestSettings, as_features, check_choice, compute_dtype
+
+FAMILY = "cnn"  # the family name every entry of this file carries
 
 
 def _flax_pool(pool, x, window: int = 2):
@@ -101,6 +103,8 @@ class LeNet5(nn.Module):
 
 
 ENTRIES = [
-    Entry("cnn", "cnn", "conv/pool stack with a dense head; 1-D or 2-D by input", CNN, {}),
-    Entry("lenet5", "cnn", "LeNet-5 (LeCun et al. 1998) with 'SAME' padding; 1-D or 2-D", LeNet5, {}),
+    # BatchNorm puts the fast conv after a normalization, as in the ResNets.
+    Entry("cnn", FAMILY, "conv/pool stack with a dense head; 1-D or 2-D by input", CNN, {},
+          test=TestSettings({"features": (4, 8), "hidden": 8, "norm": "batch", "dropout": 0.1}, representative=True)),
+    Entry("lenet5", FAMILY, "LeNet-5 (LeCun et al. 1998) with 'SAME' padding; 1-D or 2-D", LeNet5, {}),
 ]

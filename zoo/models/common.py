@@ -35,6 +35,37 @@ def compute_dtype(precision: str):
 KIND_HELP = "image (B, H, W, C) float, signal (B, L, C) float or tokens (B, L) int"
 
 
+# One example's shape (no batch axis) per input kind in the registry-wide tests, where an entry's
+# TestSettings names no other: small enough that every family compiles in a few seconds.
+TEST_SHAPES = {"image": (8, 8, 1), "signal": (16, 1), "tokens": (16,)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSettings:
+    """How the registry-wide tests (tests/test_models.py, test_autodiff.py, test_lowering.py,
+    test_properties.py, test_xla_options.py) exercise an entry; the defaults test a new entry at its
+    own hyperparameters on TEST_SHAPES, in `make test` but not `make test-fast`.
+
+    hparams: what every such test builds it with: a narrow copy, and switches that reach more code
+        paths (BatchNorm, dropout, a class token).
+    shapes: one example's shape for each of its `input_kinds`; a test that takes one kind per entry
+        takes the first.
+    representative: stands for its family in `make test-fast` and in the transform checks of
+        `make test`; exactly one entry per family is.
+    traced_only: more of the blocks of an entry that is computed: tests trace and lower it, and
+        compute no numbers with it (each compile would take seconds).
+    deep: so deep that lowering a function takes 10-25 s: only its K-step train step is lowered.
+    """
+
+    __test__ = False  # not a test class, in the test modules that import it
+
+    hparams: dict = dataclasses.field(default_factory=dict)
+    shapes: dict = dataclasses.field(default_factory=lambda: dict(TEST_SHAPES))
+    representative: bool = False
+    traced_only: bool = False
+    deep: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """A registered name: its family, a one-line description, the module and what the name fixes.
@@ -49,6 +80,7 @@ class Entry:
     module_cls: type
     defaults: dict
     input_kinds: tuple = ("image", "signal", "tokens")
+    test: TestSettings = dataclasses.field(default_factory=TestSettings)  # how the registry-wide tests run it
 
 
 def describe(x) -> str:
@@ -82,6 +114,23 @@ def as_features(x, vocab_size: int | None, embed_dim: int, model: str, dtype=jnp
     if input_kind(x, model) == "tokens":
         return embed_tokens(x, vocab_size, embed_dim, model, dtype)
     return x
+
+
+# Integer hyperparameters (and the entries of integer lists) are sizes and counts: at least 1, except
+# these, where 0 means "none" (the CNN's hidden dense layer, a transformer without blocks).
+ZERO_MEANS_NONE = frozenset({"hidden", "depth"})
+
+
+def check_hparam_range(model: str, key: str, value) -> None:
+    """Raises ModelError when a size or count is out of range, or a dropout rate is not in [0, 1)."""
+    numbers = value if isinstance(value, tuple) else (value,)
+    sizes = [v for v in numbers if isinstance(v, int) and not isinstance(v, bool)]
+    low = 0 if key in ZERO_MEANS_NONE else 1
+    if any(v < low for v in sizes):
+        raise ModelError(f"model '{model}': model.{key} {list(value) if isinstance(value, tuple) else value} must be "
+                         f"{'at least 0 (0: none)' if low == 0 else 'positive'}: it is a size or count")
+    if key == "dropout" and not 0 <= value < 1:
+        raise ModelError(f"model '{model}': model.dropout {value} must be in [0, 1): the fraction of units dropped")
 
 
 def check_choice(field: str, value, choices) -> None:

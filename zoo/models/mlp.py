@@ -6,7 +6,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.errors import ModelError
-from zoo.models.common import ACTIVATIONS, Entry, Precision, check_choice, compute_dtype, describe, embed_tokens
+from zoo.models.common import (ACTIVATIONS, Entry, Precision, TestSettings, check_choice, compute_dtype, describe,
+                               embed_tokens)
+
+FAMILY = "dnn"  # the family name every entry of this file carries
 
 
 class MLP(nn.Module):
@@ -54,5 +57,6 @@ class MLP(nn.Module):
 
 
 ENTRIES = [
-    Entry("mlp", "dnn", "multilayer perceptron over the flattened input", MLP, {}),
+    Entry("mlp", FAMILY, "multilayer perceptron over the flattened input", MLP, {},
+          test=TestSettings({"hidden_sizes": (16, 16), "norm": "batch", "dropout": 0.1}, representative=True)),
 ]

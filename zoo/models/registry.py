@@ -9,7 +9,6 @@ cover each of its entries.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import typing
 from typing import Any, Callable, NamedTuple
@@ -19,9 +18,9 @@ import jax
 import numpy as np
 
 from zoo import config
-from zoo.errors import ConfigError, ModelError
+from zoo.errors import ConfigError, ModelError, did_you_mean
 from zoo.models import cnn, mlp, resnet, rnn, transformer
-from zoo.models.common import Entry
+from zoo.models.common import Entry, check_hparam_range
 
 FAMILIES = (mlp, cnn, rnn, resnet, transformer)
 
@@ -87,10 +86,9 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def get_entry(name: str) -> Entry:
     if name not in _REGISTRY:
-        near = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"did you mean '{near[0]}'? " if near else ""
         raise ModelError(
-            f"unknown model '{name}': {hint}choose one of {', '.join(sorted(_REGISTRY))} (see `zoo list`)"
+            f"unknown model '{name}': {did_you_mean(name, _REGISTRY)}choose one of {', '.join(sorted(_REGISTRY))} "
+            "(see `zoo list`)"
         )
     return _REGISTRY[name]
 
@@ -113,21 +111,23 @@ def _check_hparams(name: str, hparams: dict) -> dict:
     checked = {}
     for key, value in hparams.items():
         if key not in valid:
-            near = difflib.get_close_matches(key, list(valid), n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
             raise ModelError(
-                f"model '{name}' has no hyperparameter '{key}': {hint}valid: {', '.join(sorted(valid))}"
+                f"model '{name}' has no hyperparameter '{key}': {did_you_mean(key, valid)}valid: "
+                f"{', '.join(sorted(valid))}"
             )
         try:
             checked[key] = config.coerce(value, types[key], f"model.{key}")
         except ConfigError as error:
             raise ModelError(f"model '{name}': {error}") from None
+        check_hparam_range(name, key, checked[key])
     return checked
 
 
 def build(name: str, num_classes: int, vocab_size: int | None = None, **hparams) -> Model:
     """Builds a registered model. Unknown or ill-typed hyperparameters raise ModelError naming them."""
     entry = get_entry(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ModelError(f"model '{name}': num_classes {num_classes!r} must be a positive integer (the class count)")
     hparams = _check_hparams(name, hparams)
     kwargs = {**entry.defaults, **hparams, "num_classes": num_classes, "model_name": name}
     if "vocab_size" in {f.name for f in dataclasses.fields(entry.module_cls)}:

@@ -16,7 +16,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.models import layers
-from zoo.models.common import Entry, Precision, as_features, compute_dtype
+from zoo.models.common import Entry, Precision, TestSettings, as_features, compute_dtype
+
+FAMILY = "resnet"  # the family name every entry of this file carries
 
 ModuleDef = Any
 
@@ -141,24 +143,34 @@ class ResNet(CifarResNet):
         return BottleneckBlock if self.bottleneck else BasicBlock
 
 
-def _cifar(depth: int) -> Entry:
+def _tested(**settings) -> TestSettings:
+    """A ResNet's test settings: 4 channels wide (the number of layers, not their width, sets the cost)."""
+    return TestSettings({"width": 4}, **settings)
+
+
+def _cifar(depth: int, test: TestSettings) -> Entry:
     blocks = (depth - 2) // 6
     description = f"CIFAR ResNet-{depth} (3 stages x {blocks} basic blocks, 16/32/64 channels)"
-    return Entry(f"resnet{depth}", "resnet", description, CifarResNet, {"stage_sizes": (blocks,) * 3})
+    return Entry(f"resnet{depth}", FAMILY, description, CifarResNet, {"stage_sizes": (blocks,) * 3}, test=test)
 
 
-def _imagenet(depth: int, stage_sizes: tuple, bottleneck: bool) -> Entry:
+def _imagenet(depth: int, stage_sizes: tuple, bottleneck: bool, test: TestSettings) -> Entry:
     block = "bottleneck" if bottleneck else "basic"
     description = f"ImageNet ResNet-{depth} ({block} blocks {stage_sizes}; small_input for tiny images)"
     defaults = {"stage_sizes": stage_sizes, "bottleneck": bottleneck}
-    return Entry(f"resnet{depth}", "resnet", description, ResNet, defaults)
+    return Entry(f"resnet{depth}", FAMILY, description, ResNet, defaults, test=test)
 
 
+# resnet20, resnet18 and resnet50 are computed in the tests; the others are more of their blocks.
 ENTRIES = [
-    *(_cifar(depth) for depth in (20, 32, 44, 56, 110)),
-    _imagenet(18, (2, 2, 2, 2), False),
-    _imagenet(34, (3, 4, 6, 3), False),
-    _imagenet(50, (3, 4, 6, 3), True),
-    _imagenet(101, (3, 4, 23, 3), True),
-    _imagenet(152, (3, 8, 36, 3), True),
+    _cifar(20, _tested(representative=True)),
+    _cifar(32, _tested(traced_only=True)),
+    _cifar(44, _tested(traced_only=True)),
+    _cifar(56, _tested(traced_only=True, deep=True)),
+    _cifar(110, _tested(traced_only=True, deep=True)),
+    _imagenet(18, (2, 2, 2, 2), False, _tested()),
+    _imagenet(34, (3, 4, 6, 3), False, _tested(traced_only=True)),
+    _imagenet(50, (3, 4, 6, 3), True, _tested()),
+    _imagenet(101, (3, 4, 23, 3), True, _tested(traced_only=True, deep=True)),
+    _imagenet(152, (3, 8, 36, 3), True, _tested(traced_only=True, deep=True)),
 ]

@@ -6,7 +6,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.models import layers
-from zoo.models.common import Entry, Precision, check_choice, compute_dtype, embed_tokens, input_kind
+from zoo.models.common import Entry, Precision, TestSettings, check_choice, compute_dtype, embed_tokens, input_kind
+
+FAMILY = "rnn"  # the family name every entry of this file carries
 
 CELLS = {"simple": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
 
@@ -84,7 +86,12 @@ class RNN(nn.Module):
 
 
 ENTRIES = [
-    Entry("rnn", "rnn", "recurrent classifier (simple|lstm|gru cells) over rows, steps or tokens", RNN, {}),
-    Entry("lstm", "rnn", "LSTM classifier from the last hidden state", RNN, {"cell": "lstm"}),
-    Entry("gru", "rnn", "GRU classifier from the last hidden state", RNN, {"cell": "gru"}),
+    Entry("rnn", FAMILY, "recurrent classifier (simple|lstm|gru cells) over rows, steps or tokens", RNN, {},
+          test=TestSettings({"hidden_size": 6, "num_layers": 2, "bidirectional": True, "dropout": 0.1})),
+    # Signals first: its family's fast checks run the fast LSTM over a sequence of steps.
+    Entry("lstm", FAMILY, "LSTM classifier from the last hidden state", RNN, {"cell": "lstm"},
+          test=TestSettings({"hidden_size": 6}, {"signal": (16, 1), "image": (8, 8, 1), "tokens": (16,)},
+                            representative=True)),
+    Entry("gru", FAMILY, "GRU classifier from the last hidden state", RNN, {"cell": "gru"},
+          test=TestSettings({"hidden_size": 6})),
 ]

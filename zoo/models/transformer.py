@@ -8,8 +8,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zoo.errors import ModelError
-from zoo.models.common import (ACTIVATIONS, Entry, Precision, check_choice, compute_dtype, describe,
+from zoo.models.common import (ACTIVATIONS, Entry, Precision, TestSettings, check_choice, compute_dtype, describe,
                                embed_tokens, input_kind)
+
+FAMILY = "transformer"  # the family name every entry of this file carries
 
 
 class EncoderBlock(nn.Module):
@@ -95,14 +97,21 @@ class Transformer(nn.Module):
 
 
 ENTRIES = [
-    Entry("transformer", "transformer", "pre-LN encoder over tokens, signal or image patches (ViT)",
-          Transformer, {}),
+    # Tokens first: its family's fast checks run the embedding; the class token and dropout reach more code.
+    Entry("transformer", FAMILY, "pre-LN encoder over tokens, signal or image patches (ViT)",
+          Transformer, {},
+          test=TestSettings({"width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "patch_size": 2, "pool": "cls",
+                             "dropout": 0.1},
+                            {"tokens": (16,), "image": (8, 8, 1), "signal": (16, 1)}, representative=True)),
+    # The transformer's blocks, wider and deeper; its 16x16 patches need 32x32 images (2x2 patches).
     Entry(
-        "vit_tiny", "transformer", "ViT-Ti/16 (Dosovitskiy et al. 2021) for 224x224 images", Transformer,
+        "vit_tiny", FAMILY, "ViT-Ti/16 (Dosovitskiy et al. 2021) for 224x224 images", Transformer,
         {"width": 192, "depth": 12, "num_heads": 3, "mlp_dim": 768, "patch_size": 16, "pool": "cls"},
+        test=TestSettings(shapes={"image": (32, 32, 1), "signal": (64, 1), "tokens": (4,)}, traced_only=True),
     ),
     Entry(
-        "vit_digits", "transformer", "small ViT for 8x8 digits: 2x2 patches, width 64, depth 2", Transformer,
+        "vit_digits", FAMILY, "small ViT for 8x8 digits: 2x2 patches, width 64, depth 2", Transformer,
         {"width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128, "patch_size": 2},
+        test=TestSettings({"pool": "cls"}),
     ),
 ]

@@ -13,18 +13,22 @@ from zoo import checkpoint as ckpt
 from zoo.config import Config, InitFromConfig, from_dict
 from zoo.data import DataSpec
 from zoo.errors import CheckpointError, ConfigError, ZooError
-from zoo.training import loop, optim, step as step_lib
+from zoo import distributed
+from zoo.errors import DamagedCheckpointError
+from zoo.rundir import CHECKPOINTS
+from zoo.training import optim, step as step_lib
+from zoo.training.setup import RunSetup, assemble_setup, selection_metric
 
 
 @dataclasses.dataclass
-class Restored:
-    """One checkpoint of a run: its config, data spec, rebuilt `loop.Run`, train state and metadata."""
+class RestoredCheckpoint:
+    """One checkpoint of a run: its config, data spec, rebuilt `RunSetup`, train state and metadata."""
 
     run_dir: Path
     step: int
     config: Config
     spec: DataSpec
-    run: loop.Run
+    setup: RunSetup
     state: object
     meta: dict
 
@@ -34,9 +38,9 @@ def open_checkpoints(run_dir: str | Path) -> ckpt.Checkpoints:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory '{run_dir}' does not exist: give one that `zoo train` wrote")
-    if not (run_dir / "checkpoints").is_dir():
+    if not (run_dir / CHECKPOINTS).is_dir():
         raise CheckpointError(f"'{run_dir}' holds no checkpoints/: give a run directory written by `zoo train`")
-    return ckpt.Checkpoints(run_dir / "checkpoints", read_only=True)
+    return ckpt.Checkpoints(run_dir / CHECKPOINTS, read_only=True)
 
 
 def resolve_step(checkpoints: ckpt.Checkpoints, step: int | str | None = None, best: bool = False) -> int:
@@ -55,7 +59,7 @@ def resolve_step(checkpoints: ckpt.Checkpoints, step: int | str | None = None, b
     if not best:
         return latest
     config = stored_config(checkpoints, latest)
-    metric, mode = loop.selection_metric(config)
+    metric, mode = selection_metric(config)
     chosen = checkpoints.best_step(metric, mode)
     if chosen is None:
         raise CheckpointError(f"no checkpoint in '{checkpoints.directory}' recorded {metric}: the run has no "
@@ -79,18 +83,18 @@ def stored_spec(meta: dict, step: int) -> DataSpec:
         raise CheckpointError(f"checkpoint step {step}: its stored data spec is unusable ({error})") from None
 
 
-def restore(run_dir: str | Path, step: int | str | None = "latest") -> Restored:
+def restore(run_dir: str | Path, step: int | str | None = "latest") -> RestoredCheckpoint:
     """The train state of one checkpoint, with no data loaded: the model comes from the stored spec."""
     checkpoints = open_checkpoints(run_dir)
     chosen = resolve_step(checkpoints, step)
     meta = checkpoints.read_meta(chosen)
     config, spec = stored_config(checkpoints, chosen), stored_spec(meta, chosen)
-    run = loop.assemble_run(config, spec)
-    state, meta = checkpoints.restore(chosen, run.abstract_state())
-    return Restored(Path(run_dir), chosen, config, spec, run, state, meta)
+    setup = assemble_setup(config, spec)
+    state, meta = checkpoints.restore(chosen, setup.abstract_state())
+    return RestoredCheckpoint(Path(run_dir), chosen, config, spec, setup, state, meta)
 
 
-def init_from(run: loop.Run, source: InitFromConfig):
+def init_from(run: RunSetup, source: InitFromConfig):
     """A function taking this run's fresh train state to one whose parameters and model state come
     from `source`'s checkpoint, except those matching `source.skip` (kept as initialised). Checked
     now, before anything is written: a parameter of another shape is refused by name."""
@@ -133,3 +137,33 @@ def _merge(target, source_tree, source: InitFromConfig, what: str) -> dict:
                               "init_from.skip to initialise it afresh")
         chosen[name] = available[name].astype(leaf.dtype)
     return chosen
+
+
+def restore_latest_good(checkpoints: ckpt.Checkpoints, setup: RunSetup, progress):
+    """The newest step that restores and verifies. Damaged newer steps are reported and set aside
+    (a resumed run will write those step numbers again); if every step is damaged, refuses.
+
+    With several processes, process 0's list of steps is the one tried; every process restores each
+    step and a step damaged for any process is damaged for all, so all restore the same step."""
+    damaged = []
+    for step in reversed(distributed.broadcast_ints(checkpoints.listed_steps())):
+        try:
+            state, meta = checkpoints.restore(step, setup.abstract_state())
+            error = None
+        except DamagedCheckpointError as raised:
+            error = raised
+        if distributed.any_true(error is not None):
+            progress.log(f"skipping: {error or f'checkpoint step {step} is damaged (seen by another process)'}")
+            damaged.append(step)
+            continue
+        if damaged:
+            where = checkpoints.set_aside(damaged)
+            progress.log(f"falling back to step {step}, the newest good checkpoint; damaged step(s) "
+                         f"{', '.join(map(str, damaged))} moved to {where}")
+        return step, state, meta
+    if damaged:
+        raise CheckpointError(f"every checkpoint in '{checkpoints.directory}' is damaged (steps "
+                              f"{', '.join(map(str, sorted(damaged)))}): move that directory aside to "
+                              "start over, or use another --workdir")
+    return None, None, None
+

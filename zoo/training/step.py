@@ -10,6 +10,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from zoo.config import KNOWN_XLA_OPTIONS, check_xla_options  # noqa: F401 - the allowlist, checked here too
 from zoo.training import optim
 from zoo.training.state import TrainState
 
@@ -167,10 +168,12 @@ def compiler_options(deterministic: bool = True, backend: str | None = None, fam
                      options: dict | None = None) -> dict:
     """XLA options for the jitted train, eval and predict functions, from this one place.
 
-    `options` (a config's `train.xla_options`) replaces the defaults when given ({}: none); otherwise
-    the CPU backend gets `family`'s measured defaults for its ISA (cpu_family_options) and other backends none.
+    `options` (a config's `train.xla_options`: KNOWN_XLA_OPTIONS only, else a ConfigError) replaces the
+    defaults when given ({}: none); otherwise the CPU backend gets `family`'s measured defaults for its
+    ISA (cpu_family_options) and other backends none.
     On GPU `deterministic` adds deterministic ops (CPU and TPU steps are deterministic already)."""
     backend = backend or jax.default_backend()
+    check_xla_options(options)
     if options is not None:
         chosen = dict(options)
     else:

@@ -90,5 +90,5 @@ def load_run(run_dir: str | Path, step: int | str = "latest", dataset: Dataset |
                         f"'{run_dir}' was trained on {tuple(restored.spec.input_shape)}")
     state = jax.device_get(restored.state)
     variables = {"params": state.params, **state.model_state}
-    return LoadedRun(Path(run_dir), restored.step, restored.run.model, variables, restored.config,
+    return LoadedRun(Path(run_dir), restored.step, restored.setup.model, variables, restored.config,
                      restored.spec, restored.meta, batch_size)

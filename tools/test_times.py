@@ -5,7 +5,7 @@ Each run writes a JUnit XML file (pytest's `--junitxml`, which records every tes
     git worktree add --detach /tmp/before <old-commit>
     (cd /tmp/before && python -m pytest -q tests/... --junitxml=/tmp/before.xml)
     python -m pytest -q tests/... --junitxml=/tmp/after.xml
-    python benchmarks/test_times.py /tmp/before.xml /tmp/after.xml --min-seconds 1
+    python tools/test_times.py /tmp/before.xml /tmp/after.xml --min-seconds 1
 
 Prints the tests present in both, slowest first, with after/before, the totals, and the tests over
 `--threshold` (default 1.10) whose before time is at least `--min-seconds` (shorter ones are mostly

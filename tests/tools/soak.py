@@ -1,5 +1,5 @@
-"""The kill-and-resume harness: start `zoo train` in a child process, SIGKILL it at a chosen moment,
-rerun it, and judge whether anything was lost. scripts/soak_kill.py and tests/test_reliability.py use it.
+"""The kill-and-resume harness (test tooling, not part of the package): start `zoo train` in a child process, SIGKILL it at a chosen moment,
+rerun it, and judge whether anything was lost. tests/tools/soak_kill.py and tests/test_reliability.py use it.
 
 Each trial kills a tiny training run at a moment drawn from the seed: after a delay, while a
 checkpoint is being written (its temporary directory has appeared), right after a step is
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Dropout, BatchNorm and shifted batches: every part of the state a resume must restore.
 CONFIG = {
     "name": "soak",
@@ -58,11 +58,9 @@ def launch(config_path: Path, run_dir: Path, env: dict | None = None, processes:
 
 def committed_steps(run_dir: Path) -> list[int]:
     """Step directories with their final name and commit marker, as Orbax leaves them."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir()
-                  if p.name.isdigit() and (p / "commit_success.txt").is_file())
+    from zoo.rundir import committed_steps as on_disk
+
+    return on_disk(run_dir)
 
 
 def trained_until(run_dir: Path) -> int:
@@ -93,7 +91,7 @@ def _moment_reached(kind: str, value: float, run_dir: Path, started: float, star
     return "trash" in names and bool(new_steps)  # deleting: an old step was renamed aside after a new one
 
 
-def run_until(config_path: Path, run_dir: Path, moment: tuple[str, float] | None, env=None,
+def train_until(config_path: Path, run_dir: Path, moment: tuple[str, float] | None, env=None,
               timeout: float = 300, processes: int = 1) -> dict:
     """Starts `zoo train` (in `processes` processes), SIGKILLs all at `moment` (None: lets it
     finish); returns what happened, with process 0's stderr and first non-zero exit status."""
@@ -134,7 +132,7 @@ def chain(config_path: Path, run_dir: Path, moments: list, env=None, processes: 
     """One run killed at each of `moments` in turn, then finished; a record per start."""
     records = []
     for moment in [*moments, None]:
-        records.append(run_until(config_path, run_dir, moment, env, processes=processes))
+        records.append(train_until(config_path, run_dir, moment, env, processes=processes))
         if not records[-1]["killed"]:
             break  # it finished before the moment came
     return records
@@ -163,12 +161,12 @@ def judge(records: list[dict]) -> dict:
 
 def final_state(run_dir: Path):
     """The train state of a run's newest checkpoint, restored and verified by zoo."""
-    from zoo import checkpoint as ckpt
-    from zoo.training import loop
+    from zoo import checkpoint as ckpt, rundir
+    from zoo.training import setup as setup_lib
 
-    config = loop.load_run_config(run_dir)
-    checkpoints = ckpt.Checkpoints(Path(run_dir) / "checkpoints", read_only=True)
-    state, _ = checkpoints.restore(checkpoints.latest_step(), loop.build_run(config).abstract_state())
+    config = rundir.read_config(run_dir)
+    checkpoints = ckpt.Checkpoints(Path(run_dir) / rundir.CHECKPOINTS, read_only=True)
+    state, _ = checkpoints.restore(checkpoints.latest_step(), setup_lib.build_setup(config).abstract_state())
     return state
 
 

@@ -316,7 +316,6 @@ def _dataset_section(models: list[dict], rows: list[dict], meta: dict, dataset: 
 
 
 def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dict]) -> str:
-    machine = meta.get("machine") or {}
     seeds = meta.get("seeds") or sorted({r["seed"] for r in rows})
     datasets = meta.get("datasets") or list(dict.fromkeys(r["dataset"] for r in rows))
     datasets = [d for d in datasets if any(m["dataset"] == d for m in models)] or datasets
@@ -325,6 +324,46 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dic
     lines = [f"# Compare: {name}" + (f" (dataset {dataset})" if name != dataset else ""), ""]
     if meta.get("command"):
         lines += ["Produced by:", "", "```", meta["command"], "```", ""]
+    lines += _setting_lines(rows, meta, trials, datasets, seeds)
+    lines.append("")
+    if multi:
+        lines += ["## Final test accuracy, model × dataset", "",
+                  "Mean over seeds [95% t-interval]; **bold**: the dataset's best; ≈: not distinguishable from "
+                  f"the best (paired t-test over seeds, p ≥ {ALPHA}).", "",
+                  dataset_table(models, datasets), "", "![model x dataset](heatmap.png)", ""]
+    lines += [COLUMNS_TEXT, ""]
+    reference = meta.get("reference") or {}
+    if reference.get("accuracy"):
+        lines += [f"Published: {reference.get('source', 'reference')}.", ""]
+    resumed = [r for r in rows if r.get("resumed_from")]
+    if resumed:
+        lines += [f"{len(resumed)} run(s) were resumed from a checkpoint; their times cover the resumed part only.",
+                  ""]
+    for dataset in datasets:
+        lines += _dataset_section([m for m in models if m["dataset"] == dataset],
+                                  [r for r in rows if r["dataset"] == dataset], meta, dataset, trials, multi)
+    lines += ["Per run: `results.csv`, `results.json` (sweep trials under `trials`); run directories under "
+              "`runs/<model>/seed<k>/` (swept models: `runs/<model>/<setting>/seed<k>/`) in the compare's workdir.",
+              ""]
+    return "\n".join(lines)
+
+
+COLUMNS_TEXT = (
+    "Columns: test accuracy as mean ± sample standard deviation over seeds, and its 95% confidence "
+    "interval (t distribution, n−1 degrees of freedom). *vs best*: a paired t-test (two-sided) of this "
+    "model's per-seed test accuracy against the best model's on the same seeds (same data split and "
+    f"order); p ≥ {ALPHA}: not distinguishable from the best. *final*: the last step's checkpoint (what "
+    "`zoo eval RUN_DIR` restores); *at best val*: test accuracy of the checkpoint with the highest "
+    "validation accuracy (selected on validation only, never on test). FLOPs/example: XLA cost analysis "
+    "of the compiled inference forward pass (scans unrolled), divided by the batch size; train FLOPs: "
+    "XLA's count for one compiled train step (forward, backward, update) times the steps. ms/step, "
+    "examples/s and train time exclude compilation and evaluation, and are means over seeds.")
+
+
+def _setting_lines(rows: list[dict], meta: dict, trials: list[dict], datasets: list[str], seeds) -> list[str]:
+    """The bullet list under the title: wall time, datasets and budget, machine, configs, what was skipped."""
+    machine = meta.get("machine") or {}
+    lines = []
     wall = meta.get("wall_seconds")
     trained, reused = meta.get("trained"), meta.get("reused")
     if wall is not None:
@@ -338,8 +377,8 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dic
             f"{len(known)} of these {len(run_walls)} runs (the others' times were not recorded)"
         lines.append(f"- The fit() calls that produced {counted} took {clock(sum(known))} in all (compile, "
                      "training, evaluation and checkpoints), on the machine as loaded then.")
-    lines += [f"- Dataset{'s' if multi else ''}: {', '.join(datasets)}. Budget: {meta.get('budget', '-')} per run, "
-              f"the same for every model; seeds {', '.join(map(str, seeds))}.",
+    lines += [f"- Dataset{'s' if len(datasets) > 1 else ''}: {', '.join(datasets)}. Budget: {meta.get('budget', '-')} "
+              f"per run, the same for every model; seeds {', '.join(map(str, seeds))}.",
               f"- Machine: {machine.get('cpu_count', '?')} CPUs, {machine.get('backend', '?')} backend "
               f"({machine.get('devices', '?')} device(s), {machine.get('device_kind', '?')}), "
               f"jax {machine.get('jax', '?')}, {machine.get('platform', '?')}."]
@@ -355,35 +394,7 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dic
                      "started (rerun the command to train them): "
                      + "; ".join(f"{s['config']}{' ' + _setting_text(s['setting']) if s['setting'] else ''} "
                                  f"seed {s['seed']} ({s['why']})" for s in skipped) + ".")
-    lines.append("")
-    if multi:
-        lines += ["## Final test accuracy, model × dataset", "",
-                  "Mean over seeds [95% t-interval]; **bold**: the dataset's best; ≈: not distinguishable from "
-                  f"the best (paired t-test over seeds, p ≥ {ALPHA}).", "",
-                  dataset_table(models, datasets), "", "![model x dataset](heatmap.png)", ""]
-    lines += ["Columns: test accuracy as mean ± sample standard deviation over seeds, and its 95% confidence "
-              "interval (t distribution, n−1 degrees of freedom). *vs best*: a paired t-test (two-sided) of this "
-              "model's per-seed test accuracy against the best model's on the same seeds (same data split and "
-              f"order); p ≥ {ALPHA}: not distinguishable from the best. *final*: the last step's checkpoint (what "
-              "`zoo eval RUN_DIR` restores); *at best val*: test accuracy of the checkpoint with the highest "
-              "validation accuracy (selected on validation only, never on test). FLOPs/example: XLA cost analysis "
-              "of the compiled inference forward pass (scans unrolled), divided by the batch size; train FLOPs: "
-              "XLA's count for one compiled train step (forward, backward, update) times the steps. ms/step, "
-              "examples/s and train time exclude compilation and evaluation, and are means over seeds.", ""]
-    reference = meta.get("reference") or {}
-    if reference.get("accuracy"):
-        lines += [f"Published: {reference.get('source', 'reference')}.", ""]
-    resumed = [r for r in rows if r.get("resumed_from")]
-    if resumed:
-        lines += [f"{len(resumed)} run(s) were resumed from a checkpoint; their times cover the resumed part only.",
-                  ""]
-    for dataset in datasets:
-        lines += _dataset_section([m for m in models if m["dataset"] == dataset],
-                                  [r for r in rows if r["dataset"] == dataset], meta, dataset, trials, multi)
-    lines += ["Per run: `results.csv`, `results.json` (sweep trials under `trials`); run directories under "
-              "`runs/<model>/seed<k>/` (swept models: `runs/<model>/<setting>/seed<k>/`) in the compare's workdir.",
-              ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

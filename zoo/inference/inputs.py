@@ -42,21 +42,6 @@ def read(path: str | Path, input_shape: tuple, raw_uint8: bool = False) -> tuple
     return [f"{path}[{i}]" for i in range(len(x))], x
 
 
-def decode(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image file -> (H, W, C) uint8, converted to grey or RGB and resized to `size` (H, W): the
-    one decoder of image-folder training data and of inputs to predict on."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(image, np.uint8).reshape(size[0], size[1], channels)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"image {path} cannot be read as an image ({error}): remove or replace the file") from None
-
-
 def read_image(path: Path, input_shape: tuple, raw_uint8: bool = False) -> np.ndarray:
     """One image, decoded and resized exactly as an image-folder source decodes it for training:
     (H, W, C) uint8 with `raw_uint8` (a run whose source gave uint8 pixels, which its preprocessing
@@ -68,6 +53,8 @@ def read_image(path: Path, input_shape: tuple, raw_uint8: bool = False) -> np.nd
     if channels not in (1, 3):
         raise DataError(f"this run takes images with {channels} channels: only 1 (grayscale) or 3 (RGB) "
                         "can be read from image files; give a .npy instead")
+    from zoo.data.image_folder import decode  # here: a .zoo export predicting on arrays loads no zoo.data
+
     pixels = decode(str(path), (height, width), channels)
     return pixels if raw_uint8 else pixels.astype(np.float32) / 255.0
 

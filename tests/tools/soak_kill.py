@@ -1,8 +1,8 @@
 """Kill `zoo train` with SIGKILL at pseudo-random moments, rerun it, and check that nothing is lost.
 
-    python scripts/soak_kill.py --trials 30 [--seed 0] [--chain 5] [--workdir DIR] [--processes 2]
+    python tests/tools/soak_kill.py --trials 30 [--seed 0] [--chain 5] [--workdir DIR] [--processes 2]
 
-Each trial kills a tiny training run at a moment drawn from the seed (see zoo/soak.py). Prints one
+Each trial kills a tiny training run at a moment drawn from the seed (see tests/tools/soak.py). Prints one
 summary line. With `--processes 2` every run is two processes of one cluster on 127.0.0.1 (gloo on
 CPU), all killed at once, and the uninterrupted reference is a 2-process run too.
 """
@@ -17,8 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the zoo of this checkout, whatever is installed
-from zoo.soak import CONFIG, chain, draw_moment, final_state, judge, max_abs_difference, run_until, write_config  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the zoo of this checkout, whatever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # soak.py beside this file
+from soak import CONFIG, chain, draw_moment, final_state, judge, max_abs_difference, train_until, write_config  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     config_path = write_config(root / "soak.yaml")
     rng = random.Random(args.seed)
-    reference = run_until(config_path, root / "reference", None, processes=args.processes)
+    reference = train_until(config_path, root / "reference", None, processes=args.processes)
     if reference["returncode"] != 0:
         print(reference["stderr"], file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
-"""Mutation testing of the core modules with mutmut; writes benchmarks/MUTATION.md.
+"""Mutation testing of the core modules with mutmut; writes tools/MUTATION.md.
 
-    python scripts/mutation.py [--sample K] [--seed S] [--budget-s B] [--parallel N] [MODULE ...]
-    python scripts/mutation.py --retest          # survivors again, against the current tests
-    python scripts/mutation.py --report-only
+    python tools/mutation.py [--sample K] [--seed S] [--budget-s B] [--parallel N] [MODULE ...]
+    python tools/mutation.py --retest          # survivors again, against the current tests
+    python tools/mutation.py --report-only
 
 mutmut generates every mutant of the core modules in a scratch copy of the repository
 (/tmp/zoo-mutation/all, or $ZOO_MUTATION_DIR) and runs the test suite once (`-m "not exhaustive"`)
@@ -16,7 +16,7 @@ thread pools run hangs (which is why mutmut's own forking runner is not used), f
 only imported them does not. This saves the ~4 s import per mutant; JAX's persistent compilation
 cache (in the scratch directory) saves recompiling what a mutant did not change.
 
-Results are kept in benchmarks/mutation.json and merged into the report. Not part of `make test`.
+Results are kept in tools/mutation.json and merged into the report. Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MUTMUT = Path(sys.executable).with_name("mutmut")
 SCRATCH = Path(os.environ.get("ZOO_MUTATION_DIR", "/tmp/zoo-mutation")) / "all"
-RESULTS, REPORT = REPO / "benchmarks" / "mutation.json", REPO / "benchmarks" / "MUTATION.md"
+RESULTS, REPORT = REPO / "tools" / "mutation.json", REPO / "tools" / "MUTATION.md"
 
 # The core modules, in the report's order.
 MODULES = [
     "zoo/training/step.py", "zoo/training/optim.py", "zoo/training/loop.py", "zoo/training/restore.py",
-    "zoo/training/state.py", "zoo/checkpoint.py", "zoo/report.py",
+    "zoo/training/state.py", "zoo/training/setup.py", "zoo/training/hooks.py", "zoo/checkpoint.py",
+    "zoo/rundir.py", "zoo/comparison/report.py",
     "zoo/data/__init__.py", "zoo/data/batching.py", "zoo/data/pipeline.py", "zoo/data/split.py",
     "zoo/data/source.py", "zoo/data/arrays.py", "zoo/data/npz.py", "zoo/data/csv.py", "zoo/data/idx.py",
     "zoo/data/image_folder.py", "zoo/data/cifar.py", "zoo/data/digits.py", "zoo/data/mnist1d.py",
@@ -52,7 +53,9 @@ MODULES = [
 ]
 # The tests written for survivors: each names in its docstring the mutants it kills; on --retest a
 # survivor runs the ones naming its function, besides the tests that reached it.
-EDGE_TESTS = "tests/test_edges.py"
+# The tests that name the mutants they kill in their docstrings (once tests/test_edges.py).
+EDGE_TESTS = ("tests/test_train_step.py", "tests/test_report.py", "tests/test_checkpoint.py",
+              "tests/test_data_formats.py", "tests/test_model_layers.py")
 # Tests that reach a function only in a subprocess (the test map records hits in the test's own
 # process): function -> tests, added to its mutants' tests on --retest.
 SUBPROCESS_TESTS = {
@@ -141,7 +144,7 @@ def prepare() -> dict:
         return json.loads(stats_file.read_text())
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)
-    for name in ("zoo", "tests", "scripts", "configs", "benchmarks"):
+    for name in ("zoo", "tests", "scripts", "configs", "benchmarks", "tools"):
         shutil.copytree(REPO / name, SCRATCH / name, ignore=shutil.ignore_patterns("__pycache__"))
     for module in MODULES:  # Flax runs __post_init__ before a module has its scope: no trampoline there
         path = SCRATCH / module
@@ -152,7 +155,7 @@ def prepare() -> dict:
         'source_paths = ["zoo"]',
         f"only_mutate = {json.dumps(MODULES)}",
         'pytest_add_cli_args_test_selection = ["tests"]',
-        'also_copy = ["scripts", "configs", "benchmarks"]',
+        'also_copy = ["scripts", "configs", "benchmarks", "tools"]',
     ]) + "\n"
     (SCRATCH / "pyproject.toml").write_text(config)
     generate = ("import os, mutmut.__main__ as m\n"
@@ -246,9 +249,12 @@ def edge_tests(function: str) -> list[str]:
     """The tests of EDGE_TESTS whose docstring names a mutant of `function` (e.g. zoo.data.csv.x_load)."""
     import ast
 
-    tree = ast.parse((REPO / EDGE_TESTS).read_text())
-    return [f"{EDGE_TESTS}::{node.name}" for node in tree.body
-            if isinstance(node, ast.FunctionDef) and f"{function}__mutmut_" in (ast.get_docstring(node) or "")]
+    found = []
+    for path in EDGE_TESTS:
+        tree = ast.parse((REPO / path).read_text())
+        found += [f"{path}::{node.name}" for node in tree.body
+                  if isinstance(node, ast.FunctionDef) and f"{function}__mutmut_" in (ast.get_docstring(node) or "")]
+    return found
 
 
 # The worker ------------------------------------------------------------------------------------------
@@ -404,7 +410,7 @@ def write_report(results: dict) -> None:
         lines.append(f"| all | | {total_n} | {total_k} | | | {100 * total_k / total_n:.0f}% | {100 * lo:.0f}-{100 * hi:.0f}% |")
     if meta.get("retest"):
         lines += ["", f"Survivors were run again on {meta['retest']} against the tests then in the repository "
-                  f"(the tests that reached them, up to the budget, the tests of {EDGE_TESTS} naming their function, and "
+                  f"(the tests that reached them, up to the budget, the tests of {', '.join(EDGE_TESTS)} naming their function, and "
                   "for code that runs in the multi-process tests' subprocesses, those tests); those a newer test kills "
                   "count as killed and are listed below."]
     lines += ["", "## Surviving mutants", ""]
@@ -494,7 +500,7 @@ def main() -> int:
                         jobs.append({"name": name, "tests": tests, "timeout": 4 * args.budget_s + 120})
         results.setdefault("_meta", {})["retest"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     else:
-        command = "python scripts/mutation.py " + " ".join(sys.argv[1:])
+        command = "python tools/mutation.py " + " ".join(sys.argv[1:])
         if args.resume and results.get("_meta", {}).get("command"):
             command = results["_meta"]["command"] + "`, interrupted, then `" + command
         results["_meta"] = {"command": command, "sample": args.sample,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo import inputs as inputs_lib
+from zoo.inference import inputs as inputs_lib
 from zoo.errors import DataError, ZooError
 
 COLUMNS = ("input", "class", "probability", "top_k")
@@ -22,7 +22,7 @@ def predict(target: str | Path, paths: list[str | Path], step: int | str = "late
     if top_k < 1:
         raise DataError(f"--top-k {top_k} must be at least 1")
     if Path(target).is_dir():
-        from zoo.run import load_run
+        from zoo.inference.loaded import load_run
 
         run = load_run(target, step)
         shape, raw_uint8, class_names = tuple(run.spec.input_shape), run.takes_raw_uint8, run.class_names

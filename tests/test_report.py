@@ -1,0 +1,60 @@
+"""The compare report's pieces: learning curves, the budget line, number formatting, the sweep
+section. Each test names the mutant it kills in its docstring (found by tools/mutation.py)."""
+
+from __future__ import annotations
+
+import json
+
+from zoo.comparison import report
+
+
+def test_the_learning_curves_read_train_loss_and_val_and_test_accuracy_by_step(tmp_path):
+    """zoo.report.x__curves__mutmut_53 (the train-loss curve kept only records without a loss: empty)."""
+    records = [{"split": "train", "step": 5, "loss": 2.0}, {"split": "train", "step": 10, "loss": 1.5},
+               {"split": "train", "step": 10, "learning_rate": 0.1},
+               {"split": "val", "step": 10, "accuracy": 0.7, "loss": 0.9}, {"split": "test", "step": 10, "accuracy": 0.6}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert report._curves(tmp_path) == ({10: 0.7}, {10: 0.6}, {5: 2.0, 10: 1.5})
+
+
+def test_a_flops_budget_line_says_how_the_steps_follow_from_each_models_flops():
+    """zoo.report.x__budget_line__mutmut_41 (the explanation of the steps was garbled)."""
+    models_ = [{"label": "MLP", "steps": 1000, "flops_per_step": 2e6}, {"label": "CNN", "steps": 40, "flops_per_step": 5e7}]
+    line = report._budget_line(models_, {"budget_kind": "flops", "budget": "2e9 FLOPs"})
+    assert line.startswith("Budget: 2e9 FLOPs per run, the same for every model; steps = FLOPs / XLA's count for "
+                           "one compiled train step: MLP 1,000 steps (") and "CNN 40 steps (" in line
+
+
+def test_numbers_in_reports_read_with_si_prefixes_and_missing_ones_as_a_dash():
+    """zoo.report.x__si__mutmut_6 (a missing number printed as 'XX-XX')."""
+    assert [report._si(v) for v in (None, float("nan"), 0.5, 2500, 3.2e6, 4e9, 1.5e12)] == [
+        "-", "-", "0.5", "2.5 k", "3.2 M", "4 G", "1.5 T"]
+
+
+def test_the_summary_of_a_sweep_choice_keeps_its_setting():
+    """zoo.report.x_summarize__mutmut_80 (the chosen setting of a tuned model was dropped from its row)."""
+    base = {key: 1.0 for key in report.COLUMNS} | {"config": "a", "model": "mlp", "family": "dnn",
+                                                   "setting": "lr=0.01"}
+    (row,) = report.summarize([base | {"seed": 0}, base | {"seed": 1}])
+    assert row["setting"] == "lr=0.01"
+
+
+def test_the_sweep_section_lists_each_setting_with_its_mean_validation_scores_and_marks_the_choice():
+    """zoo.report.x__sweep_section__mutmut_83 (the table's separator row was garbled: no markdown table)."""
+    sweep = {"dataset": "digits", "config": "cnn", "label": "CNN", "settings": 2, "metric": "val_accuracy",
+             "grid": {"optimizer.learning_rate": [0.01, 0.1]}, "tuning_seeds": [0],
+             "chosen": {"optimizer.learning_rate": 0.1}}
+    trial = {"dataset": "digits", "config": "cnn"}
+    trials = [trial | {"tag": "a", "setting": {"optimizer.learning_rate": 0.01}, "chosen": False,
+                       "val_accuracy": 0.5, "val_loss": 1.5},
+              trial | {"tag": "b", "setting": {"optimizer.learning_rate": 0.1}, "chosen": True,
+                       "val_accuracy": 0.9, "val_loss": 0.3},
+              trial | {"tag": "b", "setting": {"optimizer.learning_rate": 0.1}, "chosen": True,
+                       "val_accuracy": 0.8, "val_loss": 0.5}]
+    lines = report._sweep_section([sweep], trials, "digits")
+    table = lines[lines.index("| model | setting | val accuracy | val loss | chosen |"):]
+    assert table[:4] == ["| model | setting | val accuracy | val loss | chosen |", "|---|---|---:|---:|:---:|",
+                         "| CNN | learning_rate=0.01 | 0.5000 | 1.5000 |  |",
+                         "| CNN | **learning_rate=0.1** | 0.8500 | 0.4000 | ← |"]
+    assert "- **CNN**: 2 settings of optimizer.learning_rate [0.01, 0.1]; tuned on seed(s) 0 by val_accuracy; " \
+           "chose learning_rate=0.1." in lines

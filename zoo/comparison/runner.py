@@ -1,0 +1,388 @@
+"""`compare(config, workdir)`: every (model, seed) of a compare config trained by `fit()`, then a report.
+
+A compare config names the data, a list of model configs, the seeds and one budget shared by all:
+
+    name: digits
+    dataset: digits           # or datasets: [digits, mnist1d, {name: npz, path: ...}] (one report)
+    seeds: [0, 1, 2]          # default [0, 1, 2]
+    budget: {steps: 600}      # or {epochs: N}, {seconds: S} (measured step time), {flops: F} (training FLOPs)
+    eval_every: 100           # optional: replaces every model config's train.eval_every
+    models: [configs/digits/mlp.yaml, {config: configs/digits/cnn.yaml, sweep: {...}}]
+    sweep:                    # optional, per model overridable: dotted keys -> lists (a grid)
+      optimizer.learning_rate: [1.0e-3, 3.0e-3]
+      random: 4               # optional: that many grid points, sampled with `seed`
+      select: {metric: val_accuracy, seeds: 1}
+    reference:                # optional: published accuracies shown beside ours
+      source: "Author et al. 2024"
+      accuracy: {digits_mlp: 0.9}
+
+Each (model, seed) is an ordinary run directory `<workdir>/runs/<model config name>/seed<k>` (a swept
+model: `runs/<name>/<setting>/seed<k>`) that `zoo eval` restores. A finished run (its result.json and
+config.json match) is reused; an unfinished one is resumed by `fit()` itself. A sweep trains every
+setting on the first `select.seeds` seeds, picks the setting by the validation metric alone, then
+trains the other seeds at that setting. The report goes to `<workdir>/report/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from zoo import data as data_lib
+from zoo import distributed
+from zoo.comparison import report
+from zoo.comparison.cost import PROBE_STEPS, CALIBRATION_STEPS, forward_flops, measure_step
+from zoo.comparison.schema import (Arm, CompareConfig, SweepConfig, describe_setting, short_key, load_compare,
+                                     setting_tag)
+from zoo.config import Config, from_dict
+from zoo.errors import ConfigError
+from zoo.data import Dataset
+from zoo.metrics import Progress, Silent
+from zoo.rundir import CONFIG_FILE, RESULT_FILE
+from zoo.training import fit
+from zoo.util import atomic_write, clock
+
+RUN_TIMES_FILE = "run_times.json"  # {"<run dir under runs/>": seconds of the fit() call that finished it}
+CALIBRATION_FILE = "calibration.json"  # {"<run dir under runs/>": {"seconds_per_step", "flops_per_step"}}
+_now = time.perf_counter  # the clock behind --budget-s (tests replace it)
+
+
+def validation_score(result: dict, metric: str) -> float:
+    """The selection metric of a finished run: its last step's validation value (never test)."""
+    if not metric.startswith("val_"):
+        raise ValueError(f"selection reads validation metrics only, not '{metric}'")
+    value = (result.get("final") or {}).get(metric)
+    if value is None:
+        raise ConfigError("sweep selection needs a validation split: set data.validation above 0")
+    return float(value)
+
+
+def select_setting(scores: list[list[float]], metric: str) -> int | None:
+    """The index of the best setting by its mean validation score (None when no setting has one)."""
+    means = [float(np.mean(s)) if s else math.nan for s in scores]
+    if all(math.isnan(m) for m in means):
+        return None
+    sign = 1.0 if metric == "val_accuracy" else -1.0
+    return max((i for i, m in enumerate(means) if not math.isnan(m)), key=lambda i: (sign * means[i], -i))
+
+
+def edge_flags(sweep: SweepConfig, chosen: dict) -> list[str]:
+    """'learning_rate at the top of the grid: widen it' for every swept number chosen at an edge."""
+    flags = []
+    for key, values in sweep.grid:
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) < 2 or len(numbers) != len(values) or key not in chosen:
+            continue
+        value = chosen[key]
+        if value == max(numbers):
+            flags.append(f"{short_key(key)} at the top of the grid: widen it")
+        elif value == min(numbers) and value != 0:
+            flags.append(f"{short_key(key)} at the bottom of the grid: widen it")
+    return flags
+
+
+def finished_result(run_dir: Path, config: Config) -> dict | None:
+    """The stored summary when `run_dir` holds a finished run of exactly `config`, else None.
+
+    The stored config is read back through the schema, so keys added later with their defaults still
+    match."""
+    try:
+        stored = json.loads((run_dir / CONFIG_FILE).read_text())
+        result = json.loads((run_dir / RESULT_FILE).read_text())
+        same = from_dict(stored) == config
+    except (OSError, json.JSONDecodeError, ConfigError):
+        return None
+    if not same or result.get("final_step") != result.get("steps"):
+        return None
+    return result
+
+
+def run_dir_for(workdir: Path, config: Config, seed: int, setting: dict | None = None) -> Path:
+    base = Path(workdir) / "runs" / config.name
+    return (base / setting_tag(setting) if setting else base) / f"seed{seed}"
+
+
+def _child(progress: Progress, prefix: str) -> Progress:
+    if isinstance(progress, Silent):
+        return progress
+    return Progress(stream=progress.stream, interactive=progress.interactive, prefix=prefix)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    if distributed.is_primary():  # process 0 owns the bookkeeping files
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, indent=2))
+
+
+class _Stopped(Exception):
+    def __init__(self, signal_name: str, run_dir: Path):
+        super().__init__(signal_name)
+        self.signal_name, self.run_dir = signal_name, run_dir
+
+
+class _Runner:
+    """Trains or reuses one (arm, setting, seed) at a time; keeps times, calibrations and the clock."""
+
+    def __init__(self, config: CompareConfig, workdir: Path, datasets: dict, progress: Progress,
+                 budget_s: float | None, planned: int):
+        self.config, self.workdir, self.datasets, self.progress = config, workdir, datasets, progress
+        self.started = _now()
+        self.deadline = self.started + budget_s if budget_s else None
+        self.times_path = workdir / RUN_TIMES_FILE
+        self.times = _read_json(self.times_path)
+        self.calibration_path = workdir / CALIBRATION_FILE
+        self.calibration = _read_json(self.calibration_path)
+        self.planned, self.done = planned, 0
+        self.trained, self.reused, self.skipped = 0, 0, []
+        self.run_seconds = []
+        self.records = {}  # run dir -> record, for this invocation
+
+    def key(self, run_dir: Path) -> str:
+        return str(run_dir.relative_to(self.workdir / "runs"))
+
+    def steps_for(self, arm: Arm, setting: dict) -> int | None:
+        """Steps under a seconds or FLOPs budget (calibrated once per arm and setting, then stored)."""
+        budget = self.config.budget_spec
+        if budget.kind in ("steps", "epochs"):
+            return None
+        cal = self.measured(arm, setting, timed=budget.kind == "seconds")
+        if budget.kind == "seconds":  # process 0's timing decides: every process trains the same steps
+            return distributed.broadcast_ints([max(1, int(budget.seconds / cal["seconds_per_step"]))])[0]
+        if not cal.get("flops_per_step"):
+            raise ConfigError(f"budget: {{flops: ...}} needs XLA's cost analysis, which this backend does not "
+                              f"give for {arm.base.name}: use {{steps: N}} or {{seconds: S}}")
+        return max(1, int(budget.flops / cal["flops_per_step"]))
+
+    def measured(self, arm: Arm, setting: dict, timed: bool) -> dict:
+        """`measure_step` of the arm at `setting`, measured once and kept in the workdir's calibration.json
+        (a rerun then gives every run the same steps)."""
+        probe = self.config.run_config(arm, self.config.seeds[0], PROBE_STEPS, setting)
+        key = str(run_dir_for(Path("runs"), probe, 0, setting).parent.relative_to("runs"))
+        cal = self.calibration.get(key)
+        if cal is None or (timed and cal.get("seconds_per_step") is None):
+            what = f"{CALIBRATION_STEPS} timed steps" if timed else "FLOPs"
+            self.progress.log(f"{arm.base.name}{' at ' + describe_setting(setting) if setting else ''}: measuring the "
+                              f"train step ({what})")
+            cal = measure_step(probe, self.datasets[arm.dataset], CALIBRATION_STEPS if timed else 0)
+            self.calibration[key] = cal
+            _write_json(self.calibration_path, self.calibration)
+        return cal
+
+    def run(self, arm: Arm, setting: dict, seed: int, why: str) -> dict | None:
+        """The finished run's record, or None when `--budget-s` ran out before it could start."""
+        steps = self.steps_for(arm, setting)
+        config = self.config.run_config(arm, seed, steps, setting)
+        run_dir = run_dir_for(self.workdir, config, seed, setting)
+        if run_dir in self.records:  # a sweep trial that is also a final run
+            return self.records[run_dir]
+        self.done += 1
+        tag = f"[{self.done}/{self.planned}] {config.name}{' ' + describe_setting(setting) if setting else ''} seed {seed}"
+        result = finished_result(run_dir, config)
+        if result is not None:
+            self.reused += 1
+            self.progress.log(f"{tag}: finished earlier, reused (val accuracy "
+                              f"{_fmt(result['final'].get('val_accuracy'))})")
+        else:
+            if self.deadline is not None and distributed.any_true(_now() > self.deadline):
+                self.skipped.append({"dataset": arm.dataset, "config": config.name, "setting": setting,
+                                     "seed": seed, "why": why})
+                self.progress.log(f"{tag}: skipped, --budget-s is spent")
+                return None
+            self.progress.log(f"{tag}: training {config.model.name} ({why}) in {run_dir}  ETA {self.eta()}")
+            start = time.perf_counter()
+            result = fit(config, run_dir, _child(self.progress, tag), dataset=self.datasets[arm.dataset])
+            if result.get("stopped"):
+                raise _Stopped(result["stopped"], run_dir)
+            elapsed = time.perf_counter() - start
+            self.times[self.key(run_dir)] = elapsed
+            _write_json(self.times_path, self.times)
+            self.run_seconds.append(elapsed)
+            self.trained += 1
+            self.progress.log(f"{tag}: val accuracy {_fmt(result['final'].get('val_accuracy'))} in "
+                              f"{clock(elapsed)}  ETA {self.eta()}")
+        self.records[run_dir] = {"config": config, "run_dir": run_dir, "result": result, "setting": setting,
+                                 "seed": seed, "wall_seconds": self.times.get(self.key(run_dir))}
+        return self.records[run_dir]
+
+    def eta(self) -> str:
+        if not self.run_seconds:
+            return "?"
+        return clock(float(np.mean(self.run_seconds)) * max(self.planned - self.done, 0))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: Progress | None = None,
+            command: str | None = None, dataset: Dataset | None = None, budget_s: float | None = None) -> dict:
+    """Trains (or reuses) every run of `config` under `workdir`, then writes `workdir/report/`.
+
+    `budget_s` stops launching new runs once that many seconds have passed (the report lists what was
+    skipped; rerun to finish). `dataset` replaces the loaded data (single-dataset compares only).
+    Returns {"report_dir", "table", "rows", "models", "trials", "skipped", "wall_seconds", "trained",
+    "reused"}, or {"stopped": signal name, ...} when a run was stopped (rerun to resume).
+    """
+    if not isinstance(config, CompareConfig):
+        config = load_compare(config)
+    progress = progress if progress is not None and distributed.is_primary() else Silent()  # process 0 reports
+    workdir = Path(workdir)
+    datasets = {}
+    for label in config.datasets:
+        arm = next(a for a in config.arms if a.dataset == label)
+        datasets[label] = dataset if dataset is not None else data_lib.load(arm.base.data)
+
+    planned = 0
+    for arm in config.arms:
+        if arm.sweep:
+            tuning = len(config.seeds[:arm.sweep.select.seeds])
+            planned += len(arm.sweep.settings(config.seed)) * tuning + len(config.seeds) - tuning
+        else:
+            planned += len(config.seeds)
+    runner = _Runner(config, workdir, datasets, progress, budget_s, planned)
+    progress.log(f"compare '{config.name}' on {config.dataset}: {len(config.arms)} models x "
+                 f"{len(config.seeds)} seeds, {config.budget} each; {planned} runs planned")
+    try:
+        rows, trials, sweeps = _run_all(config, runner, workdir)
+    except _Stopped as stop:
+        return {"stopped": stop.signal_name, "run_dir": str(stop.run_dir),
+                "wall_seconds": _now() - runner.started}
+
+    wall = _now() - runner.started
+    meta = {"name": config.name, "dataset": config.dataset, "datasets": list(config.datasets),
+            "budget": config.budget, "budget_kind": config.budget_spec.kind,
+            "seeds": list(config.seeds), "models": list(dict.fromkeys(config.model_paths)), "command": command,
+            "compare_config": config.path, "wall_seconds": wall, "trained": runner.trained,
+            "reused": runner.reused, "skipped": runner.skipped, "budget_s": budget_s, "sweeps": sweeps,
+            "reference": config.reference, "machine": _machine()}
+    written = (report.write_report(workdir / "report", rows, meta, workdir, trials=trials) if distributed.is_primary()
+               else {"table": "", "models": []})  # process 0 writes the report
+    progress.log(f"compare '{config.name}' done in {clock(wall)}: report in {workdir / 'report'}"
+                 + (f"; {len(runner.skipped)} runs skipped (--budget-s)" if runner.skipped else ""))
+    return {"report_dir": str(workdir / "report"), "table": written["table"], "rows": rows,
+            "models": written["models"], "trials": trials, "skipped": runner.skipped, "wall_seconds": wall,
+            "trained": runner.trained, "reused": runner.reused}
+
+
+def _run_all(config: CompareConfig, runner: _Runner, workdir: Path) -> tuple[list, list, list]:
+    rows, trials, sweeps = [], [], []
+    flops_cache = {}  # per arm: (forward FLOPs per example, train FLOPs per step)
+    for arm in config.arms:
+        chosen = {}
+        if arm.sweep:
+            chosen, arm_trials, summary = _tune(config, runner, arm)
+            trials += arm_trials
+            sweeps.append(summary)
+            if chosen is None:  # no trial finished within --budget-s
+                runner.skipped += [{"dataset": arm.dataset, "config": arm.base.name, "setting": {}, "seed": seed,
+                                    "why": "final, at the setting no trial has chosen yet"}
+                                   for seed in config.seeds]
+                continue
+        spec = runner.datasets[arm.dataset].spec
+        for seed in config.seeds:
+            record = runner.run(arm, chosen, seed, "final")
+            if record is None:
+                continue
+            run_config = record["config"]
+            if arm.base.name not in flops_cache:
+                step_flops = runner.measured(arm, chosen, timed=False)["flops_per_step"]
+                flops_cache[arm.base.name] = (forward_flops(run_config, spec), step_flops)
+            rows.append(_row(config, arm, record, *flops_cache[arm.base.name], workdir))
+    return rows, trials, sweeps
+
+
+def _tune(config: CompareConfig, runner: _Runner, arm: Arm) -> tuple[dict | None, list, dict]:
+    """Trains every setting on the tuning seeds; picks one by the validation metric alone."""
+    sweep = arm.sweep
+    metric = sweep.select.metric
+    settings = sweep.settings(config.seed)
+    tuning_seeds = config.seeds[:sweep.select.seeds]
+    scores, trials = [], []
+    for setting in settings:
+        values = []
+        for seed in tuning_seeds:
+            record = runner.run(arm, setting, seed, "sweep trial")
+            if record is None:
+                continue
+            values.append(validation_score(record["result"], metric))
+            trials.append({"dataset": arm.dataset, "config": arm.base.name, "label": arm.label,
+                           "setting": setting, "tag": setting_tag(setting), "seed": seed,
+                           "val_accuracy": record["result"]["final"].get("val_accuracy"),
+                           "val_loss": record["result"]["final"].get("val_loss"),
+                           "run_dir": str(record["run_dir"].relative_to(runner.workdir)),
+                           "wall_seconds": record["wall_seconds"], "chosen": False})
+        scores.append(values)
+    best = select_setting(scores, metric)
+    chosen = settings[best] if best is not None else None
+    for trial in trials:
+        trial["chosen"] = chosen is not None and trial["setting"] == chosen
+    summary = {"dataset": arm.dataset, "config": arm.base.name, "label": arm.label, "grid": sweep.to_dict(),
+               "settings": len(settings), "tuning_seeds": list(tuning_seeds), "metric": metric,
+               "chosen": chosen, "flags": edge_flags(sweep, chosen) if chosen else [],
+               "finished_trials": len(trials)}
+    if chosen is not None:
+        runner.progress.log(f"{arm.base.name}: chose {describe_setting(chosen)} by {metric} over "
+                            f"{len(trials)} trials" + "".join(f"; {f}" for f in summary["flags"]))
+    return chosen, trials, summary
+
+
+def _row(config: CompareConfig, arm: Arm, record: dict, flops: float | None, step_flops: float | None,
+         workdir: Path) -> dict:
+    result, run_config, run_dir = record["result"], record["config"], record["run_dir"]
+    try:
+        run_dir = str(run_dir.relative_to(workdir))
+    except ValueError:
+        run_dir = str(run_dir)
+    return {
+        "compare": config.name,
+        "dataset": arm.dataset,
+        "config": run_config.name,
+        "label": arm.label,
+        "model": result["model"],
+        "family": result["family"],
+        "seed": record["seed"],
+        "setting": json.dumps(record["setting"]) if record["setting"] else "",
+        "params": result["params"],
+        "flops_per_example": flops,
+        "flops_per_step": step_flops,
+        "train_flops": step_flops * result["steps"] if step_flops else None,
+        "batch_size": run_config.data.batch_size,
+        "steps": result["steps"],
+        "compile_seconds": result["compile_seconds"],
+        "ms_per_step": result["ms_per_step"],
+        "examples_per_sec": result["examples_per_sec"],
+        "train_seconds": result["train_seconds"],
+        "wall_seconds": record["wall_seconds"],
+        "final_accuracy": result["final"]["test_accuracy"],
+        "final_loss": result["final"]["test_loss"],
+        "final_val_accuracy": result["final"].get("val_accuracy"),
+        "best_accuracy": result["best_accuracy"],  # test accuracy at the validation-best step
+        "final_step": result["final_step"],
+        "resumed_from": result.get("resumed_from", 0),
+        "run_dir": run_dir,
+    }
+
+
+def _machine() -> dict:
+    import platform
+
+    devices = jax.devices()
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+            "backend": jax.default_backend(), "devices": len(devices),
+            "device_kind": devices[0].device_kind if devices else None,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
