@@ -13,15 +13,13 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from test_models import CHEAP_COMPILE
 from zoo import models
 
 NUM_CLASSES = 3
 VOCAB_SIZE = 11
 BATCH = 2
 TOLERANCE = 1e-5  # relative to each result's largest magnitude
-# These checks are about the maths, not the speed of the code: without LLVM's optimizations and with
-# XLA's elemental CPU fusion emitters, a compile takes about a quarter of the time (resnet20: 17 -> 4 s).
-CHEAP_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def entry(name: str):
@@ -89,28 +87,32 @@ def build(name: str, fast_layers: bool):
     return models.build(name, NUM_CLASSES, vocab_size=VOCAB_SIZE, **hparams)
 
 
+def arguments(name: str, kind: str, model, key):
+    """A batch, the variables `model` initializes, the three directions and a dropout key."""
+    x_key, init_key, *direction_keys, rng = jax.random.split(key, 6)
+    x = sample(kind, (BATCH, *entry(name).test.shapes[kind]), x_key)
+    variables = model.init(init_key, x)
+    params = variables["params"]
+    directions = (
+        random_like(params, direction_keys[0]),
+        None if kind == "tokens" else random_like(x, direction_keys[1]),
+        jax.tree.map(lambda a, b: a + 0.1 * b, params, random_like(params, direction_keys[2])),
+    )
+    return variables, x, directions, rng
+
+
 @functools.cache
 def results(name: str, kind: str) -> list:
     """The three transforms' outputs with fast layers, then with stock ones (where the entry has the
-    choice), from one jitted call: eager, op by op, initializing resnet20 alone took 7 s. Both
-    formulations share variables (initialized by the stock one: the fast LSTM draws its initial
-    weights in another order), directions and dropout masks."""
+    choice), all from one jitted call. Both formulations share variables (initialized by the stock
+    one: the fast LSTM draws its initial weights in another order), directions and dropout masks,
+    computed by another jitted call: eager, op by op, initializing resnet20 took 7 s, and drawn
+    inside the transforms' call they cost more to compile than they do on their own."""
     formulations = [build(name, True)] + ([build(name, False)] if has_fast_layers(name) else [])
-
-    def compute(key):
-        x_key, init_key, *direction_keys, rng = jax.random.split(key, 6)
-        x = sample(kind, (BATCH, *entry(name).test.shapes[kind]), x_key)
-        variables = formulations[-1].init(init_key, x)
-        params = variables["params"]
-        directions = (
-            random_like(params, direction_keys[0]),
-            None if kind == "tokens" else random_like(x, direction_keys[1]),
-            jax.tree.map(lambda a, b: a + 0.1 * b, params, random_like(params, direction_keys[2])),
-        )
-        return [transforms(model, variables, x, directions, rng) for model in formulations]
-
-    options = CHEAP_COMPILE if jax.default_backend() == "cpu" else None
-    return jax.device_get(jax.jit(compute, compiler_options=options)(jax.random.key(0, impl="rbg")))
+    prepare = jax.jit(functools.partial(arguments, name, kind, formulations[-1]), compiler_options=CHEAP_COMPILE)
+    args = prepare(jax.random.key(0, impl="rbg"))
+    run = jax.jit(lambda args: [transforms(model, *args) for model in formulations], compiler_options=CHEAP_COMPILE)
+    return jax.device_get(run(args))
 
 
 def assert_agree(name, kind, index):

@@ -70,9 +70,15 @@ def largest_array_file(run_dir: Path) -> Path:
 
 
 def edit_meta(run_dir: Path, change) -> None:
+    """Changes a step's metadata and re-seals its checksum: the defence under test is then the one
+    after the integrity check (the edit itself is caught by tests/test_hostile_run_dirs.py)."""
+    from zoo import checkpoint as ckpt
+
     path = step_dir(run_dir) / "meta" / "metadata"
     meta = json.loads(path.read_text())
     change(meta)
+    if ckpt.META_CHECKSUM in meta:
+        meta[ckpt.META_CHECKSUM] = ckpt.meta_checksum(meta)
     path.write_text(json.dumps(meta))
 
 

@@ -341,7 +341,7 @@ def test_eval_of_a_run_trained_on_arrays_says_how_to_pass_them_again(tmp_path, t
     arrays = npz_arrays()
     dataset = data.Dataset.from_arrays(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
     fit(tiny_config({"data": {"eval_batch_size": 100}}), tmp_path / "run", dataset=dataset)
-    with pytest.raises(DataError, match=r"in-memory arrays .* zoo.evaluate_run\(.*dataset=zoo.Dataset"):
+    with pytest.raises(DataError, match=r"in-memory arrays .* zoo.evaluate\(.*dataset=zoo.Dataset"):
         evaluate(tmp_path / "run")
 
 

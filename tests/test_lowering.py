@@ -26,18 +26,15 @@ PLATFORMS = ("cuda", "tpu")
 DEVICES = 8
 BATCH = DEVICES  # one example per device
 NUM_CLASSES = 3
-# Narrow copies: lowering cost is set by the number of ops, not their width.
-HPARAMS = {name: {"width": 4} for name in models.list_models("resnet*")}
-IMAGE = {"vit_tiny": (32, 32, 1)}  # its 16x16 patches need 32x32 images; the others take 8x8
 FUNCTIONS = ("apply", "train_step", "train_steps_per_call", "eval_step")
-# The deepest copies are more of blocks lowered in resnet20's and resnet50's cases and take 10-25 s
-# each to trace on a loaded 2-core machine: they are traced once, as the full K-step train step
-# (forward, backward, update), and still run in `make test`.
-DEEP = {"resnet56", "resnet110", "resnet101", "resnet152"}
+# Each entry is lowered at its test settings (lowering cost is set by the number of ops, not their
+# width). Entries whose settings say `deep` are more of blocks lowered in resnet20's and resnet50's
+# cases and take 10-25 s each to trace on a loaded 2-core machine: they are traced once, as the full
+# K-step train step (forward, backward, update), and still run in `make test`.
 CASES = [pytest.param(name, function, id=f"{name}-{function}",
-                      marks=[pytest.mark.slow] if name in DEEP else [])
+                      marks=[pytest.mark.slow] if models.get_entry(name).test.deep else [])
          for name in models.list_models() for function in FUNCTIONS
-         if name not in DEEP or function == "train_steps_per_call"]
+         if not models.get_entry(name).test.deep or function == "train_steps_per_call"]
 
 
 def mesh() -> AbstractMesh:
@@ -46,10 +43,11 @@ def mesh() -> AbstractMesh:
 
 @functools.lru_cache(maxsize=None)
 def setup(name: str):
-    """The model, optimizer, abstract train state and example shape of a registry entry."""
-    model = models.build(name, NUM_CLASSES, **HPARAMS.get(name, {}))
+    """The model, optimizer, abstract train state and example shape (an image) of a registry entry."""
+    test = models.get_entry(name).test
+    model = models.build(name, NUM_CLASSES, **test.hparams)
     tx = optim.make_optimizer(OptimizerConfig(name="adam"), 100)
-    example = IMAGE.get(name, (8, 8, 1))
+    example = test.shapes["image"]
     sample = jax.ShapeDtypeStruct((1, *example), jnp.float32)
     state = jax.eval_shape(lambda x: state_lib.create(model, tx, 0, x), sample)
     return model, tx, state, example

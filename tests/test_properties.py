@@ -200,26 +200,22 @@ def test_the_checksum_of_any_pytree_changes_when_any_element_changes(tree, data)
 
 # Models ------------------------------------------------------------------------------------------
 
-FAMILIES = {
-    "mlp": ({"hidden_sizes": (8,)}, (8, 8, 1)),
-    "cnn": ({"features": (4,), "hidden": 8}, (8, 8, 1)),
-    "gru": ({"hidden_size": 4}, (10, 1)),
-    "resnet20": ({"width": 4}, (8, 8, 1)),
-    "transformer": ({"width": 8, "depth": 1, "num_heads": 2}, (10, 1)),
-}
+# Every entry that the registry-wide tests compute numbers with (the others are more of their blocks),
+# at its test settings and on its first kind.
+COMPUTED = [name for name in models.list_models() if not models.get_entry(name).test.traced_only]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_every_family_gives_batch_by_classes_logits_for_any_batch_size(name):
-    hparams, input_shape = FAMILIES[name]
-    model = models.build(name, 7, **hparams)
+@pytest.mark.parametrize("name", COMPUTED)
+def test_every_model_gives_batch_by_classes_logits_for_any_batch_size(name):
+    test = models.get_entry(name).test
+    model = models.build(name, 7, vocab_size=11, **test.hparams)
+    kind, example = next(iter(test.shapes.items()))
 
-    @settings(max_examples=3 if name.startswith("resnet") else 8, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.integers(1, 300), st.booleans())
     def check(batch, train):
-        x = jax.ShapeDtypeStruct((batch, *input_shape), np.float32)
+        x = jax.ShapeDtypeStruct((batch, *example), np.int32 if kind == "tokens" else np.float32)
         variables = jax.eval_shape(model.init, jax.random.key(0), x)
         logits, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=train, rng=jax.random.key(1)),
                                    variables, x)

@@ -9,6 +9,7 @@ steps moved aside on request; errors that name the step and the damage instead o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,7 +30,10 @@ from zoo import distributed
 from zoo.errors import CheckpointError, DamagedCheckpointError
 from zoo.rundir import COMMITTED
 
-FORMAT_VERSION = 2  # 2: per-array checksums computed on the devices; 1: CRC32 on the host
+# 3: a checksum of the metadata itself (META_CHECKSUM); 2: per-array checksums computed on the devices;
+# 1: CRC32 on the host. Each version is still read.
+FORMAT_VERSION = 3
+META_CHECKSUM = "meta_checksum"  # the field holding the checksum of the rest of the metadata
 TRASH, DAMAGED = "trash", "damaged"  # old steps are renamed into TRASH, then removed
 _STATE, _META = "state", "meta"
 
@@ -84,6 +88,19 @@ def checksums(tree) -> list[int]:
     return [int(value) for value in jax.device_get(_checksums(jax.tree_util.tree_leaves(tree)))]
 
 
+def meta_checksum(document: dict) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of `document` less its META_CHECKSUM field."""
+    body = {key: value for key, value in document.items() if key != META_CHECKSUM}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sealed(document: dict) -> dict:
+    """`document` as JSON reads it back (tuples become lists), with its META_CHECKSUM."""
+    document = json.loads(json.dumps(document))
+    return {**document, META_CHECKSUM: meta_checksum(document)}
+
+
 def _crc(array) -> int:
     """Format 1 checksums (CRC32 of the bytes on the host): still verified on restore."""
     return zlib.crc32(np.ascontiguousarray(array).tobytes())
@@ -135,7 +152,7 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         """Steps that are complete on disk (committed, not half-deleted), oldest first."""
-        return [step for step in self.listed_steps() if self._is_complete(step)]
+        return [step for step in self.listed_steps() if self.is_complete(step)]
 
     def listed_steps(self) -> list[int]:
         """Every step directory Orbax lists, complete or not (for recovery), oldest first."""
@@ -144,7 +161,8 @@ class Checkpoints:
     def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
 
-    def _is_complete(self, step: int) -> bool:
+    def is_complete(self, step: int) -> bool:
+        """Whether `step` is on disk now, committed and not half-deleted."""
         step_dir = self._step_dir(step)
         return all((step_dir / name).is_file() for name in (COMMITTED, f"{_META}/metadata",
                                                              f"{_STATE}/{COMMITTED}"))
@@ -155,13 +173,20 @@ class Checkpoints:
 
     def best_step(self, metric: str | None = None, mode: str | None = None) -> int | None:
         """The complete step with the best `metric` (default: the one retention ranks by), or None
-        when no step recorded it."""
+        when no step recorded it. A step whose metadata is damaged or fails its checksum is refused
+        (it might be the best); one deleted while this reads (a training run beside) is passed over."""
         metric, mode = metric or self.metric, mode or self.mode
         scored = []
         for step in self.steps():
             try:
-                scored.append((float(self.read_meta(step)["metrics"][metric]), step))
-            except (CheckpointError, KeyError, TypeError, ValueError):
+                meta = self.read_meta(step)
+            except CheckpointError:
+                if self.is_complete(step):
+                    raise
+                continue
+            try:
+                scored.append((float(meta["metrics"][metric]), step))
+            except (KeyError, TypeError, ValueError):
                 continue
         if not scored:
             return None
@@ -184,8 +209,8 @@ class Checkpoints:
     def save(self, step: int, tree: Any, meta: dict, metrics: dict) -> None:
         """Saves `tree` and `meta` (JSON) as `step`; `metrics` rank it for best-K retention."""
         self.wait()  # one save in flight at a time; an earlier failure is raised here, not lost
-        document = {**meta, "format": FORMAT_VERSION, "step": int(step), "metrics": metrics,
-                    "arrays": describe_arrays(tree)}
+        document = _sealed({**meta, "format": FORMAT_VERSION, "step": int(step), "metrics": metrics,
+                            "arrays": describe_arrays(tree)})
         try:
             self._manager.save(int(step), metrics=metrics, force=True, args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardSave(tree), _META: ocp.args.JsonSave(document)}))
@@ -214,7 +239,7 @@ class Checkpoints:
         if step not in self._manager.all_steps():
             have = ", ".join(map(str, self.steps())) or "none"
             raise CheckpointError(f"no checkpoint for step {step} in '{self.directory}' (steps: {have})")
-        if not self._is_complete(step):
+        if not self.is_complete(step):
             raise DamagedCheckpointError(f"checkpoint step {step} in '{self.directory}' is incomplete "
                                          "(an interrupted write or deletion): use another step")
 
@@ -224,7 +249,7 @@ class Checkpoints:
         path = self._step_dir(step) / _META / "metadata"
         try:
             document = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad UTF-8 or JSON
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: '{path}' is not valid JSON "
                                          f"({error}); use another step") from None
         version = document.get("format") if isinstance(document, dict) else None
@@ -234,6 +259,10 @@ class Checkpoints:
         if not isinstance(version, int) or version < 1 or not _is_array_list(document.get("arrays"), version):
             raise DamagedCheckpointError(f"checkpoint step {step} is damaged: '{path}' lacks the format "
                                          "version or the array list zoo writes; use another step")
+        if version >= 3 and document.get(META_CHECKSUM) != meta_checksum(document):
+            raise DamagedCheckpointError(f"checkpoint step {step} is damaged: its metadata '{path}' does not "
+                                         "match its checksum (edited or corrupted since it was saved); use "
+                                         "another step")
         return document
 
     def restore(self, step: int, abstract_tree: Any) -> tuple[Any, dict]:
@@ -275,7 +304,7 @@ def _quiet_tensorstore():
         os.close(saved)
 
 
-_CHECKSUM_FIELD = {1: "crc32", 2: "checksum"}
+_CHECKSUM_FIELD = {1: "crc32", 2: "checksum", 3: "checksum"}
 
 
 def _verified_checksums(tree, version: int):

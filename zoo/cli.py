@@ -47,9 +47,19 @@ def cmd_list(args) -> int:
     return 0
 
 
+def printable(text) -> str:
+    """`text` safe to print on a terminal: control, bidi and other invisible characters (a colour
+    escape, U+202E) written as Python writes them in a repr (\\x1b, \\u202e), all else as it is. Every
+    table and CSV printed for people goes through it; --json and files written with --out keep the
+    exact values."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _table(header, rows, right=()) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda row: "  ".join(str(v).rjust(w) if i in right else str(v).ljust(w)  # noqa: E731
+    header, *rows = [[printable(v) for v in row] for row in (header, *rows)]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    fmt = lambda row: "  ".join(v.rjust(w) if i in right else v.ljust(w)  # noqa: E731
                                 for i, (v, w) in enumerate(zip(row, widths))).rstrip()
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
@@ -140,8 +150,13 @@ def cmd_predict(args) -> int:
 
     from zoo.inference.predict import predict, to_csv
 
-    rows = predict(args.target, args.inputs, step=_step_arg(args.step), top_k=args.top_k)
-    text = json.dumps(rows) + "\n" if args.json else to_csv(rows)
+    rows = predict(args.target, args.inputs, step=_step_arg(args.step), top_k=args.top_k,
+                   note=lambda line: print(f"zoo: {line}", file=err()))
+    if args.json:  # exact values (JSON escapes control characters itself)
+        text = json.dumps(rows) + "\n"
+    else:  # a CSV for the terminal gets names from the data escaped; a file keeps them exact
+        shown = ("input", "class", "top_k")
+        text = to_csv(rows if args.out else [{**row, **{key: printable(row[key]) for key in shown}} for row in rows])
     if args.out:
         from zoo.util import atomic_write
 
@@ -236,9 +251,10 @@ def cmd_runs(args) -> int:
         return 0
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     table = [(r["name"], r["model"] or "-", r["dataset"] or "-", f"{r['steps_done']}/{r['steps_total'] or '?'}",
-              fmt(r["validation_last"]), fmt(r["validation_best"]), fmt(r["test_last"]), fmt(r["test_best"]),
+              fmt(r["validation_last"]), fmt(r["validation_best"]), fmt(r["test_last"]), fmt(r["test_at_best_val"]),
               r["status"], "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s") for r in rows]
-    print(_table(("run", "model", "dataset", "steps", "val last", "val best", "test last", "test best",
+    # the test accuracy of the checkpoint chosen on validation: never a number chosen on test
+    print(_table(("run", "model", "dataset", "steps", "val last", "val best", "test last", "test @ best val",
                   "status", "wall"), table, right=(3, 4, 5, 6, 7, 9)))
     return 0
 
@@ -396,8 +412,13 @@ def main(argv=None, mute_on_refusal: bool = False) -> int:
     _quiet_libraries()
     try:
         args = make_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader of stdout that has gone shows here, not at exit
+        return code
     except (ZooError, OSError) as error:  # OSError: a path that cannot be read or written
+        if isinstance(error, BrokenPipeError) and _stdout_gone():  # `zoo runs | head`: head has what it wanted
+            _stdout_to_devnull()
+            return 0
         if mute_on_refusal:
             _mute_libraries()
         _refuse(str(error))
@@ -412,6 +433,27 @@ def main(argv=None, mute_on_refusal: bool = False) -> int:
             raise
         _refuse(distributed.lost_peer_message(error))
         return 1  # run() exits at once: JAX's shutdown barrier would wait for the dead process
+
+
+def _stdout_gone() -> bool:
+    """Whether nobody reads our stdout any more: a pipe or socket whose reader closed it polls as
+    POLLERR or POLLHUP (False where that cannot be asked)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or a stdout without a file descriptor
+        return False
+
+
+def _stdout_to_devnull() -> None:
+    """Points stdout's file descriptor at /dev/null, so that what is still buffered for a reader that
+    has gone is dropped quietly at exit (the recipe of Python's `signal` documentation on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _own_stderr() -> None:
@@ -472,7 +514,11 @@ def console_main() -> None:
     _drop_late_loop_wakeups()
     code = main(mute_on_refusal=True)
     if code:
-        sys.stdout.flush(), err().flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            pass  # the reader has gone; os._exit drops the rest
+        err().flush()
         os._exit(code)
     sys.exit(code)
 

@@ -393,14 +393,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = _safe_yaml(text, f"override '{key}'") if text else ""
         except yaml.YAMLError:
             value = text
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = value
+        set_dotted(raw, key.strip(), value, f"override '{item}'")
     return raw
+
+
+def set_dotted(raw: dict, key: str, value, where: str | None = None) -> None:
+    """Puts `value` at the dotted `key` ('optimizer.learning_rate') of a raw config mapping, making
+    the sections on the way; one ConfigError when a part on the way is not a section."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where or repr(key)}: '{part}' is not a section")
+    node[parts[-1]] = value
 
 
 def merge(base: dict, child: dict) -> dict:
@@ -437,3 +443,18 @@ def load_inherited(path: str | Path, _chain: tuple = ()) -> dict:
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     return from_dict(apply_overrides(load_inherited(path), list(overrides)))
+
+
+def as_config(value: Any, kind: type = Config, from_mapping=from_dict, from_path=load, where: str = "config"):
+    """`value` as a `kind` (a `Config` unless told): itself; a path (str or Path) to a YAML file, read
+    by `from_path` (`load`: `base:` inheritance included); or a dict, validated by `from_mapping`
+    (`from_dict`). Anything else is a one-line ConfigError. Every public function taking a config
+    calls this (zoo.fit, zoo.compare with CompareConfig's readers)."""
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str) or hasattr(value, "__fspath__"):
+        return from_path(value)
+    if isinstance(value, dict):
+        return from_mapping(value)
+    raise ConfigError(f"{where}: expected a {kind.__name__}, the path of a YAML config or a dict of its keys, got "
+                      f"{type(value).__name__}: pass one of those")

@@ -12,21 +12,36 @@ from zoo.util import atomic_write
 
 
 class JsonlWriter:
-    """Appends one JSON object per line; each line is flushed so a killed run loses nothing written."""
+    """Appends one JSON object per line; each line is flushed so a killed run loses nothing written.
+    A file deleted while the run writes it is recreated by the next record, and `warn` (the progress
+    stream's `log`) is told once per deletion: the log then starts at that record's step."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, warn=None):
         self.path = Path(path)
+        self._warn = warn
+        self._written = False  # whether the file should exist: this writer wrote or kept it
 
     def write(self, record: dict) -> None:
+        if self._written and self._warn is not None and not self.path.exists():
+            self._warn(f"{self.path.name} was deleted while the run trained: the log restarts at step "
+                       f"{record.get('step')}")
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        self._written = True
 
     def truncate_after(self, step: int) -> None:
         """Drops records past `step` (a resumed run rewrites them); atomic by rename."""
         if not self.path.exists():
             return
-        kept = [line for line in read_jsonl(self.path) if line.get("step", 0) <= step]
+        kept = [line for line in read_jsonl(self.path) if _step_of(line) <= step]
         atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        self._written = True
+
+
+def _step_of(record: dict) -> float:
+    """A record's step (0 when it has none); a step that is not a number sorts past every step."""
+    step = record.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else float("inf")
 
 
 class Discard:
@@ -101,12 +116,16 @@ class Tee:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file, one a line; lines that are not one are skipped: a line
+    cut short by a kill, or valid JSON of another kind (`[1,2]`) written by something else."""
     records = []
     for line in Path(path).read_text().splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # RecursionError: brackets nested past Python's limit
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

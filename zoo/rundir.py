@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import secrets
 import time
@@ -16,7 +17,6 @@ from pathlib import Path
 from zoo import distributed
 from zoo.config import Config, from_dict
 from zoo.errors import CheckpointError, RunError, ZooError
-from zoo.metrics import read_jsonl
 from zoo.util import atomic_write
 
 CONFIG_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE = "config.json", "metrics.jsonl", "result.json", ".lock"
@@ -102,15 +102,18 @@ CHANGEABLE = ("train.steps", "train.epochs", "train.log_every", "train.eval_ever
 
 def check_same_config(run_dir: Path, config: Config) -> Config | None:
     """The config the run directory was trained with (None for a new run); refuses any change
-    but those in CHANGEABLE."""
+    but those in CHANGEABLE. A directory whose run never saved a checkpoint (refused or diverged
+    before its first) holds nothing to continue: any config starts over there (None)."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
         return None
     try:  # through from_dict: keys added to the schema since it was written take their defaults
         stored = from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, ZooError):
+    except (OSError, ValueError, RecursionError, ZooError):  # ValueError: bad UTF-8 or JSON
         return None  # written atomically; an unreadable one is not ours to judge, the checkpoint's is
     keys = sorted(key for key in _diff_keys(stored.to_dict(), config.to_dict()) if key not in CHANGEABLE)
+    if keys and not has_started(run_dir):
+        return None
     if keys:
         raise RunError(f"run directory '{run_dir}' holds a run of another config (differs in "
                        f"{', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}; a run continues with "
@@ -126,14 +129,17 @@ def _diff_keys(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
-def write_json_once(path: Path, data) -> None:
-    """Writes `data` unless the file already holds it (a resumed run leaves its files untouched)."""
+def write_json_once(path: Path, data) -> bool:
+    """Writes `data` unless the file already holds it (a resumed run leaves its files untouched).
+    True when it replaced a file that held other data."""
     try:
         if json.loads(path.read_text()) == data:
-            return
-    except (OSError, json.JSONDecodeError):
+            return False
+    except (OSError, ValueError, RecursionError):
         pass
+    replaced = path.exists()
     atomic_write(path, json.dumps(data, indent=2))
+    return replaced
 
 
 def read_config(run_dir: str | Path) -> Config:
@@ -193,42 +199,121 @@ def _steps_on_disk(checkpoints: Path) -> tuple[int | None, bool]:
     return (max(committed) if committed else None), incomplete
 
 
+def _number(value) -> bool:
+    """A finite int or float (not a bool): what an accuracy or a time in these files must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_object(path: Path) -> tuple[dict | None, bool]:
+    """(the JSON object in `path`, None when there is none; whether the file is there but no such object)."""
+    if not path.is_file():
+        return None, False
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # ValueError: bad UTF-8 or JSON
+        return None, True
+    return (document, False) if isinstance(document, dict) else (None, True)
+
+
+def _metric_records(path: Path) -> tuple[list[dict], bool]:
+    """(the records of a metrics.jsonl: objects with an integer step and a split; whether it holds
+    anything else). A last line cut short is what a killed run leaves, not damage."""
+    if not path.is_file():
+        return [], False
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):  # unreadable, or not UTF-8
+        return [], True
+    records, damaged = [], False
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            damaged = damaged or number < len(lines)
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and isinstance(record.get("split"), str):
+            records.append(record)
+        else:
+            damaged = True
+    return records, damaged
+
+
 def _accuracies(records: list, split: str) -> tuple[float | None, float | None]:
-    values = [r["accuracy"] for r in records if r.get("split") == split and isinstance(r.get("accuracy"), (int, float))]
+    values = [r["accuracy"] for r in records if r["split"] == split and _number(r.get("accuracy"))]
     return (values[-1], max(values)) if values else (None, None)
 
 
-def describe_run(run_dir: Path, root: Path) -> dict:
-    row = {"name": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name, "run_dir": str(run_dir),
-           "model": None, "dataset": None, "steps_done": None, "steps_total": None,
-           "validation_last": None, "validation_best": None, "test_last": None, "test_best": None,
-           "status": None, "wall_seconds": None}
-    damaged = False
+def _test_at_best_validation(records: list, result: dict | None) -> float | None:
+    """The test accuracy of the checkpoint selected on validation: result.json's best_checkpoint, else
+    (a run still training) the test accuracy at the step of the highest validation accuracy in the
+    metrics, of equal ones the earliest. Never the best test accuracy: that is a number chosen on test."""
+    if result is not None and "best_checkpoint" in result:
+        best = result["best_checkpoint"]
+        value = best.get("test_accuracy") if isinstance(best, dict) else None
+        return value if _number(value) else None
+    val = [(r["accuracy"], -r["step"]) for r in records if r["split"] == "val" and _number(r.get("accuracy"))]
+    if not val:
+        return None
+    step = -max(val)[1]
+    tests = [r["accuracy"] for r in records
+             if r["split"] == "test" and r["step"] == step and _number(r.get("accuracy"))]
+    return tests[-1] if tests else None
+
+
+def _in_memory_dataset(run_dir: Path, result: dict | None, latest: int | None) -> str | None:
+    """The dataset name of a run trained on arrays from Python (its config's data.name is not what it
+    read): from result.json, else from the latest checkpoint's JSON document (Checkpoints.save writes
+    it to <step>/meta/metadata); "arrays" when unnamed; None for any other run."""
+    if result is not None:
+        document = result
+    elif latest is not None:
+        document = _json_object(run_dir / CHECKPOINTS / str(latest) / "meta" / "metadata")[0] or {}
+    else:
+        return None
+    if document.get("in_memory") is not True:
+        return None
+    name = result.get("dataset") if result is not None else (document.get("spec") or {}).get("name")
+    return name if isinstance(name, str) and name else "arrays"
+
+
+def _config_fields(run_dir: Path) -> tuple[str | None, str | None, int | None, bool]:
+    """(model, dataset, steps) from config.json, and whether it is damaged."""
+    config, damaged = _json_object(run_dir / CONFIG_FILE)
     try:
-        config = json.loads((run_dir / CONFIG_FILE).read_text())
-        row["model"], row["dataset"] = config["model"]["name"], config["data"]["name"]
-        row["steps_total"] = config["train"].get("steps")
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        damaged = True
-    records = read_jsonl(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).is_file() else []
-    result = None
-    if (run_dir / RESULT_FILE).is_file():
-        try:
-            result = json.loads((run_dir / RESULT_FILE).read_text())
-            row["steps_total"] = result.get("steps", row["steps_total"])
-            row["wall_seconds"] = result.get("train_seconds", 0.0) + result.get("compile_seconds", 0.0)
-        except (OSError, json.JSONDecodeError):
-            damaged = True
+        steps = config["train"].get("steps")
+        return config["model"]["name"], config["data"]["name"], steps if isinstance(steps, int) else None, damaged
+    except (KeyError, TypeError, AttributeError):
+        return None, None, None, True
+
+
+def describe_run(run_dir: Path, root: Path) -> dict:
+    """One row of the runs table, read from the run directory's files alone; a damaged file never
+    raises: the run is marked "damaged"."""
+    row = dict.fromkeys(("name", "run_dir", "model", "dataset", "steps_done", "steps_total", "validation_last",
+                         "validation_best", "test_last", "test_at_best_val", "status", "wall_seconds"))
+    row["name"] = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+    row["run_dir"] = str(run_dir)
+    row["model"], row["dataset"], row["steps_total"], config_damaged = _config_fields(run_dir)
+    records, metrics_damaged = _metric_records(run_dir / METRICS_FILE)
+    result, result_damaged = _json_object(run_dir / RESULT_FILE)
+    if result is not None:
+        steps = result.get("steps", row["steps_total"])
+        row["steps_total"] = steps if isinstance(steps, int) and not isinstance(steps, bool) else row["steps_total"]
+        row["wall_seconds"] = sum(result[key] for key in ("train_seconds", "compile_seconds")
+                                  if _number(result.get(key)))
     latest, incomplete = _steps_on_disk(run_dir / CHECKPOINTS)
-    steps_seen = [r["step"] for r in records if isinstance(r.get("step"), int)]
-    row["steps_done"] = latest if latest is not None else (max(steps_seen) if steps_seen else 0)
+    row["dataset"] = _in_memory_dataset(run_dir, result, latest) or row["dataset"]
+    row["steps_done"] = latest if latest is not None else max((r["step"] for r in records), default=0)
     row["validation_last"], row["validation_best"] = _accuracies(records, "val")
-    row["test_last"], row["test_best"] = _accuracies(records, "test")
+    row["test_last"] = _accuracies(records, "test")[0]
+    row["test_at_best_val"] = _test_at_best_validation(records, result)
     if row["wall_seconds"] is None and (run_dir / METRICS_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         row["wall_seconds"] = max(0.0, (run_dir / METRICS_FILE).stat().st_mtime - (run_dir / CONFIG_FILE).stat().st_mtime)
+    damaged = config_damaged or metrics_damaged or result_damaged or incomplete
     if (run_dir / LOCK_FILE).exists() and _locked(run_dir / LOCK_FILE):
         row["status"] = "running"
-    elif damaged or incomplete or (records and latest is None and (run_dir / CHECKPOINTS).is_dir()):
+    elif damaged or (records and latest is None and (run_dir / CHECKPOINTS).is_dir()):
         row["status"] = "damaged"
     elif result is not None and (row["steps_total"] is None or row["steps_done"] >= row["steps_total"]):
         row["status"] = "finished"

@@ -1,23 +1,8 @@
 """`compare(config, workdir)`: every (model, seed) of a compare config trained by `fit()`, then a report.
 
-A compare config names the data, a list of model configs, the seeds and one budget shared by all:
-
-    name: digits
-    dataset: digits           # or datasets: [digits, mnist1d, {name: npz, path: ...}] (one report)
-    seeds: [0, 1, 2]          # default [0, 1, 2]
-    budget: {steps: 600}      # or {epochs: N}, {seconds: S} (measured step time), {flops: F} (training FLOPs)
-    eval_every: 100           # optional: replaces every model config's train.eval_every
-    models: [configs/digits/mlp.yaml, {config: configs/digits/cnn.yaml, sweep: {...}}]
-    sweep:                    # optional, per model overridable: dotted keys -> lists (a grid)
-      optimizer.learning_rate: [1.0e-3, 3.0e-3]
-      random: 4               # optional: that many grid points, sampled with `seed`
-      select: {metric: val_accuracy, seeds: 1}
-    reference:                # optional: published accuracies shown beside ours
-      source: "Author et al. 2024"
-      accuracy: {digits_mlp: 0.9}
-
-Each (model, seed) is an ordinary run directory `<workdir>/runs/<model config name>/seed<k>` (a swept
-model: `runs/<name>/<setting>/seed<k>`) that `zoo eval` restores. A finished run (its result.json and
+The config is `zoo.comparison.schema`'s (its docstring shows one). Each (model, seed) is an ordinary
+run directory `<workdir>/runs/<model config name>/seed<k>` (a swept model: `runs/<name>/<setting>/seed<k>`)
+that `zoo eval` restores. A finished run (its result.json and
 config.json match) is reused; an unfinished one is resumed by `fit()` itself. A sweep trains every
 setting on the first `select.seeds` seeds, picks the setting by the validation metric alone, then
 trains the other seeds at that setting. The report goes to `<workdir>/report/`.
@@ -228,17 +213,20 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def compare(config: CompareConfig | str | Path, workdir: str | Path, progress: Progress | None = None,
+def compare(config: CompareConfig | str | Path | dict, workdir: str | Path, progress: Progress | None = None,
             command: str | None = None, dataset: Dataset | None = None, budget_s: float | None = None) -> dict:
-    """Trains (or reuses) every run of `config` under `workdir`, then writes `workdir/report/`.
+    """Trains (or reuses) every run of `config` (a CompareConfig, the path of a YAML compare config or a
+    dict of its keys) under `workdir`, then writes `workdir/report/`.
 
     `budget_s` stops launching new runs once that many seconds have passed (the report lists what was
     skipped; rerun to finish). `dataset` replaces the loaded data (single-dataset compares only).
     Returns {"report_dir", "table", "rows", "models", "trials", "skipped", "wall_seconds", "trained",
     "reused"}, or {"stopped": signal name, ...} when a run was stopped (rerun to resume).
     """
-    if not isinstance(config, CompareConfig):
-        config = load_compare(config)
+    from zoo.comparison.schema import parse_compare
+    from zoo.config import as_config
+
+    config = as_config(config, CompareConfig, parse_compare, load_compare, where="zoo.compare")
     progress = progress if progress is not None and distributed.is_primary() else Silent()  # process 0 reports
     workdir = Path(workdir)
     datasets = {}

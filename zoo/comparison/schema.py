@@ -16,11 +16,7 @@ A compare config names the data, a list of model configs, the seeds and one budg
       source: "Author et al. 2024"
       accuracy: {digits_mlp: 0.9}
 
-Each (model, seed) is an ordinary run directory `<workdir>/runs/<model config name>/seed<k>` (a swept
-model: `runs/<name>/<setting>/seed<k>`) that `zoo eval` restores. A finished run (its result.json and
-config.json match) is reused; an unfinished one is resumed by `fit()` itself. A sweep trains every
-setting on the first `select.seeds` seeds, picks the setting by the validation metric alone, then
-trains the other seeds at that setting. The report goes to `<workdir>/report/`.
+The runner (`zoo.comparison.runner.compare`) trains every (model, seed) it names and writes the report.
 """
 
 from __future__ import annotations
@@ -35,7 +31,8 @@ from typing import Literal
 import numpy as np
 
 from zoo.comparison import report
-from zoo.config import Config, build_section, apply_overrides, coerce, from_dict, load_inherited, load_yaml
+from zoo.config import (Config, apply_overrides, build_section, coerce, from_dict, load_inherited, load_yaml,
+                        set_dotted)
 from zoo.data import list_datasets
 from zoo.errors import ConfigError, did_you_mean
 
@@ -179,7 +176,7 @@ class CompareConfig:
         base = arm.base if isinstance(arm, Arm) else arm
         raw = base.to_dict()
         for key, value in (setting or {}).items():
-            _set_dotted(raw, key, value)
+            set_dotted(raw, key, value)
         raw["seed"] = seed
         b = self.budget_spec
         if b.kind in ("steps", "epochs"):
@@ -189,16 +186,6 @@ class CompareConfig:
         if self.eval_every:
             raw["train"]["eval_every"] = self.eval_every
         return from_dict(raw)
-
-
-def _set_dotted(raw: dict, key: str, value) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"'{key}': '{part}' is not a section")
-    node[parts[-1]] = value
 
 
 def _resolve(model_path: str, compare_path: Path | None) -> Path:

@@ -15,8 +15,10 @@ size or the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 
 import grain
 import numpy as np
@@ -126,6 +128,43 @@ def _absl_flags_defaults() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _ignore_interrupts(_index: int, _count: int) -> None:
+    """Run first in each Grain worker process. Ctrl-C reaches every process of the terminal's process
+    group, and only the main process acts on it (it saves a checkpoint and stops); a worker taking it
+    would die printing a KeyboardInterrupt traceback, and the main process would fail on the lost worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """SIGINT blocked in this thread, and so in the threads Grain starts here and in the worker
+    processes they spawn (a signal mask survives fork and exec): a Ctrl-C while a worker still imports
+    (seconds, before `_ignore_interrupts` runs) cannot kill it. Nothing is lost for the main process:
+    another of its threads takes the signal, or it arrives when the mask is restored. (Python's
+    resource tracker is started the same way, and then unblocks SIGINT in the thread that started
+    it: it is started first, here, before the mask is set.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _out_of_shared_memory(element):
+    """A worker's element copied out of shared memory. Its arrays are views of shared memory blocks,
+    unlinked by a thread of Grain's when they are freed; one still held at interpreter exit (the last
+    block read) is never unlinked, and Python's resource tracker then warns of "leaked shared_memory
+    objects". A copy lets each block go at once (a memcpy per batch, small beside decoding it)."""
+    first, xs, ys = element
+    return first, np.array(xs), np.array(ys)
+
+
 class BatchIterator:
     """Shuffled, fixed-size training batches (the last partial batch of an epoch is dropped), read
     through Grain. `position` says where it stands; `workers` > 0 decodes in that many processes."""
@@ -155,8 +194,11 @@ class BatchIterator:
             if self._stream is None:
                 _absl_flags_defaults()
                 options = grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2)
-                self._stream = iter(self.dataset[k:].to_iter_dataset().mp_prefetch(options))
-            return next(self._stream)
+                with _interrupts_held():  # the workers are spawned by the first element asked for
+                    self._stream = iter(self.dataset[k:].to_iter_dataset().mp_prefetch(
+                        options, worker_init_fn=_ignore_interrupts))
+                    return _out_of_shared_memory(next(self._stream))
+            return _out_of_shared_memory(next(self._stream))
         return self.dataset[k // self.per_element]
 
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:

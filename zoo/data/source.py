@@ -155,9 +155,13 @@ def check_finite(x, where: str) -> None:
 
 def statistics(x, per_column: bool, scale: float = 1.0) -> dict:
     """Mean and std of the training split (times `scale`), per channel (last axis) or per column
-    (every position), in float64, read in chunks so a memory-mapped split is never loaded whole."""
-    count, total, squares = 0, None, None
+    (every position), in float64, read in chunks so a memory-mapped split is never loaded whole; and
+    "range": the smallest and largest raw value (before `scale`), which decides the value range
+    prediction takes float inputs in (see `zoo.inference.inputs.conform`)."""
+    count, total, squares, low, high = 0, None, None, np.inf, -np.inf
     for batch in chunks(x):
+        if batch.size:
+            low, high = min(low, float(batch.min())), max(high, float(batch.max()))
         batch = batch.astype(np.float64) * scale
         axes = (0,) if per_column else tuple(range(batch.ndim - 1))
         rows = batch.shape[0] if per_column else int(np.prod(batch.shape[:-1]))
@@ -169,7 +173,8 @@ def statistics(x, per_column: bool, scale: float = 1.0) -> dict:
     std = np.sqrt(np.maximum(squares / max(count, 1) - np.square(mean), 0.0))
     std = np.where(std < 1e-6, 1.0, std)  # a constant feature is centred, not blown up
     return {"scale": scale, "mean": mean.astype(np.float32).ravel().tolist(),
-            "std": std.astype(np.float32).ravel().tolist(), "shape": list(mean.shape)}
+            "std": std.astype(np.float32).ravel().tolist(), "shape": list(mean.shape),
+            "range": [low, high] if count else None}
 
 
 def preprocessor(normalization: dict | None, dtype: str, xp=np):

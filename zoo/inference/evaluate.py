@@ -7,7 +7,7 @@ from pathlib import Path
 from zoo.data import Dataset, check_unchanged
 from zoo.errors import DataError
 from zoo.training.setup import Evaluator, build_setup
-from zoo.training.restore import open_checkpoints, resolve_step, stored_config
+from zoo.training.restore import read_chosen, resolve_step, stored_config
 
 __all__ = ["evaluate", "resolve_step"]
 
@@ -18,18 +18,21 @@ def evaluate(run_dir: str | Path, step: int | None = None, best: bool = False,
     best). Reads only. Refuses when the run's data files changed since training, unless
     `allow_changed_data`. A run trained on in-memory arrays needs them again as `dataset`."""
     run_dir = Path(run_dir)
-    reader = open_checkpoints(run_dir)
-    chosen = resolve_step(reader, step, best)
-    config = stored_config(reader, chosen)
-    meta = reader.read_meta(chosen)
-    if meta.get("in_memory") and dataset is None:
-        raise DataError(f"'{run_dir}' was trained on in-memory arrays (dataset '{meta['spec']['name']}'), which "
-                        f"a run directory does not hold: evaluate it from Python with "
-                        f"zoo.evaluate('{run_dir}', dataset=zoo.Dataset(...)) passing the same arrays")
-    setup = build_setup(config, dataset, training=False)
-    if not allow_changed_data:
-        check_unchanged(meta.get("spec"), setup.spec)
-    state, meta = reader.restore(chosen, setup.abstract_state())
+
+    def read(reader, chosen: int):
+        config = stored_config(reader, chosen)
+        meta = reader.read_meta(chosen)
+        if meta.get("in_memory") and dataset is None:
+            raise DataError(f"'{run_dir}' was trained on in-memory arrays (dataset '{meta['spec']['name']}'), "
+                            f"which a run directory does not hold: evaluate it from Python with "
+                            f"zoo.evaluate('{run_dir}', dataset=zoo.Dataset(...)) passing the same arrays")
+        setup = build_setup(config, dataset, training=False)
+        if not allow_changed_data:
+            check_unchanged(meta.get("spec"), setup.spec)
+        return (config, setup, *reader.restore(chosen, setup.abstract_state()))
+
+    # A training run beside this one may delete the step chosen while it is read: read_chosen picks anew.
+    chosen, (config, setup, state, meta) = read_chosen(run_dir, step, best, read)
     metrics = Evaluator(setup).splits(state)
     split = lambda name: ({"loss": metrics[f"{name}_loss"], "accuracy": metrics[f"{name}_accuracy"]}  # noqa: E731
                           if f"{name}_loss" in metrics else None)

@@ -15,8 +15,10 @@ from zoo.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def read(path: str | Path, input_shape: tuple, raw_uint8: bool = False) -> tuple[list[str], np.ndarray]:
-    """(one name per example, the examples) from one input path; images as `read_image` gives them."""
+def read(path: str | Path, input_shape: tuple, raw_uint8: bool = False, label: str | None = None,
+         note=None) -> tuple[list[str], np.ndarray]:
+    """(one name per example, the examples) from one input path; images as `read_image` gives them.
+    `label`: the run's label column, dropped from a CSV whose header has it (`note` is told)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"input '{path}' does not exist: give an image, a folder of images, a .npy, .npz or .csv")
@@ -33,7 +35,7 @@ def read(path: str | Path, input_shape: tuple, raw_uint8: bool = False) -> tuple
     elif suffix == ".npz":
         x = _load_array(path, key="x")
     elif suffix == ".csv":
-        x = read_csv(path)
+        x = read_csv(path, label, note)
     else:
         raise DataError(f"input '{path}' is of an unknown kind: give an image ({', '.join(IMAGE_SUFFIXES)}), "
                         "a folder of images, a .npy, a .npz with an 'x' array or a .csv")
@@ -44,8 +46,8 @@ def read(path: str | Path, input_shape: tuple, raw_uint8: bool = False) -> tuple
 
 def read_image(path: Path, input_shape: tuple, raw_uint8: bool = False) -> np.ndarray:
     """One image, decoded and resized exactly as an image-folder source decodes it for training:
-    (H, W, C) uint8 with `raw_uint8` (a run whose source gave uint8 pixels, which its preprocessing
-    scales), else float32 in [0, 1] (the built-in datasets' range)."""
+    (H, W, C) uint8 with `raw_uint8` (a run with an input range, which `conform` brings uint8 pixels
+    to), else float32 in [0, 1]."""
     if len(input_shape) != 3:
         raise DataError(f"image '{path}' given, but this run takes inputs of shape {tuple(input_shape)}, not "
                         "images (H, W, C): give a .npy, .npz or .csv")
@@ -73,12 +75,19 @@ def _load_array(path: Path, key: str | None = None) -> np.ndarray:
         return loaded[key]
 
 
-def read_csv(path: Path) -> np.ndarray:
-    """Numeric rows; a first row that is not numeric is a header and skipped."""
+def read_csv(path: Path, label: str | None = None, note=None) -> np.ndarray:
+    """Numeric rows; a first row that is not numeric is a header and skipped. A header naming the
+    column `label` (the run's label column: the training CSV given as it is) drops that column, and
+    `note` (a function of one line) is told."""
     with open(path, newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if rows and not _numeric(rows[0]):
-        rows = rows[1:]
+        header, rows = [name.strip() for name in rows[0]], rows[1:]
+        if label is not None and label in header:
+            at = header.index(label)
+            rows = [row[:at] + row[at + 1:] for row in rows]
+            if note is not None:
+                note(f"dropped the label column '{label}' from '{path}'")
     values = []
     for number, row in enumerate(rows, start=1):
         try:
@@ -97,3 +106,53 @@ def _numeric(row) -> bool:
     except ValueError:
         return False
     return True
+
+
+# The value range of array inputs (issue 22.1). One contract for `LoadedRun.predict`, `zoo predict` and
+# `.zoo` exports: the dtype decides. Integers (uint8) are pixel values 0-255. Floats are in the range
+# the run records for its float inputs: [0, 1] for a run whose source gave uint8 pixels (pixels / 255,
+# the scaling its preprocessing applies) and for one trained on floats in [0, 1] (digits); the training range
+# for a run on other float images (e.g. pixel values 0-255 as floats).
+UNIT = [0.0, 1.0]
+BUILT_IN_RANGES = {"digits": UNIT}  # built-in image datasets record no statistics: their documented range
+_SLACK = 1e-3  # rounding in pixels / 255 and back
+
+
+def contract(kind: str, normalization: dict | None, source_kind: str | None) -> dict | None:
+    """What array inputs a run takes: {"dtype": its source's "uint8" or "float32", "float_range": [low,
+    high] of float inputs}, or None where values are taken as given (signals, vectors, tokens, and
+    image runs that recorded no range)."""
+    normalization = normalization or {}
+    if normalization.get("scale", 1.0) != 1.0:  # the source gave uint8, which preprocessing scales by 1/255
+        return {"dtype": "uint8", "float_range": list(UNIT)}
+    recorded = normalization.get("range") or BUILT_IN_RANGES.get(source_kind)
+    if kind != "image" or not recorded:
+        return None
+    return {"dtype": "float32", "float_range": [float(recorded[0]), float(recorded[1])]}
+
+
+def conform(x, takes: dict | None, where: str) -> np.ndarray:
+    """`x` as the run's preprocessing takes it (raw, as the training source gave it), by the contract
+    `takes` (see `contract`): uint8 pixels to a [0, 1] float run are divided by 255, floats in [0, 1]
+    to a uint8 run multiplied by 255. Refuses in one line values that cannot be in the range the run
+    takes: floats outside [0, 1] for a [0, 1] run, floats all within [0, 1] for a run trained on
+    floats up to 10 or more (pixel values), integers outside 0-255."""
+    x = np.asarray(x)
+    if not takes or x.size == 0 or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        return x
+    low, high = takes["float_range"]
+    unit, least, most = low >= 0 and high <= 1, float(x.min()), float(x.max())
+    seen = f"[{least:g}, {most:g}]"
+    if np.issubdtype(x.dtype, np.integer):
+        if least < 0 or most > 255 or (low < 0 and takes["dtype"] != "uint8"):
+            raise DataError(f"{where} holds integers in {seen}; integers are taken as pixel values 0-255 (uint8), and "
+                            f"this run takes those or floats in [{low:g}, {high:g}]: give uint8 pixels or such floats")
+        return x if takes["dtype"] == "uint8" else x.astype(np.float32) / (255 if unit else 1)
+    if unit and (least < -_SLACK or most > 1 + _SLACK):
+        fix = "divide by 255, or give uint8" if least >= 0 else "give pixels / 255 (not standardized), or uint8"
+        raise DataError(f"{where} holds values in {seen}, but this run takes floats in [0, 1] (pixels / 255) or "
+                        f"uint8 pixels 0-255: {fix}")
+    if not unit and low >= 0 and high >= 10 and least >= 0 and 0 < most <= 1:
+        raise DataError(f"{where} holds floats within [0, 1], but this run was trained on floats in [{low:g}, "
+                        f"{high:g}] (pixel values): multiply by 255, or give uint8")
+    return x.astype(np.float32) * 255 if takes["dtype"] == "uint8" else x

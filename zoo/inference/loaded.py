@@ -3,7 +3,9 @@ the run's preprocessing, and a jitted, batched `predict`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from pathlib import Path
 
 import jax
@@ -12,6 +14,7 @@ import numpy as np
 from zoo.config import Config
 from zoo.data import DataSpec, Dataset, preprocess
 from zoo.errors import DataError
+from zoo.inference import inputs as inputs_lib
 from zoo.models import Model
 from zoo.training import restore as restore_lib
 
@@ -39,8 +42,16 @@ class LoadedRun:
         """True when the run's source gave uint8 pixels (0..255) that its preprocessing scales."""
         return (self.spec.normalization or {}).get("scale", 1.0) != 1.0
 
+    @property
+    def takes(self) -> dict | None:
+        """The value range of array inputs (`zoo.inference.inputs.contract`): for an image run, uint8 are
+        pixels 0-255 and floats lie in `takes["float_range"]` ([0, 1] when the source gave uint8 pixels)."""
+        return inputs_lib.contract(self.spec.kind, self.spec.normalization, (self.spec.source or {}).get("kind"))
+
     def preprocess(self, x) -> np.ndarray:
-        """Raw inputs (a batch, or one example) as the model takes them; refuses the wrong shape."""
+        """Inputs (a batch, or one example) as the model takes them; refuses the wrong shape, and values
+        outside the range the run takes (see `takes`: uint8 pixels 0-255, or floats in its float range,
+        [0, 1] for images read from uint8 files)."""
         x = np.asarray(x)
         shape = tuple(self.spec.input_shape)
         if x.shape == shape:
@@ -50,10 +61,12 @@ class LoadedRun:
         if x.shape[1:] != shape:
             raise DataError(f"inputs of shape {tuple(x.shape[1:])} per example do not fit this run: it expects "
                             f"{shape} ({self.spec.kind}, {self.spec.dtype}), as a batch (N, {', '.join(map(str, shape))})")
-        return preprocess(self.spec, x)
+        return preprocess(self.spec, inputs_lib.conform(x, self.takes, "the input"))
 
     def predict(self, x) -> np.ndarray:
-        """Class probabilities, shape (N, num_classes), computed in fixed-size batches."""
+        """Class probabilities, shape (N, num_classes), computed in fixed-size batches. Image arrays: uint8
+        are pixels 0-255, floats lie in the run's float range ([0, 1] for a run on image files); others
+        are refused in one line (see `preprocess`)."""
         x = self.preprocess(x)
         out = []
         for start in range(0, len(x), self.batch_size):
@@ -84,7 +97,8 @@ def load_run(run_dir: str | Path, step: int | str = "latest", dataset: Dataset |
     Needs no data: the model is rebuilt from the config and data spec stored in the checkpoint.
     `dataset` (the arrays of a run trained in memory) is accepted for symmetry with `evaluate` and
     checked against the stored spec."""
-    restored = restore_lib.restore(run_dir, step)
+    with _absl_warnings_muted():
+        restored = restore_lib.restore(run_dir, step)
     if dataset is not None and tuple(dataset.spec.input_shape) != tuple(restored.spec.input_shape):
         raise DataError(f"the dataset's examples have shape {tuple(dataset.spec.input_shape)}, the run "
                         f"'{run_dir}' was trained on {tuple(restored.spec.input_shape)}")
@@ -92,3 +106,17 @@ def load_run(run_dir: str | Path, step: int | str = "latest", dataset: Dataset |
     variables = {"params": state.params, **state.model_state}
     return LoadedRun(Path(run_dir), restored.step, restored.setup.model, variables, restored.config,
                      restored.spec, restored.meta, batch_size)
+
+
+@contextlib.contextmanager
+def _absl_warnings_muted():
+    """Orbax logs routine events of the read-only checkpoint manager a restore opens through absl at
+    WARNING ("Given directory is read only=..."): noise on the stderr of a Python program that only
+    loads a run. Errors still show; the logger's level is put back after."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

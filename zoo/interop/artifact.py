@@ -111,15 +111,27 @@ def check_custom_calls(exported, path: str | Path) -> None:
                           "model again with `zoo export` from a run you trust")
 
 
+def takes(header: dict) -> dict | None:
+    """The value range of the export's array inputs (`zoo.inference.inputs.contract`); an export
+    written before the header held "inputs" takes uint8 pixels or floats in [0, 1] when "raw_uint8"."""
+    if "inputs" in header:
+        return header["inputs"]
+    return {"dtype": "uint8", "float_range": [0.0, 1.0]} if header.get("raw_uint8") else None
+
+
 def check_inputs(header: dict, x: np.ndarray, where: str) -> np.ndarray:
-    """`x` as one batch of the export's input: a single example gains a batch axis."""
+    """`x` as one batch of the export's input: a single example gains a batch axis; image values are
+    brought to the raw range the exported preprocessing takes, or refused (see `takes`)."""
+    from zoo.inference.inputs import conform
+
     shape, dtype = tuple(header["input_shape"]), np.dtype(header["dtype"])
     if tuple(x.shape) == shape:
         x = x[None]
     if tuple(x.shape[1:]) != shape:
         raise ExportError(f"{where} has shape {tuple(x.shape)}; the model takes {shape} or a batch "
                           f"(N, {', '.join(map(str, shape))})")
-    if header.get("raw_uint8") and x.dtype == np.uint8:
+    x = conform(x, takes(header), where)
+    if takes(header) and np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float32)  # raw pixel values, which the exported preprocessing scales
     if np.issubdtype(x.dtype, np.integer) != np.issubdtype(dtype, np.integer):
         raise ExportError(f"{where} holds {x.dtype}, the model takes {dtype}")

@@ -47,6 +47,9 @@ def _header(run, fmt: str, platforms, batch) -> dict:
             # the run's preprocessing is inside: inputs are raw, as the training source gave them
             "preprocess": "normalization" if spec.normalization else "identity",
             "raw_uint8": run.takes_raw_uint8,
+            # the value range of array inputs: uint8 pixels 0-255 or floats in "float_range" (see
+            # zoo.inference.inputs.contract); zoo's readers convert to the raw values the function takes
+            "inputs": run.takes,
             "zoo_version": zoo_package.__version__, "jax_version": jax.__version__}
 
 

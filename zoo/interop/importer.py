@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from zoo import models
+from zoo.models import resnet, rnn, transformer
 from zoo.errors import WeightsError
 
 HEAD = "Dense_0"  # every family's classifier is its top-level Dense_0
@@ -273,9 +274,9 @@ def _rnn_infer(tensors: dict) -> tuple[dict, tuple]:
 
 
 FAMILIES = {  # family -> (rules(hparams, targets, names), infer(tensors) -> (hparams, input_shape))
-    "resnet": (lambda hp, targets, names: _resnet_rules(hp, targets), _resnet_infer),
-    "transformer": (_transformer_rules, _transformer_infer),
-    "rnn": (_rnn_rules, _rnn_infer),
+    resnet.FAMILY: (lambda hp, targets, names: _resnet_rules(hp, targets), _resnet_infer),
+    transformer.FAMILY: (_transformer_rules, _transformer_infer),
+    rnn.FAMILY: (_rnn_rules, _rnn_infer),
 }
 
 
@@ -302,7 +303,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 def _family(model_name: str) -> str:
     entry = models.get_entry(model_name)
     family = entry.family
-    if family not in FAMILIES or (family == "resnet" and "bottleneck" not in entry.defaults):
+    if family not in FAMILIES or (family == resnet.FAMILY and "bottleneck" not in entry.defaults):
         names = [n for n in models.list_models() if _importable(n)]
         raise WeightsError(f"model '{model_name}' has no PyTorch naming to import from: "
                            f"importable models are {', '.join(names)}")
@@ -311,7 +312,7 @@ def _family(model_name: str) -> str:
 
 def _importable(name: str) -> bool:
     entry = models.get_entry(name)
-    return entry.family in FAMILIES and (entry.family != "resnet" or "bottleneck" in entry.defaults)
+    return entry.family in FAMILIES and (entry.family != resnet.FAMILY or "bottleneck" in entry.defaults)
 
 
 def _names(items: list, limit: int = 4) -> str:
@@ -333,7 +334,7 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
     inferred, implied_shape = infer(tensors)
     valid = models.hparam_fields(model_name)
     hp = {k: v for k, v in inferred.items() if k in valid}
-    if family == "transformer" and "activation" in valid:
+    if family == transformer.FAMILY and "activation" in valid:
         hp["activation"] = "gelu_exact"  # timm and torch.nn use the exact GELU
     hp.update(hparams or {})
     head = _head_classes(tensors, family)
@@ -412,7 +413,7 @@ def _fill_by_rules(rules, tensors: dict, targets: dict, skip_head: bool, does_no
 
 
 def _head_classes(tensors: dict, family: str) -> int | None:
-    name = {"resnet": "fc.weight", "rnn": "fc.weight", "transformer": "head.weight"}[family]
+    name = {resnet.FAMILY: "fc.weight", rnn.FAMILY: "fc.weight", transformer.FAMILY: "head.weight"}[family]
     return int(tensors[name].shape[0]) if name in tensors and tensors[name].ndim == 2 else None
 
 

@@ -90,9 +90,13 @@ class CompiledSteps:
         return self._compiled[count]
 
 
-def fit(config: Config, workdir: str | Path, progress: Progress | None = None,
+def fit(config: Config | str | Path | dict, workdir: str | Path, progress: Progress | None = None,
         dataset: Dataset | None = None) -> dict:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the run's summary."""
+    """Trains `config` (a Config, the path of a YAML config or a dict of its keys) in `workdir` (resuming
+    if it holds checkpoints); returns the run's summary."""
+    from zoo.config import as_config
+
+    config = as_config(config, where="zoo.fit")
     progress = progress if progress is not None and distributed.is_primary() else Silent()  # process 0 reports
     run_dir = Path(workdir)
     # Bad input is refused before anything is written, by every process at once.
@@ -161,15 +165,21 @@ def _report_resume(setup: RunSetup, progress, stored: Config | None, step: int, 
                      "in the last bits")
 
 
-def _metrics_log(setup: RunSetup, run_dir: Path, start_step: int):
-    """The metrics log (process 0 owns it; TensorBoard beside it when asked), cut back to `start_step`."""
+def _metrics_log(setup: RunSetup, run_dir: Path, start_step: int, stored: Config | None, progress: Progress):
+    """The metrics log (process 0 owns it; TensorBoard beside it when asked), cut back to `start_step`,
+    and the run's config.json. A writer that can refuse (TensorBoard without tensorboardX) is made
+    first: a refused run leaves the files of the directory's earlier run as they were."""
     config = setup.config
     if not distributed.is_primary():
         return Discard()
-    rundir.write_json_once(run_dir / CONFIG_FILE, config.to_dict())
-    metrics_log = JsonlWriter(run_dir / METRICS_FILE)
-    if config.logging.tensorboard:
-        metrics_log = Tee(metrics_log, TensorBoardWriter(run_dir, config.to_dict()))
+    tensorboard = TensorBoardWriter(run_dir, config.to_dict()) if config.logging.tensorboard else None
+    replaced = rundir.write_json_once(run_dir / CONFIG_FILE, config.to_dict())
+    if replaced and stored is None and start_step == 0:  # check_same_config let another config start over
+        progress.log(f"run directory '{run_dir}' holds no checkpoint of its earlier config: starting over "
+                     "with this one")
+    metrics_log = JsonlWriter(run_dir / METRICS_FILE, warn=progress.log)
+    if tensorboard is not None:
+        metrics_log = Tee(metrics_log, tensorboard)
     metrics_log.truncate_after(start_step)
     return metrics_log
 
@@ -216,7 +226,7 @@ def _train(setup: RunSetup, run_dir: Path, progress: Progress, stored: Config | 
     config = setup.config
     checkpoints = checkpoints_for(run_dir, config, has_validation=setup.dataset.has_validation)
     start = _start(setup, checkpoints, run_dir, progress, stored, initial)
-    metrics_log = _metrics_log(setup, run_dir, start.step)
+    metrics_log = _metrics_log(setup, run_dir, start.step, stored, progress)
     steps = CompiledSteps(setup)
     param_count = models.count_params(start.state.params)
     meta = {"config": config.to_dict(), "spec": setup.spec.to_json(), "model": config.model.name,

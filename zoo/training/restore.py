@@ -83,15 +83,37 @@ def stored_spec(meta: dict, step: int) -> DataSpec:
         raise CheckpointError(f"checkpoint step {step}: its stored data spec is unusable ({error})") from None
 
 
+READ_TRIES = 3  # how many times a reader picks a step while a training run beside it deletes them
+
+
+def read_chosen(run_dir: str | Path, step: int | str | None, best: bool, read):
+    """(chosen, read(checkpoints, chosen)) for the step `resolve_step` picks in the run's checkpoints.
+    Unless a step number was given, a step that vanishes under the reader (a training run beside it
+    saved a newer step and its keep-N retention deleted this one while it was listed or read) makes
+    it list the steps again and pick anew, READ_TRIES times in all. A step still complete on disk
+    that fails is damaged: refused at once."""
+    for tries_left in reversed(range(READ_TRIES)):
+        checkpoints, chosen = None, None
+        try:
+            checkpoints = open_checkpoints(run_dir)
+            chosen = resolve_step(checkpoints, step, best)
+            return chosen, read(checkpoints, chosen)
+        except CheckpointError:
+            if isinstance(step, int) or not tries_left or (chosen is not None and checkpoints.is_complete(chosen)):
+                raise
+
+
 def restore(run_dir: str | Path, step: int | str | None = "latest") -> RestoredCheckpoint:
     """The train state of one checkpoint, with no data loaded: the model comes from the stored spec."""
-    checkpoints = open_checkpoints(run_dir)
-    chosen = resolve_step(checkpoints, step)
-    meta = checkpoints.read_meta(chosen)
-    config, spec = stored_config(checkpoints, chosen), stored_spec(meta, chosen)
-    setup = assemble_setup(config, spec)
-    state, meta = checkpoints.restore(chosen, setup.abstract_state())
-    return RestoredCheckpoint(Path(run_dir), chosen, config, spec, setup, state, meta)
+
+    def read(checkpoints: ckpt.Checkpoints, chosen: int) -> RestoredCheckpoint:
+        meta = checkpoints.read_meta(chosen)
+        config, spec = stored_config(checkpoints, chosen), stored_spec(meta, chosen)
+        setup = assemble_setup(config, spec)
+        state, meta = checkpoints.restore(chosen, setup.abstract_state())
+        return RestoredCheckpoint(Path(run_dir), chosen, config, spec, setup, state, meta)
+
+    return read_chosen(run_dir, step, False, read)[1]
 
 
 def init_from(run: RunSetup, source: InitFromConfig):

@@ -11,6 +11,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from zoo.config import KNOWN_XLA_OPTIONS, check_xla_options  # noqa: F401 - the allowlist, checked here too
+from zoo.models import cnn, resnet
 from zoo.training import optim
 from zoo.training.state import TrainState
 
@@ -135,11 +136,11 @@ CPU_FAMILY_OPTIONS_BY_ISA: dict[str, dict[str, dict]] = {
     # vanished (CNN 0.95-1.00, ResNet-20 0.96-1.13). Individual dots / YNN dot (2026-12-03, load ~1):
     # CNN 0.93 (0.82-1.15) and 0.94 (0.84-1.15), ResNet-20 1.00 (0.87-1.17) with compile 3.2 vs 3.8 s.
     # The other families were never faster with any (MLP 1.01, LSTM 1.12, Transformer 1.05 with YNN dot).
-    "avx512": {"cnn": YNN_INDIVIDUAL_DOT, "resnet": YNN_INDIVIDUAL_DOT},
+    "avx512": {cnn.FAMILY: YNN_INDIVIDUAL_DOT, resnet.FAMILY: YNN_INDIVIDUAL_DOT},
     # 2-core AVX2-only machine, issue 13's measurements (not re-measured on this one): ResNet-20 step
     # 765 -> 459 ms; process-wide CNN 1.84 -> 1.29, ResNet-20 1.94 -> 1.18 (x PyTorch), while the
     # LSTM, Transformer and MLP got slower.
-    "avx2": {"cnn": YNN_DOT, "resnet": YNN_DOT},
+    "avx2": {cnn.FAMILY: YNN_DOT, resnet.FAMILY: YNN_DOT},
 }
 
 
