@@ -50,8 +50,9 @@ test-all: $(VENV)/.installed-all
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Results go to runs/bench/<UTC time>/; `make bench OUT=benchmarks` rewrites the committed record.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,7 +5,8 @@ Timings are interleaved in rounds (the order rotates each round) so that a noisy
 slows all columns alike; medians and ratios are reported. PyTorch is optional (the `bench` extra);
 its models are in baselines_torch.py, the GPU variant in bench_gpu.py.
 
-    python benchmarks/bench.py                       # full run (~4 min on 2 cores), writes benchmarks/
+    python benchmarks/bench.py                       # full run (~4 min on 2 cores), writes runs/bench/<time>/
+    python benchmarks/bench.py --out benchmarks      # rewrites the committed record, benchmarks/RESULTS.md
     python benchmarks/bench.py --quick --workloads mlp,lstm
     python benchmarks/bench.py --precision bfloat16  # the zoo column in bfloat16 (model.precision)
     (also: zoo bench, make bench)
@@ -568,6 +569,12 @@ def write_outputs(reports: dict | list[dict], command: str, out_dir: str | Path)
     return md, js
 
 
+def default_out_dir() -> Path:
+    """Where results go unless --out says: a new run-style folder, runs/bench/<UTC time>/ (relative to the
+    working directory); the committed benchmarks/RESULTS.md is written only when asked (--out benchmarks)."""
+    return Path("runs") / "bench" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
 def main(argv=None) -> int:
     """Times the workloads, prints the table, writes RESULTS.md and results.json."""
     import shlex
@@ -578,8 +585,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole benchmark N times in a row; RESULTS.md gets one table per run")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks"),
-                        help="where RESULTS.md and results.json go ('' for none)")
+    parser.add_argument("--out", help="where RESULTS.md and results.json go (default: runs/bench/<UTC time>/, a new "
+                        "folder; --out benchmarks rewrites the committed record; '' for none)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="the zoo model's compute precision (model.precision); other columns stay float32")
     parser.add_argument("--command", help=argparse.SUPPRESS)  # how the caller was invoked, for RESULTS.md
@@ -608,8 +615,9 @@ def main(argv=None) -> int:
     command = args.command or shlex.join(["python", "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
           f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
-    if args.out:
-        md, js = write_outputs(reports, command, Path(args.out))
+    out = default_out_dir() if args.out is None else args.out
+    if out:
+        md, js = write_outputs(reports, command, Path(out))
         print(f"wrote {md} and {js}")
     return 0
 

@@ -103,14 +103,14 @@ def arguments(name: str, kind: str, model, key):
 
 @functools.cache
 def results(name: str, kind: str) -> list:
-    """The three transforms' outputs with fast layers, then with stock ones (where the entry has the
-    choice), all from one jitted call. Both formulations share variables (initialized by the stock
-    one: the fast LSTM draws its initial weights in another order), directions and dropout masks,
-    computed by another jitted call: eager, op by op, initializing resnet20 took 7 s, and drawn
-    inside the transforms' call they cost more to compile than they do on their own."""
+    """The three transforms' outputs with fast layers, then with stock ones where the entry has the
+    choice, from one jitted call. Both share the variables (initialized by the stock formulation: the
+    fast LSTM draws its initial weights in another order), directions and dropout key, which come from
+    a jitted call of their own: eager, op by op, resnet20's init took 10 s of CPU, and drawn inside
+    the transforms' call the directions cost more compile time than on their own."""
     formulations = [build(name, True)] + ([build(name, False)] if has_fast_layers(name) else [])
-    prepare = jax.jit(functools.partial(arguments, name, kind, formulations[-1]), compiler_options=CHEAP_COMPILE)
-    args = prepare(jax.random.key(0, impl="rbg"))
+    prepare = functools.partial(arguments, name, kind, formulations[-1])
+    args = jax.jit(prepare, compiler_options=CHEAP_COMPILE)(jax.random.key(0, impl="rbg"))
     run = jax.jit(lambda args: [transforms(model, *args) for model in formulations], compiler_options=CHEAP_COMPILE)
     return jax.device_get(run(args))
 

@@ -66,7 +66,8 @@ def test_runs_lists_a_finished_run_with_its_accuracies(finished_run):
     tests = [r["accuracy"] for r in read_jsonl(finished_run / "metrics.jsonl") if r["split"] == "test"]
     assert row["name"] == "mlp/seed0" and row["model"] == "mlp" and row["dataset"] == "digits"
     assert (row["steps_done"], row["steps_total"], row["status"]) == (20, 20, "finished")
-    assert (row["test_last"], row["test_best"]) == (tests[-1], max(tests))
+    chosen_on_validation = json.loads((finished_run / "result.json").read_text())["best_checkpoint"]
+    assert (row["test_last"], row["test_at_best_val"]) == (tests[-1], chosen_on_validation["test_accuracy"])
     vals = [r["accuracy"] for r in read_jsonl(finished_run / "metrics.jsonl") if r["split"] == "val"]
     assert (row["validation_last"], row["validation_best"]) == (vals[-1], max(vals))
 

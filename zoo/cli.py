@@ -183,7 +183,8 @@ def cmd_bench(args) -> int:
     forwarded = [*(["--workloads", args.workloads] if args.workloads else []), *(["--quick"] if args.quick else []),
                  *(["--rounds", str(args.rounds)] if args.rounds else []),
                  *(["--repeat", str(args.repeat)] if args.repeat != 1 else []),
-                 *(["--precision", args.precision] if args.precision != "float32" else []), "--out", args.out]
+                 *(["--precision", args.precision] if args.precision != "float32" else []),
+                 *(["--out", args.out] if args.out is not None else [])]  # none: bench.py's runs/bench/<time>/
     command = shlex.join(["zoo", "bench", *forwarded])
     forwarded += ["--command", command]
     return subprocess.run([sys.executable, str(script), *forwarded], stderr=err()).returncode
@@ -332,7 +333,8 @@ def _bench_arguments(p) -> None:
                    help="run the whole benchmark N times in a row; RESULTS.md gets one table per run")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the zoo model's compute precision (model.precision); bfloat16 writes RESULTS_bfloat16.md")
-    p.add_argument("--out", default="benchmarks", help="where RESULTS.md and results.json go ('' for none)")
+    p.add_argument("--out", help="where RESULTS.md and results.json go (default: runs/bench/<UTC time>/, a new "
+                   "folder; --out benchmarks rewrites the committed record; '' for none)")
 
 
 def _import_arguments(p) -> None:

@@ -410,35 +410,45 @@ def set_dotted(raw: dict, key: str, value, where: str | None = None) -> None:
 
 
 def merge(base: dict, child: dict) -> dict:
-    """`base` with `child`'s keys put in, section by section (mappings merge, other values replace)."""
+    """`base` with `child`'s keys put in, section by section (mappings merge, other values replace).
+    A `model` section naming another model than the base's replaces it whole: the base model's
+    hyperparameters mean nothing to another model."""
     out = dict(base)
     for key, value in child.items():
         both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
+        if both_sections and key == "model" and value.get("name", out[key].get("name")) != out[key].get("name"):
+            both_sections = False
         out[key] = merge(out[key], value) if both_sections else value
     return out
 
 
-def load_inherited(path: str | Path, _chain: tuple = ()) -> dict:
+def load_inherited(path: str | Path, _chain: tuple = (), origins: dict | None = None) -> dict:
     """A config mapping with its `base:` resolved: `base: ../mnist1d/cnn.yaml` (relative to the file)
     names a config whose keys this one starts from; the file then gives only the keys that differ.
-    Bases may have bases; a cycle or a missing base is a ConfigError naming the file."""
+    Bases may have bases; a cycle or a missing base is a ConfigError naming the file. `origins`, when
+    given, gets {'section.key' (or 'key'): the file that set it} for every key, so that an error can
+    name the base a bad key came from."""
     path = Path(path)
     raw = load_yaml(path)
-    if "base" not in raw:
-        return raw
-    base = raw.pop("base")
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base: expected the path of another config, e.g. ../mnist1d/cnn.yaml, "
-                          f"got {base!r}")
-    base_path = path.parent / base
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: base '{base}' does not exist (looked for '{base_path}'): the path is "
-                          "relative to the file that names it")
-    chain = (*_chain, path.resolve())
-    if base_path.resolve() in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
-        raise ConfigError(f"{path}: base '{base}' makes a cycle ({cycle}): a config cannot inherit from itself")
-    return merge(load_inherited(base_path, chain), raw)
+    inherited = {}
+    if "base" in raw:
+        base = raw.pop("base")
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: base: expected the path of another config, e.g. ../mnist1d/cnn.yaml, "
+                              f"got {base!r}")
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base '{base}' does not exist (looked for '{base_path}'): the path is "
+                              "relative to the file that names it")
+        chain = (*_chain, path.resolve())
+        if base_path.resolve() in chain:
+            cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+            raise ConfigError(f"{path}: base '{base}' makes a cycle ({cycle}): a config cannot inherit from itself")
+        inherited = load_inherited(base_path, chain, origins)
+    if origins is not None:  # after the bases: this file's keys win
+        origins.update({f"{s}.{k}" if isinstance(v, dict) else s: path for s, v in raw.items()
+                        for k in (v if isinstance(v, dict) else [s])})
+    return merge(inherited, raw)
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:

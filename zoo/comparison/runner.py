@@ -35,7 +35,7 @@ from zoo.util import atomic_write, clock
 
 RUN_TIMES_FILE = "run_times.json"  # {"<run dir under runs/>": seconds of the fit() call that finished it}
 CALIBRATION_FILE = "calibration.json"  # {"<run dir under runs/>": {"seconds_per_step", "flops_per_step"}}
-_now = time.perf_counter  # the clock behind --budget-s (tests replace it)
+_now = time.perf_counter  # the clock behind --budget-s, run times and the ETA (tests replace it)
 
 
 def validation_score(result: dict, metric: str) -> float:
@@ -119,11 +119,23 @@ class _Stopped(Exception):
         self.signal_name, self.run_dir = signal_name, run_dir
 
 
+def _plan(config: CompareConfig) -> dict:
+    """{model config name: runs planned}: a sweep's settings on its tuning seeds, then its other seeds."""
+    plan = {}
+    for arm in config.arms:
+        runs = len(config.seeds)
+        if arm.sweep:
+            tuning = len(config.seeds[:arm.sweep.select.seeds])
+            runs += len(arm.sweep.settings(config.seed)) * tuning - tuning
+        plan[arm.base.name] = runs
+    return plan
+
+
 class _Runner:
     """Trains or reuses one (arm, setting, seed) at a time; keeps times, calibrations and the clock."""
 
     def __init__(self, config: CompareConfig, workdir: Path, datasets: dict, progress: Progress,
-                 budget_s: float | None, planned: int):
+                 budget_s: float | None):
         self.config, self.workdir, self.datasets, self.progress = config, workdir, datasets, progress
         self.started = _now()
         self.deadline = self.started + budget_s if budget_s else None
@@ -131,9 +143,13 @@ class _Runner:
         self.times = _read_json(self.times_path)
         self.calibration_path = workdir / CALIBRATION_FILE
         self.calibration = _read_json(self.calibration_path)
-        self.planned, self.done = planned, 0
+        self.left = _plan(config)  # {model config name: runs not started yet}
+        self.planned, self.done = sum(self.left.values()), 0
         self.trained, self.reused, self.skipped = 0, 0, []
         self.run_seconds = []
+        # For the ETA: each model's run times, the training its budget promised (steps x measured step
+        # time, {seconds: S} budgets) and every run's wall time over what it was promised
+        self.walls, self.promised, self.overheads = {}, {}, []
         self.records = {}  # run dir -> record, for this invocation
 
     def key(self, run_dir: Path) -> str:
@@ -146,7 +162,9 @@ class _Runner:
             return None
         cal = self.measured(arm, setting, timed=budget.kind == "seconds")
         if budget.kind == "seconds":  # process 0's timing decides: every process trains the same steps
-            return distributed.broadcast_ints([max(1, int(budget.seconds / cal["seconds_per_step"]))])[0]
+            steps = distributed.broadcast_ints([max(1, int(budget.seconds / cal["seconds_per_step"]))])[0]
+            self.promised[arm.base.name] = steps * cal["seconds_per_step"]
+            return steps
         if not cal.get("flops_per_step"):
             raise ConfigError(f"budget: {{flops: ...}} needs XLA's cost analysis, which this backend does not "
                               f"give for {arm.base.name}: use {{steps: N}} or {{seconds: S}}")
@@ -175,6 +193,7 @@ class _Runner:
         if run_dir in self.records:  # a sweep trial that is also a final run
             return self.records[run_dir]
         self.done += 1
+        self.left[arm.base.name] -= 1
         tag = f"[{self.done}/{self.planned}] {config.name}{' ' + describe_setting(setting) if setting else ''} seed {seed}"
         result = finished_result(run_dir, config)
         if result is not None:
@@ -188,14 +207,17 @@ class _Runner:
                 self.progress.log(f"{tag}: skipped, --budget-s is spent")
                 return None
             self.progress.log(f"{tag}: training {config.model.name} ({why}) in {run_dir}  ETA {self.eta()}")
-            start = time.perf_counter()
+            start = _now()
             result = fit(config, run_dir, _child(self.progress, tag), dataset=self.datasets[arm.dataset])
             if result.get("stopped"):
                 raise _Stopped(result["stopped"], run_dir)
-            elapsed = time.perf_counter() - start
+            elapsed = _now() - start
             self.times[self.key(run_dir)] = elapsed
             _write_json(self.times_path, self.times)
             self.run_seconds.append(elapsed)
+            self.walls.setdefault(arm.base.name, []).append(elapsed)
+            if self.promised.get(arm.base.name):
+                self.overheads.append(elapsed / self.promised[arm.base.name])
             self.trained += 1
             self.progress.log(f"{tag}: val accuracy {_fmt(result['final'].get('val_accuracy'))} in "
                               f"{clock(elapsed)}  ETA {self.eta()}")
@@ -204,9 +226,21 @@ class _Runner:
         return self.records[run_dir]
 
     def eta(self) -> str:
+        """The time left: every run not started yet at its own model's expected time."""
         if not self.run_seconds:
             return "?"
-        return clock(float(np.mean(self.run_seconds)) * max(self.planned - self.done, 0))
+        return clock(sum(left * self.expected_seconds(name) for name, left in self.left.items() if left > 0))
+
+    def expected_seconds(self, name: str) -> float:
+        """One more run of model config `name`: the mean of its runs so far; else the training its budget
+        promises (steps x its measured step time; S of {seconds: S} before its step is measured) times
+        the wall/promised ratio of the runs so far; else the mean of every run so far."""
+        if self.walls.get(name):
+            return float(np.mean(self.walls[name]))
+        promised = self.promised.get(name) or self.config.budget_spec.seconds
+        if promised and self.overheads:
+            return promised * float(np.mean(self.overheads))
+        return float(np.mean(self.run_seconds))
 
 
 def _fmt(value) -> str:
@@ -234,16 +268,9 @@ def compare(config: CompareConfig | str | Path | dict, workdir: str | Path, prog
         arm = next(a for a in config.arms if a.dataset == label)
         datasets[label] = dataset if dataset is not None else data_lib.load(arm.base.data)
 
-    planned = 0
-    for arm in config.arms:
-        if arm.sweep:
-            tuning = len(config.seeds[:arm.sweep.select.seeds])
-            planned += len(arm.sweep.settings(config.seed)) * tuning + len(config.seeds) - tuning
-        else:
-            planned += len(config.seeds)
-    runner = _Runner(config, workdir, datasets, progress, budget_s, planned)
+    runner = _Runner(config, workdir, datasets, progress, budget_s)
     progress.log(f"compare '{config.name}' on {config.dataset}: {len(config.arms)} models x "
-                 f"{len(config.seeds)} seeds, {config.budget} each; {planned} runs planned")
+                 f"{len(config.seeds)} seeds, {config.budget} each; {runner.planned} runs planned")
     try:
         rows, trials, sweeps = _run_all(config, runner, workdir)
     except _Stopped as stop:

@@ -7,6 +7,7 @@ A compare config names the data, a list of model configs, the seeds and one budg
     seeds: [0, 1, 2]          # default [0, 1, 2]
     budget: {steps: 600}      # or {epochs: N}, {seconds: S} (measured step time), {flops: F} (training FLOPs)
     eval_every: 100           # optional: replaces every model config's train.eval_every
+    tensorboard: true         # optional: logging.tensorboard in every run (`tensorboard --logdir WORKDIR/runs`)
     models: [configs/digits/mlp.yaml, {config: configs/digits/cnn.yaml, sweep: {...}}]
     sweep:                    # optional, per model overridable: dotted keys -> lists (a grid)
       optimizer.learning_rate: [1.0e-3, 3.0e-3]
@@ -16,6 +17,19 @@ A compare config names the data, a list of model configs, the seeds and one budg
       source: "Author et al. 2024"
       accuracy: {digits_mlp: 0.9}
 
+A dataset is a built-in name or a data mapping: the keys of a run's `data:` section (zoo.config's
+DataConfig, checked by it) merged into every model config's, plus `display`, the dataset's name in the
+report and its run names (default: the format and the file's stem, e.g. csv_wine):
+
+    dataset: {name: csv, path: data/wine.csv, label: target, test: 0.2, display: wine}
+
+A `{seconds: S}` budget counts training-step time only: each model's train step is timed once
+(`cost.measure_step`, after compilation) and the model trains S / that time steps; compilation, data
+loading, evaluation and checkpoints come on top of S. `{seconds: S}` and `{flops: F}` derive the step
+count, so an interval written in steps (the compare's `eval_every`, `checkpoint.every`) is stretched
+to give at most MAX_EVALUATIONS evaluations per run; a model config's own `train.eval_every` is kept
+when the compare sets none.
+
 The runner (`zoo.comparison.runner.compare`) trains every (model, seed) it names and writes the report.
 """
 
@@ -24,19 +38,23 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from zoo import models
 from zoo.comparison import report
-from zoo.config import (Config, apply_overrides, build_section, coerce, from_dict, load_inherited, load_yaml,
-                        set_dotted)
+from zoo.config import (Config, DataConfig, apply_overrides, build_section, coerce, from_dict, load_inherited,
+                        load_yaml, set_dotted)
 from zoo.data import list_datasets
-from zoo.errors import ConfigError, did_you_mean
+from zoo.errors import ConfigError, ModelError, did_you_mean
 
 DEFAULT_SEEDS = (0, 1, 2)
+MAX_EVALUATIONS = 20  # per run, under a budget that derives the step count ({seconds: S}, {flops: F})
+_DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a dataset's report name: it prefixes run names
 
 # ---------------------------------------------------------------------------------------------------
 # The schema: dataclasses validated by zoo.config's machinery (types, ranges, did-you-mean).
@@ -120,7 +138,7 @@ class _CompareSchema:
     """The raw compare config's keys and types (resolved into `CompareConfig` by `parse_compare`)."""
 
     name: str = ""
-    dataset: str | None = None
+    dataset: str | dict | None = None
     datasets: tuple[str | dict, ...] | None = None
     seeds: tuple[int, ...] = DEFAULT_SEEDS
     seed: int = 0  # samples `random` sweeps
@@ -130,6 +148,7 @@ class _CompareSchema:
     models: tuple[str | dict, ...] = ()
     sweep: dict | None = None
     reference: ReferenceConfig = dataclasses.field(default_factory=ReferenceConfig)
+    tensorboard: bool = False  # logging.tensorboard in every run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +176,7 @@ class CompareConfig:
     reference: dict | None = None  # {"source": str, "accuracy": {model config name: float}}
     path: str | None = None
     seed: int = 0
+    tensorboard: bool = False
 
     @property
     def dataset(self) -> str:
@@ -172,7 +192,7 @@ class CompareConfig:
 
     def run_config(self, arm: Arm | Config, seed: int, steps: int | None = None, setting: dict | None = None) -> Config:
         """The arm's config with this compare's seed, budget (`steps` for seconds/FLOPs budgets), the
-        sweep `setting` and the evaluation interval."""
+        sweep `setting`, the evaluation interval and TensorBoard."""
         base = arm.base if isinstance(arm, Arm) else arm
         raw = base.to_dict()
         for key, value in (setting or {}).items():
@@ -183,9 +203,25 @@ class CompareConfig:
             raw["train"]["steps"], raw["train"]["epochs"] = b.steps, b.epochs
         else:
             raw["train"]["steps"], raw["train"]["epochs"] = steps or 1, None
+        own_interval = bool(raw["train"]["eval_every"]) and not self.eval_every  # the model config's: kept
         if self.eval_every:
             raw["train"]["eval_every"] = self.eval_every
+        if b.kind in ("seconds", "flops"):  # the step count is derived: intervals written in steps stretch
+            _spread_evaluations(raw["train"], raw["checkpoint"], keep_eval_every=own_interval)
+        if self.tensorboard:
+            raw["logging"] = {**raw.get("logging", {}), "tensorboard": True}
         return from_dict(raw)
+
+
+def _spread_evaluations(train: dict, checkpoint: dict, keep_eval_every: bool) -> None:
+    """At most MAX_EVALUATIONS evaluations in a run of train["steps"] steps, besides the last:
+    train.eval_every (unless `keep_eval_every`) and checkpoint.every (every checkpoint evaluates)
+    raised to steps / MAX_EVALUATIONS (checkpoints to the evaluation interval when that is longer)."""
+    least = math.ceil(train["steps"] / MAX_EVALUATIONS)
+    if train["eval_every"] and not keep_eval_every:
+        train["eval_every"] = max(train["eval_every"], least)
+    if checkpoint["every"] < least:
+        checkpoint["every"] = max(least, train["eval_every"])
 
 
 def _resolve(model_path: str, compare_path: Path | None) -> Path:
@@ -248,26 +284,59 @@ def _dataset_entries(schema: _CompareSchema, where: str) -> list[tuple[str, dict
         if isinstance(entry, str):
             if entry not in list_datasets():
                 raise ConfigError(f"{where}{key}: '{entry}' is not a dataset: {did_you_mean(entry, list_datasets())}"
-                                  f"choose one of "
-                                  f"{', '.join(list_datasets())}, or give a data mapping")
+                                  f"choose one of {', '.join(list_datasets())}, or give a data mapping, e.g. "
+                                  "{name: csv, path: data/wine.csv, label: target, display: wine}")
             entries.append((entry, None))
         else:
-            data = dict(entry)
-            label = data.pop("label", None)
-            if "name" not in data:
-                raise ConfigError(f"{where}{key}: a data mapping needs name, e.g. {{name: npz, path: data.npz}}")
-            label = label or str(data["name"]) + (f"_{Path(str(data['path'])).stem}" if data.get("path") else "")
-            entries.append((str(label), data))
+            entries.append(_data_mapping(entry, key, where))
     labels = [label for label, _ in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}datasets: {labels} repeats a dataset; give each a distinct label")
     return entries
 
 
+def _data_mapping(entry: dict, key: str, where: str) -> tuple[str, dict]:
+    """(the dataset's name in the report, the data section) of a data mapping at `key`: the keys of a
+    run's `data:` section, checked by DataConfig, plus `display`, the name in the report."""
+    data = dict(entry)
+    display = data.pop("display", None)
+    if display is not None and not (isinstance(display, str) and _DISPLAY_NAME.fullmatch(display)):
+        raise ConfigError(f"{where}{key}.display: expected a name of letters, digits, '_', '.' or '-' (it names "
+                          f"the dataset in the report and its runs), got {display!r}")
+    if "name" not in data:
+        raise ConfigError(f"{where}{key}: a data mapping needs name, e.g. {{name: csv, path: data/wine.csv, "
+                          "label: target}")
+    try:
+        section = build_section(DataConfig, data, key)
+    except ConfigError as error:
+        raise ConfigError(f"{where}{error}") from None
+    if section.label is not None and section.name != "csv":
+        raise ConfigError(f"{where}{key}.label: '{section.label}' would be data.label, the class column of a csv "
+                          f"file, and '{section.name}' has none: to name this dataset in the report, write "
+                          f"display: {section.label}")
+    return display or section.name + (f"_{Path(section.path).stem}" if section.path else ""), data
+
+
+def _check_model(config: Config, origins: dict, resolved: Path) -> None:
+    """Builds the config's model (no weights): an unknown model or hyperparameter fails when the compare
+    config is read, before any run trains. The error names the base that set the bad key, if one did."""
+    name, hparams = config.model.name, config.model.hparams
+    # the name, then each hyperparameter alone (to know which key failed), then all together
+    trials = [("name", {}), *((key, {key: value}) for key, value in hparams.items()), (None, hparams)]
+    for key, given in trials:
+        try:
+            models.build(name, 2, **given)
+        except ModelError as error:
+            origin = origins.get(f"model.{key}")
+            base = f" (model.{key} is set in its base {origin})" if origin and Path(origin) != resolved else ""
+            raise ConfigError(f"{error}{base}") from None
+
+
 def _arm_config(path: str, compare_path, label: str, data: dict | None, multi: bool, where: str) -> Config:
     resolved = _resolve(path, compare_path)
+    origins = {}
     try:
-        raw = load_inherited(resolved)
+        raw = load_inherited(resolved, origins=origins)
         if multi or data:
             section = raw.setdefault("data", {})
             if data:
@@ -276,7 +345,9 @@ def _arm_config(path: str, compare_path, label: str, data: dict | None, multi: b
                 section["name"] = label
             if multi and not str(raw.get("name", "")).startswith(f"{label}_"):
                 raw["name"] = f"{label}_{raw.get('name', 'run')}"
-        return from_dict(raw)
+        config = from_dict(raw)
+        _check_model(config, origins, resolved)
+        return config
     except ConfigError as error:
         raise ConfigError(f"{where}models: {path}: {error}") from None
 
@@ -291,12 +362,13 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     reference = _reference(schema, raw, names, where)
     compare = CompareConfig(schema.name, tuple(label for label, _ in datasets), tuple(arms), tuple(paths),
                             schema.seeds, schema.budget, schema.eval_every, reference, str(path) if path else None,
-                            schema.seed)
-    for arm in arms:  # the budget and every sweep setting must give a valid config for every model
+                            schema.seed, schema.tensorboard)
+    for arm in arms:  # the budget and every sweep setting must give a valid config and model for every arm
         for setting in (arm.sweep.settings(schema.seed) if arm.sweep else [{}]):
             try:
-                compare.run_config(arm, schema.seeds[0], 1, setting)
-            except ConfigError as error:
+                run = compare.run_config(arm, schema.seeds[0], 1, setting)
+                models.build(run.model.name, 2, **run.model.hparams)
+            except (ConfigError, ModelError) as error:
                 what = f" at {describe_setting(setting)}" if setting else ""
                 raise ConfigError(f"{where}{arm.base.name} with this budget{what}: {error}") from None
     return compare
