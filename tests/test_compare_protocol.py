@@ -303,7 +303,7 @@ def test_train_step_flops_exceed_twice_the_forward_flops(compile_cache):
 
 def test_dataset_entry_may_be_a_data_mapping_merged_into_every_model(tmp_path, stubbed):
     mlp = _model(tmp_path, "tiny_mlp", {"name": "mlp", "hidden_sizes": [8]})
-    path = _compare(tmp_path, models=[mlp], datasets=["digits", {"name": "digits", "label": "digits_v20",
+    path = _compare(tmp_path, models=[mlp], datasets=["digits", {"name": "digits", "display": "digits_v20",
                                                                  "validation": 0.2}])
     raw = yaml.safe_load(open(path))
     raw.pop("dataset")

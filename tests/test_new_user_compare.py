@@ -124,26 +124,31 @@ def test_a_derived_config_with_the_same_model_name_still_merges_the_hyperparamet
     assert load(child).model.hparams == {"hidden_sizes": [16], "dropout": 0.1}
 
 
-def test_a_compare_refuses_a_bad_model_hyperparameter_before_any_run(tmp_path, monkeypatch):
+def test_a_compare_refuses_a_bad_model_hyperparameter_before_any_run(tmp_path, zoo_main, one_line_error):
     """Item 22.6: every member's model hyperparameters are checked when the compare config is read,
-    before the first run trains; the error names the compare file and the model file."""
+    before the first run trains: one line naming the compare file and the model file, exit 2, no
+    workdir."""
     mlp = _model(tmp_path, "tiny_mlp", {"name": "mlp", "hidden_sizes": [8]})
     cnn = _model(tmp_path, "tiny_cnn", {"name": "cnn", "hidden_sizes": [8]})
     path = _compare(tmp_path, models=[mlp, cnn])
-    with pytest.raises(ConfigError) as refusal:
-        load_compare(path)
-    message = str(refusal.value)
-    assert message.startswith(f"{path}: ") and cnn in message
-    assert "model 'cnn' has no hyperparameter 'hidden_sizes'" in message
+    status, _, err = zoo_main("compare", path, "--workdir", tmp_path / "work")
+    assert status == 2
+    one_line_error(err, f"{path}: models: {cnn}: ", "model 'cnn' has no hyperparameter 'hidden_sizes'")
+    assert not (tmp_path / "work").exists()
 
 
-def test_a_bad_model_hyperparameter_set_by_a_base_names_the_base(tmp_path):
-    """Item 22.6: when the bad key came from the member's base config, the error names that base."""
-    child = write_base_and_child(tmp_path, {"name": "cnn", "hiden": 8}, {"features": [4]})
+@pytest.mark.parametrize("base_extra, key", [({"model": {"name": "cnn", "hiden": 8}}, "model.hiden"),
+                                             ({"optimizer": {"learning_rat": 0.1}}, "optimizer.learning_rat")])
+def test_a_bad_key_set_by_a_base_names_the_base(tmp_path, base_extra, key):
+    """Item 22.6: when a compare member's bad key (a model hyperparameter or any other) came from its
+    base config, the error names the member's file and that base."""
+    child = write_base_and_child(tmp_path, {"name": "cnn"}, {"features": [4]})
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**base, **base_extra}))
     with pytest.raises(ConfigError) as refusal:
         load_compare(_compare(tmp_path, models=[str(child)]))
     message = str(refusal.value)
-    assert str(child) in message and str(tmp_path / "base.yaml") in message and "'hiden'" in message
+    assert f"models: {child}: " in message and f"({key} is set in its base {tmp_path / 'base.yaml'})" in message
 
 
 # --- item 8: tensorboard in a compare ---------------------------------------------------------------
@@ -207,11 +212,15 @@ def evaluation_steps(config) -> set[int]:
 def test_a_seconds_budget_gives_each_run_at_most_twenty_evaluations(tmp_path):
     """Item 22.10: the compare's eval_every: 100 under {seconds: 30} of a 1 ms step (30,000 steps)
     gave 300 evaluations; the interval (and checkpoint.every, which also evaluates) now stretches
-    to at most 20 evaluations per run."""
-    config = load_compare(_compare(tmp_path, budget={"seconds": 30}, eval_every=100))
-    run = config.run_config(config.arms[0], 0, steps=30_000)
-    assert run.train.steps == 30_000 and len(evaluation_steps(run)) <= 21
-    assert run.train.eval_every >= 1500
+    to at most 20 evaluations per run (plus the last step), whatever the step count."""
+    mlp = _model(tmp_path, "tiny_mlp", {"name": "mlp", "hidden_sizes": [8]})
+    raw = yaml.safe_load(open(mlp))
+    raw["checkpoint"]["every"] = 500  # as configs/digits/ have it
+    Path(mlp).write_text(yaml.safe_dump(raw))
+    config = load_compare(_compare(tmp_path, models=[mlp], budget={"seconds": 30}, eval_every=100))
+    for steps in (30_000, 3_127, 40):
+        run = config.run_config(config.arms[0], 0, steps=steps)
+        assert run.train.steps == steps and len(evaluation_steps(run)) <= 21, steps
 
 
 def test_a_model_configs_own_eval_every_is_kept_under_a_seconds_budget(tmp_path):

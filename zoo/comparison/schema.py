@@ -27,8 +27,8 @@ A `{seconds: S}` budget counts training-step time only: each model's train step 
 (`cost.measure_step`, after compilation) and the model trains S / that time steps; compilation, data
 loading, evaluation and checkpoints come on top of S. `{seconds: S}` and `{flops: F}` derive the step
 count, so an interval written in steps (the compare's `eval_every`, `checkpoint.every`) is stretched
-to give at most MAX_EVALUATIONS evaluations per run; a model config's own `train.eval_every` is kept
-when the compare sets none.
+to give at most MAX_EVALUATIONS evaluations per run, checkpoints on evaluation steps; a model config's
+own `train.eval_every` is kept when the compare sets none.
 
 The runner (`zoo.comparison.runner.compare`) trains every (model, seed) it names and writes the report.
 """
@@ -36,6 +36,7 @@ The runner (`zoo.comparison.runner.compare`) trains every (model, seed) it names
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
 import math
@@ -216,12 +217,12 @@ class CompareConfig:
 def _spread_evaluations(train: dict, checkpoint: dict, keep_eval_every: bool) -> None:
     """At most MAX_EVALUATIONS evaluations in a run of train["steps"] steps, besides the last:
     train.eval_every (unless `keep_eval_every`) and checkpoint.every (every checkpoint evaluates)
-    raised to steps / MAX_EVALUATIONS (checkpoints to the evaluation interval when that is longer)."""
+    raised to steps / MAX_EVALUATIONS, and checkpoints rounded up onto evaluation steps."""
     least = math.ceil(train["steps"] / MAX_EVALUATIONS)
     if train["eval_every"] and not keep_eval_every:
         train["eval_every"] = max(train["eval_every"], least)
-    if checkpoint["every"] < least:
-        checkpoint["every"] = max(least, train["eval_every"])
+    every, interval = max(checkpoint["every"], least), train["eval_every"]
+    checkpoint["every"] = math.ceil(every / interval) * interval if interval else every
 
 
 def _resolve(model_path: str, compare_path: Path | None) -> Path:
@@ -291,7 +292,8 @@ def _dataset_entries(schema: _CompareSchema, where: str) -> list[tuple[str, dict
             entries.append(_data_mapping(entry, key, where))
     labels = [label for label, _ in entries]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"{where}datasets: {labels} repeats a dataset; give each a distinct label")
+        raise ConfigError(f"{where}datasets: {labels} repeats a dataset; give each data mapping its own name in the "
+                          "report, e.g. display: digits_v20")
     return entries
 
 
@@ -299,6 +301,11 @@ def _data_mapping(entry: dict, key: str, where: str) -> tuple[str, dict]:
     """(the dataset's name in the report, the data section) of a data mapping at `key`: the keys of a
     run's `data:` section, checked by DataConfig, plus `display`, the name in the report."""
     data = dict(entry)
+    known = [*(f.name for f in dataclasses.fields(DataConfig)), "display"]
+    for name in data:
+        if name not in known:
+            raise ConfigError(f"{where}unknown key '{key}.{name}': {did_you_mean(name, known)}valid keys: "
+                              f"{', '.join(known)}")
     display = data.pop("display", None)
     if display is not None and not (isinstance(display, str) and _DISPLAY_NAME.fullmatch(display)):
         raise ConfigError(f"{where}{key}.display: expected a name of letters, digits, '_', '.' or '-' (it names "
@@ -327,9 +334,14 @@ def _check_model(config: Config, origins: dict, resolved: Path) -> None:
         try:
             models.build(name, 2, **given)
         except ModelError as error:
-            origin = origins.get(f"model.{key}")
-            base = f" (model.{key} is set in its base {origin})" if origin and Path(origin) != resolved else ""
-            raise ConfigError(f"{error}{base}") from None
+            raise ConfigError(f"{error}{_set_in_base(f'model.{key}' if key else None, origins, resolved)}") from None
+
+
+def _set_in_base(key: str | None, origins: dict, resolved: Path) -> str:
+    """' (KEY is set in its base FILE)' when a base of the model config `resolved` set the dotted `key`
+    (`origins` from load_inherited), else ''."""
+    origin = origins.get(".".join(key.split(".")[:2])) if key else None
+    return f" ({key} is set in its base {origin})" if origin is not None and Path(origin) != resolved else ""
 
 
 def _arm_config(path: str, compare_path, label: str, data: dict | None, multi: bool, where: str) -> Config:
@@ -346,10 +358,15 @@ def _arm_config(path: str, compare_path, label: str, data: dict | None, multi: b
             if multi and not str(raw.get("name", "")).startswith(f"{label}_"):
                 raw["name"] = f"{label}_{raw.get('name', 'run')}"
         config = from_dict(raw)
+    except ConfigError as error:  # a schema error starts with the key it is about
+        key = re.match(r"(?:unknown key ')?([a-z_]+\.[a-z_][\w.]*)", str(error))
+        raise ConfigError(f"{where}models: {path}: {error}{_set_in_base(key and key.group(1), origins, resolved)}"
+                          ) from None
+    try:
         _check_model(config, origins, resolved)
-        return config
     except ConfigError as error:
         raise ConfigError(f"{where}models: {path}: {error}") from None
+    return config
 
 
 def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
@@ -394,6 +411,9 @@ def _read_schema(raw, where: str) -> _CompareSchema:
     if len(given) != 1:
         raise ConfigError(f"{where}budget: give exactly one of steps, epochs, seconds or flops, e.g. {{steps: 600}}"
                           + (f" (got {', '.join(given)})" if given else ""))
+    if schema.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError(f"{where}tensorboard: true needs tensorboardX: pip install 'zoo[tensorboard]' "
+                          "(or set tensorboard: false)")
     seeds = schema.seeds
     if not seeds or any(s < 0 for s in seeds):
         raise ConfigError(f"{where}seeds: expected a non-empty list of integers of at least 0, e.g. [0, 1, 2], "
