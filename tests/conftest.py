@@ -186,3 +186,32 @@ def pytest_collection_modifyitems(config, items):
         name = params.get("name")
         if isinstance(name, str) and name in registered and not models.get_entry(name).test.representative:
             item.add_marker(pytest.mark.slow)
+
+
+FAMILY_RUNS = {  # a tiny model of each family on digits, for the tests that need a trained run of each
+    "mlp": {"name": "mlp", "hidden_sizes": [16]},
+    "cnn": {"name": "cnn"},
+    "rnn": {"name": "gru", "hidden_size": 8},
+    "resnet": {"name": "resnet20", "width": 4},
+    "transformer": {"name": "transformer", "width": 16, "depth": 1, "num_heads": 2, "patch_size": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def family_run(compile_cache, tmp_path_factory):
+    """family_run(family) -> a run directory of FAMILY_RUNS[family], trained 2 steps, made once per
+    session (tests copy it before changing it)."""
+    from zoo.config import from_dict
+    from zoo.training import fit
+
+    made = {}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            run_dir = tmp_path_factory.mktemp(f"run_{family}") / "run"
+            raw = merged(TINY, {"train": {"steps": 2, "log_every": 1}, "checkpoint": {"every": 2}})
+            fit(from_dict({**raw, "model": FAMILY_RUNS[family]}), run_dir)
+            made[family] = run_dir
+        return made[family]
+
+    return get

@@ -45,19 +45,20 @@ def config_of(section: dict, **train):
 @pytest.mark.slow
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_every_source_trains_above_chance_and_eval_equals_the_recorded_metrics(source, tmp_path, write_config,
-                                                                                zoo_process):
+                                                                                zoo_main):
+    """Through the CLI (in this process: the imports and compiles are the suite's, not paid per source)."""
     section = SOURCES[source](tmp_path)
     config = write_config({**TRAIN, "data": {"batch_size": 32, "eval_batch_size": 100, **section}})
     run = tmp_path / "run"
-    trained = zoo_process("train", config, "--workdir", run)
-    assert trained.returncode == 0, trained.stderr
+    status, _, err = zoo_main("train", config, "--workdir", run)
+    assert status == 0, err
     result = json.loads((run / "result.json").read_text())
     classes = 20 if source == "cifar100" else {"cifar10": 10, "csv": 3, "image_folder": 3,
                                                "image_folder_flat": 3}.get(source, 4)
     assert result["final"]["test_accuracy"] > 1 / classes + 0.2, result["final"]
-    evaluated = zoo_process("eval", run, "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
-    out = json.loads(evaluated.stdout)
+    status, stdout, err = zoo_main("eval", run, "--json")
+    assert status == 0, err
+    out = json.loads(stdout)
     recorded = out["recorded"]
     assert out["val"]["accuracy"] == recorded["val_accuracy"]
     assert out["test"]["accuracy"] == recorded["test_accuracy"]

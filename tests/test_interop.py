@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, merged
+from conftest import FAMILY_RUNS, REPO
 
 RTOL = 2e-5
 
@@ -167,33 +167,12 @@ def test_imported_run_is_accepted_by_zoo_eval(zoo_main, lstm_file, tmp_path):
 
 # Export ------------------------------------------------------------------------------------------
 
-FAMILY_RUNS = {  # tiny model of each family on digits
-    "mlp": {"name": "mlp", "hidden_sizes": [16]},
-    "cnn": {"name": "cnn"},
-    "rnn": {"name": "gru", "hidden_size": 8},
-    "resnet": {"name": "resnet20", "width": 4},
-    "transformer": {"name": "transformer", "width": 16, "depth": 1, "num_heads": 2, "patch_size": 2},
-}
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_config, tmp_path_factory):
-    """trained(family) -> a run directory of that family, trained 2 steps (made once per module)."""
-    from zoo.config import from_dict
-    from zoo.training import fit
-
-    made = {}
-
-    def get(family: str):
-        if family not in made:
-            run_dir = tmp_path_factory.mktemp(f"run_{family}")
-            raw = merged(TINY, {"train": {"steps": 2, "log_every": 1}, "checkpoint": {"every": 2}})
-            config = from_dict({**raw, "model": FAMILY_RUNS[family]})
-            fit(config, run_dir)
-            made[family] = run_dir
-        return made[family]
-
-    return get
+@pytest.fixture
+def trained(family_run):
+    """trained(family) -> the session's tiny run of that family (conftest.FAMILY_RUNS)."""
+    return family_run
 
 
 def _digits(n=5):

@@ -118,7 +118,8 @@ def test_the_imagenet_resnet_stem_halves_the_resolution_before_its_max_pool():
 
     entry = registry.get_entry("resnet18")
     module = entry.module_cls(**{**entry.defaults, "num_classes": NUM_CLASSES, "model_name": "resnet18"})
-    x = np.zeros((1, 32, 32, 3), np.float32)
-    variables = module.init(jax.random.key(0), x, train=False)
-    _, state = module.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)  # shapes only: traced, not run
+    variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+    _, state = jax.eval_shape(lambda v, x: module.apply(v, x, train=False, capture_intermediates=True,
+                                                         mutable=["intermediates"]), variables, x)
     assert state["intermediates"]["BatchNorm_0"]["__call__"][0].shape == (1, 16, 16, 64)
