@@ -34,7 +34,7 @@ demo: $(VENV)/.installed-test
 
 # Everything but the exhaustive registry-wide transform cases (make test-all runs those too).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not exhaustive"
+	$(BIN)/python -m pytest -q -m "not exhaustive" --durations=15
 
 # Every test, with the optional extras the interop tests compare against (PyTorch, torchvision,
 # timm, jax2onnx + onnxruntime); jax2onnx goes in without its pins (it would downgrade Orbax).
