@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import shutil
 import os
 import subprocess
 import sys
@@ -215,3 +216,36 @@ def family_run(compile_cache, tmp_path_factory):
         return made[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_config) -> Path:
+    """A tiny mlp run with checkpoints at steps 10 and 20, trained once for the session."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    from zoo.training import fit
+
+    fit(tiny_config(), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(finished_run, tmp_path) -> Path:
+    """A copy of the finished run, free to damage."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def refused_train(tmp_path, write_config, zoo_main, one_line_error, snapshot):
+    """refused_train(overrides, *phrases, replace=None, text=None) -> the stderr line: `zoo train` of the tiny
+    config with `overrides` exits 2 with one line holding the phrases, and writes nothing."""
+
+    def check(overrides: dict | None, *phrases: str, replace: dict | None = None, text: str | None = None) -> str:
+        config = write_config(overrides, replace=replace, text=text)
+        before = snapshot(tmp_path)
+        status, out, err = zoo_main("train", config, "--workdir", tmp_path / "run")
+        assert status == 2, err
+        one_line_error(err, *phrases)
+        assert out == "" and snapshot(tmp_path) == before
+        return err
+
+    return check

@@ -4,30 +4,14 @@ no traceback, and nothing on disk changed."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import zoo.data
-from zoo.training import loop
 
 TAMPERED_MODEL = {"name": "cnn", "features": [4], "hidden": 8}
-
-
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_config) -> Path:
-    """A tiny mlp run with checkpoints at steps 10 and 20, trained once for the session."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    loop.fit(tiny_config(), run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def run_dir(finished_run, tmp_path) -> Path:
-    """A copy of the finished run, free to damage."""
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
 
 
 @pytest.fixture

@@ -31,23 +31,6 @@ def data_config(section: dict):
     return from_dict({"data": section, "train": {"steps": 1}}).data
 
 
-@pytest.fixture
-def refused(tmp_path, write_config, zoo_main, one_line_error, snapshot):
-    """refused(overrides, *phrases, replace=None, text=None) -> the stderr line: `zoo train` of the tiny
-    config with `overrides` exits 2 with one line holding the phrases, and writes nothing."""
-
-    def check(overrides: dict | None, *phrases: str, replace: dict | None = None, text: str | None = None) -> str:
-        config = write_config(overrides, replace=replace, text=text)
-        before = snapshot(tmp_path)
-        status, out, err = zoo_main("train", config, "--workdir", tmp_path / "run")
-        assert status == 2, err
-        one_line_error(err, *phrases)
-        assert out == "" and snapshot(tmp_path) == before
-        return err
-
-    return check
-
-
 def peak_bytes(function) -> int:
     """The peak of memory traced (Python objects and NumPy arrays) while `function()` runs."""
     tracemalloc.start()
@@ -96,11 +79,11 @@ BILLION_LAUGHS = "".join(
     for prev, name in zip([None, *"abcdefgh"], "abcdefghi"))
 
 
-def test_a_billion_laughs_config_is_refused_at_load_in_one_line(refused):
+def test_a_billion_laughs_config_is_refused_at_load_in_one_line(refused_train):
     """A: nested YAML aliases (a few hundred bytes, 9**9 strings once expanded by the JSON round trip
     of overrides) are refused when the file is read, naming aliases and the fix."""
     assert len(BILLION_LAUGHS) < 500
-    refused(None, "YAML aliases", "are not allowed", "write the value out", text=BILLION_LAUGHS)
+    refused_train(None, "YAML aliases", "are not allowed", "write the value out", text=BILLION_LAUGHS)
 
 
 def test_a_yaml_alias_in_an_override_value_is_refused(tmp_path, write_config, zoo_main, one_line_error):
@@ -111,10 +94,10 @@ def test_a_yaml_alias_in_an_override_value_is_refused(tmp_path, write_config, zo
     one_line_error(err, "override 'freeze': YAML aliases", "are not allowed")
 
 
-def test_a_config_file_over_a_megabyte_is_refused_without_parsing_it(refused):
+def test_a_config_file_over_a_megabyte_is_refused_without_parsing_it(refused_train):
     """A: a config is a few hundred bytes; a file over 1 MiB (here 1.5 MB of comments) is refused from
     its size, before YAML reads it."""
-    refused(None, "bytes, not a config (at most 1,048,576)", "check the path",
+    refused_train(None, "bytes, not a config (at most 1,048,576)", "check the path",
             text="name: tiny\n" + "# padding\n" * 150_000)
 
 
@@ -202,12 +185,12 @@ def test_a_12000_by_12000_png_is_refused_from_its_header_naming_the_pixel_limit(
         data.load(data_config({"name": "image_folder", "path": str(root), "image_size": [8, 8]}))
 
 
-def test_a_20000_by_20000_png_is_refused_as_too_many_pixels_not_as_a_damaged_file(tmp_path, refused):
+def test_a_20000_by_20000_png_is_refused_as_too_many_pixels_not_as_a_damaged_file(tmp_path, refused_train):
     """B: a 20000 x 20000 PNG (beyond Pillow's own decompression-bomb cap) is refused in one line that
     says it has too many pixels, not that it is truncated."""
     root = write_png_folder(tmp_path / "p", n_train=20, n_test=10)
     png_of_one_colour(root / "train" / "class_0" / "huge.png", 20000, 20000)
-    err = refused({"data": {"name": "image_folder", "path": str(root), "image_size": [8, 8]}},
+    err = refused_train({"data": {"name": "image_folder", "path": str(root), "image_size": [8, 8]}},
                   "huge.png is over zoo's limit of 67,108,864 pixels per image", "(400000000 pixels)",
                   "shrink the image")
     assert "truncated" not in err
@@ -248,43 +231,43 @@ def test_a_limit_set_to_something_other_than_a_number_is_refused_naming_the_vari
 # C. Out-of-range config values and hyperparameters: refused before training ---------------------------
 
 
-def test_model_num_classes_in_a_config_is_refused_saying_the_data_gives_it(refused):
+def test_model_num_classes_in_a_config_is_refused_saying_the_data_gives_it(refused_train):
     """C: model.num_classes=0 (a TypeError traceback) is refused: the class count comes from the data."""
-    refused({"model": {"num_classes": 0}}, "model.num_classes is not a hyperparameter", "comes from the data")
+    refused_train({"model": {"num_classes": 0}}, "model.num_classes is not a hyperparameter", "comes from the data")
 
 
-def test_a_negative_hidden_size_is_refused_as_a_model_error(refused):
+def test_a_negative_hidden_size_is_refused_as_a_model_error(refused_train):
     """C: model.hidden_sizes [-5] (a TypeError traceback from the Dense layer) is refused naming it."""
-    refused({"model": {"hidden_sizes": [-5]}}, "model 'mlp': model.hidden_sizes [-5] must be positive")
+    refused_train({"model": {"hidden_sizes": [-5]}}, "model 'mlp': model.hidden_sizes [-5] must be positive")
 
 
-def test_a_dropout_rate_outside_0_to_1_is_refused_as_a_model_error(refused):
+def test_a_dropout_rate_outside_0_to_1_is_refused_as_a_model_error(refused_train):
     """C: model.dropout 1.5 is refused: a rate is a fraction in [0, 1)."""
-    refused({"model": {"dropout": 1.5}}, "model.dropout 1.5 must be in [0, 1)")
+    refused_train({"model": {"dropout": 1.5}}, "model.dropout 1.5 must be in [0, 1)")
 
 
-def test_a_seed_beyond_32_bits_is_refused(refused):
+def test_a_seed_beyond_32_bits_is_refused(refused_train):
     """C: seed 2**70 (an OverflowError traceback from the PRNG key) is out of range."""
-    refused({"seed": 2**70}, f"seed: {2**70} is out of range; it must be an integer from 0 to 4294967295")
+    refused_train({"seed": 2**70}, f"seed: {2**70} is out of range; it must be an integer from 0 to 4294967295")
 
 
-def test_an_eval_batch_size_of_a_billion_is_refused_before_training(refused):
+def test_an_eval_batch_size_of_a_billion_is_refused_before_training(refused_train):
     """C: data.eval_batch_size 10**9 (a 238 GiB padded batch: MemoryError after training) is refused."""
-    refused({"data": {"eval_batch_size": 10**9}}, "data.eval_batch_size: 1000000000 is out of range",
+    refused_train({"data": {"eval_batch_size": 10**9}}, "data.eval_batch_size: 1000000000 is out of range",
             "from 1 to 1048576")
 
 
-def test_an_eval_batch_over_the_memory_limit_for_its_inputs_is_refused(refused, monkeypatch):
+def test_an_eval_batch_over_the_memory_limit_for_its_inputs_is_refused(refused_train, monkeypatch):
     """C: within the config's bound, an evaluation batch whose inputs exceed the byte limit is refused
     from the data's shape, before training, saying to lower it."""
     monkeypatch.setenv(BYTES_ENV, str(1 << 20))
-    refused({"data": {"eval_batch_size": 8192}}, "data.eval_batch_size 8192: a batch of inputs of shape (8, 8, 1) "
+    refused_train({"data": {"eval_batch_size": 8192}}, "data.eval_batch_size 8192: a batch of inputs of shape (8, 8, 1) "
             "takes 2,097,152 bytes", "lower data.eval_batch_size")
 
 
-def test_a_shift_as_large_as_the_inputs_is_refused(refused):
+def test_a_shift_as_large_as_the_inputs_is_refused(refused_train):
     """C: data.shift 2**40 (a ValueError traceback padding the first batch) is refused from the inputs' size."""
-    refused({"data": {"shift": 2**40}}, f"data.shift {2**40} is not smaller than the inputs' size (8, 8)",
+    refused_train({"data": {"shift": 2**40}}, f"data.shift {2**40} is not smaller than the inputs' size (8, 8)",
             "use at most 7")
 
 
@@ -298,19 +281,19 @@ def test_a_label_of_2_to_the_40_makes_one_more_class_not_a_petabyte_head(tmp_pat
     assert (spec.num_classes, spec.class_names) == (5, ("0", "1", "2", "3", str(2**40)))
 
 
-def test_an_empty_test_split_is_refused_before_training(tmp_path, refused):
+def test_an_empty_test_split_is_refused_before_training(tmp_path, refused_train):
     """C: an npz whose x_test has no rows (StopIteration after training) is refused before any step."""
     arrays = npz_arrays()
     path = write_npz(tmp_path / "a.npz", x_test=arrays["x_test"][:0], y_test=arrays["y_test"][:0])
-    refused({"data": {"name": "npz", "path": str(path)}}, "has an empty test split", "give test examples")
+    refused_train({"data": {"name": "npz", "path": str(path)}}, "has an empty test split", "give test examples")
 
 
-def test_a_csv_of_100000_columns_gives_an_error_line_listing_only_the_first_few(tmp_path, refused):
+def test_a_csv_of_100000_columns_gives_an_error_line_listing_only_the_first_few(tmp_path, refused_train):
     """C: the missing-label message of a CSV with 100,000 columns lists the first ten and how many more
     (with 10M columns the line was 98 MB)."""
     path = tmp_path / "wide.csv"
     path.write_text(",".join(f"c{i}" for i in range(100_000)) + "\n" + ",".join(["1"] * 100_000) + "\n")
-    err = refused({"data": {"name": "csv", "path": str(path), "label": "kind", "test": 0.2}},
+    err = refused_train({"data": {"name": "csv", "path": str(path), "label": "kind", "test": 0.2}},
                   "its columns are c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, ... and 99,990 more")
     assert len(err) < 400
 
@@ -366,10 +349,10 @@ def test_build_section_is_public_and_the_private_name_is_gone():
 # D. Nothing of a file that is not a config is shown -------------------------------------------------
 
 
-def test_a_base_that_is_not_a_config_is_refused_without_showing_its_content(tmp_path, refused):
+def test_a_base_that_is_not_a_config_is_refused_without_showing_its_content(tmp_path, refused_train):
     """D: `base: <a shadow-like file>` (YAML reads its first line as a key) printed that line as an
     unknown key; now the file is refused as not a config, quoting none of it."""
     secret = "root:$6$Zx8Qk1c9$hashedsecret:19837:0:99999:7:::"
     (tmp_path / "shadow").write_text(f"{secret}\ndaemon:*:19837:0:99999:7:::\n")
-    err = refused(None, "shadow is not a config", "check the path", text=f"base: {tmp_path / 'shadow'}\n")
+    err = refused_train(None, "shadow is not a config", "check the path", text=f"base: {tmp_path / 'shadow'}\n")
     assert "hashedsecret" not in err and "root:" not in err

@@ -41,20 +41,6 @@ class Recorder(Progress):
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_config) -> Path:
-    """A tiny mlp run with checkpoints at steps 10 and 20, trained once for the session."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    loop.fit(tiny_config(), run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def run_dir(finished_run, tmp_path) -> Path:
-    """A copy of the finished run, free to damage."""
-    return Path(shutil.copytree(finished_run, tmp_path / "run"))
-
-
-@pytest.fixture(scope="session")
 def diverged_run(tmp_path_factory, tiny_config) -> Path:
     """A run directory whose run diverged at step 2, before its first checkpoint (step 10)."""
     run_dir = tmp_path_factory.mktemp("diverged") / "run"

@@ -26,22 +26,6 @@ def data_config(section: dict):
     return from_dict({"data": section, "train": {"steps": 1}}).data
 
 
-@pytest.fixture
-def refused(tmp_path, write_config, zoo_main, one_line_error, snapshot):
-    """refused(overrides, *phrases): `zoo train` of the tiny config with `overrides` exits 2 with one
-    line holding the phrases, before training: nothing is written."""
-
-    def check(overrides: dict, *phrases: str) -> None:
-        config = write_config(overrides)
-        before = snapshot(tmp_path)
-        status, out, err = zoo_main("train", config, "--workdir", tmp_path / "run")
-        assert status == 2, err
-        one_line_error(err, *phrases)
-        assert out == "" and snapshot(tmp_path) == before
-
-    return check
-
-
 def edit_csv(path: Path, line: int, column: int, cell: str) -> Path:
     """`path` with the cell at (editor line number, column index) replaced by `cell`."""
     rows = list(csv.reader(io.StringIO(path.read_text())))
@@ -62,11 +46,11 @@ def relabel_csv(path: Path, change) -> Path:
 # Item 2: non-finite features or labels are refused at load, naming the file, row and column ------------------
 
 
-def test_a_nan_cell_in_a_csv_is_refused_before_training_naming_file_line_and_column(tmp_path, refused):
+def test_a_nan_cell_in_a_csv_is_refused_before_training_naming_file_line_and_column(tmp_path, refused_train):
     """Item 2: the literal `nan` in a feature cell (it trained, then failed as "training diverged") is
     refused in one line naming the file, the line and the column."""
     path = edit_csv(write_csv(tmp_path / "animals.csv"), 6, 0, "nan")
-    refused({"data": {"name": "csv", "path": str(path), "label": "species", "test": 0.2}},
+    refused_train({"data": {"name": "csv", "path": str(path), "label": "species", "test": 0.2}},
             f"{path} line 6, column 'f0': 'nan' is not a finite number", "fix or drop the row")
 
 
@@ -169,13 +153,13 @@ def test_predict_prints_the_original_label_values_of_remapped_labels(tmp_path, w
     assert len(classes) == 2 and set(classes) <= {"10", "20", "30"}
 
 
-def test_a_continuous_label_column_is_refused_as_a_regression_target(tmp_path, refused):
+def test_a_continuous_label_column_is_refused_as_a_regression_target(tmp_path, refused_train):
     """Item 3: a price column as the label made hundreds of classes; more distinct labels than half
     the rows is refused as a regression target in one line."""
     rng = np.random.default_rng(0)
     lines = ["a,b,price"] + [f"{rng.normal():.3f},{rng.normal():.3f},{rng.uniform(100, 900):.2f}" for _ in range(300)]
     (tmp_path / "prices.csv").write_text("\n".join(lines) + "\n")
-    refused({"data": {"name": "csv", "path": str(tmp_path / "prices.csv"), "label": "price", "test": 0.2}},
+    refused_train({"data": {"name": "csv", "path": str(tmp_path / "prices.csv"), "label": "price", "test": 0.2}},
             "distinct values in 300 rows", "looks like a regression target",
             "classification needs integer class labels")
 
@@ -198,9 +182,9 @@ def test_a_few_classes_with_one_example_each_are_still_classes():
 # Item 13: messages ----------------------------------------------------------------------------------------------
 
 
-def test_a_wrongly_cased_optimizer_name_suggests_that_name(tmp_path, refused):
+def test_a_wrongly_cased_optimizer_name_suggests_that_name(tmp_path, refused_train):
     """Item 13: optimizer.name adamW suggested 'adam'; names are compared ignoring case first."""
-    refused({"optimizer": {"name": "adamW"}}, "'adamW' is not valid: did you mean 'adamw'?")
+    refused_train({"optimizer": {"name": "adamW"}}, "'adamW' is not valid: did you mean 'adamw'?")
 
 
 @pytest.mark.parametrize("value, choices, hint", [("adamW", ["adam", "adamw"], "adamw"), ("MLP", ["mlp", "cnn"], "mlp"),
@@ -210,9 +194,9 @@ def test_did_you_mean_matches_ignoring_case_and_answers_in_the_choices_case(valu
     assert did_you_mean(value, choices) == f"did you mean '{hint}'? "
 
 
-def test_a_list_type_is_named_in_plain_english(refused):
+def test_a_list_type_is_named_in_plain_english(refused_train):
     """Item 13: "expected a list of an integers" reads "expected a list of integers"."""
-    refused({"data": {"image_size": "big"}}, "data.image_size: expected a list of integers or null, got 'big'")
+    refused_train({"data": {"image_size": "big"}}, "data.image_size: expected a list of integers or null, got 'big'")
 
 
 def test_data_classes_takes_class_names_resolved_against_the_datasets_names(tmp_path, tiny_config):
@@ -226,10 +210,10 @@ def test_data_classes_takes_class_names_resolved_against_the_datasets_names(tmp_
     assert (spec.num_classes, spec.class_names) == (2, ("emu", "cat"))
 
 
-def test_an_unknown_class_name_in_data_classes_is_refused_naming_the_classes(tmp_path, refused):
+def test_an_unknown_class_name_in_data_classes_is_refused_naming_the_classes(tmp_path, refused_train):
     """Item 13: a class name the dataset lacks is refused in one line with a suggestion and its classes."""
     path = write_csv(tmp_path / "a.csv")
-    refused({"data": {"name": "csv", "path": str(path), "label": "species", "test": 0.2, "classes": ["emu", "kat"]}},
+    refused_train({"data": {"name": "csv", "path": str(path), "label": "species", "test": 0.2, "classes": ["emu", "kat"]}},
             "data.classes names class 'kat', which 'a' lacks: did you mean 'cat'? its classes are cat, dog, emu")
 
 

@@ -210,14 +210,13 @@ def test_config_key_in_backticks_is_in_the_schema(where, key, value):
             pytest.fail(f"{where}: `{key}: {value}` is refused by the config schema: {error}")
 
 
-def _yaml_blocks():
-    for path in DOCS:
-        for language, body, first in _blocks(path):
-            if language == "yaml":
-                yield f"{path.relative_to(REPO)}:{first}", body
+def _blocks_in(wanted: str) -> list[tuple[str, str]]:
+    """('FILE:LINE', body) of every fenced block of language `wanted` in the README and docs."""
+    return [(f"{path.relative_to(REPO)}:{first}", body)
+            for path in DOCS for language, body, first in _blocks(path) if language == wanted]
 
 
-YAML_BLOCKS = list(_yaml_blocks())
+YAML_BLOCKS = _blocks_in("yaml")
 
 
 def _is_compare(raw: dict) -> bool:
@@ -242,14 +241,7 @@ def test_yaml_block_is_accepted_by_the_schema(where, body, tmp_path, monkeypatch
         pytest.fail(f"{where}: refused by the config schema: {error}")
 
 
-def _python_blocks():
-    for path in DOCS:
-        for language, body, first in _blocks(path):
-            if language == "python":
-                yield f"{path.relative_to(REPO)}:{first}", body
-
-
-PYTHON_BLOCKS = list(_python_blocks())
+PYTHON_BLOCKS = _blocks_in("python")
 
 
 def _on_the_public_face(name: str) -> bool:
