@@ -13,7 +13,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from test_models import CHEAP_COMPILE
+from conftest import CHEAP_COMPILE
 from zoo import models
 
 NUM_CLASSES = 3

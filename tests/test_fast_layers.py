@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CHEAP_COMPILE
 from zoo.models import layers
 from conftest import tolerance
 
@@ -29,7 +30,8 @@ def value_and_grads(module, variables, *inputs, rngs=None, **kwargs):
         out = module.apply(variables, *inputs, rngs=rngs, **kwargs)
         return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(out)), out
 
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(variables, inputs)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+                              compiler_options=CHEAP_COMPILE)(variables, inputs)
     return out, grads
 
 

@@ -29,10 +29,11 @@ NUM_CLASSES = 3
 FUNCTIONS = ("apply", "train_step", "train_steps_per_call", "eval_step")
 # Each entry is lowered at its test settings (lowering cost is set by the number of ops, not their
 # width). Entries whose settings say `deep` are more of blocks lowered in resnet20's and resnet50's
-# cases and take 10-25 s each to trace on a loaded 2-core machine: they are traced once, as the full
-# K-step train step (forward, backward, update), and still run in `make test`.
+# cases and take 5-25 s each to trace on a 2-core machine: they are traced once, as the full K-step
+# train step (forward, backward, update), in `make test-all` (the same blocks as resnet20's and
+# resnet50's, which `make test` lowers for every function).
 CASES = [pytest.param(name, function, id=f"{name}-{function}",
-                      marks=[pytest.mark.slow] if models.get_entry(name).test.deep else [])
+                      marks=[pytest.mark.exhaustive] if models.get_entry(name).test.deep else [])
          for name in models.list_models() for function in FUNCTIONS
          if not models.get_entry(name).test.deep or function == "train_steps_per_call"]
 

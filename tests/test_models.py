@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import CHEAP_COMPILE
 from zoo import models
 from zoo.errors import ModelError
 from zoo.models.common import TEST_SHAPES
@@ -22,8 +23,6 @@ NAMES = models.list_models()
 # Tests of the maths, not of the speed of the code, compile without LLVM's optimizations and with
 # XLA's elemental CPU fusion emitters: a quarter of the compile time (resnet20's transforms in
 # tests/test_autodiff.py: 17 -> 4 s of CPU). The numbers are the same: neither allows fast math.
-CHEAP_COMPILE = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-                 if jax.default_backend() == "cpu" else None)
 
 
 def entry(name: str):

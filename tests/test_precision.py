@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from test_models import HPARAM_OVERRIDES, NUM_CLASSES, SHAPE_OVERRIDES, SHAPES, TRACED_ONLY, VOCAB_SIZE, sample
+from conftest import CHEAP_COMPILE
 from zoo import models
 from zoo.errors import ModelError
 from zoo.config import OptimizerConfig
@@ -125,10 +126,10 @@ def test_bfloat16_logits_are_the_float32_logits_to_bfloat16_accuracy(name):
     _, x, kind = build(name)
     x = sample(kind, x.shape)
     reference, _, _ = build(name, "float32")
-    variables = reference.init(jax.random.key(0), x)
+    variables = jax.jit(reference.init, compiler_options=CHEAP_COMPILE)(jax.random.key(0), x)
     low, _, _ = build(name)
-    expected = jax.jit(lambda v, x: reference.apply(v, x)[0])(variables, x)
-    got = jax.jit(lambda v, x: low.apply(v, x)[0])(variables, x)
+    expected = jax.jit(lambda v, x: reference.apply(v, x)[0], compiler_options=CHEAP_COMPILE)(variables, x)
+    got = jax.jit(lambda v, x: low.apply(v, x)[0], compiler_options=CHEAP_COMPILE)(variables, x)
     scale = float(jnp.max(jnp.abs(expected)))
     # bfloat16 keeps 8 bits of mantissa (relative error 2^-9 per rounding); a few layers compound it.
     np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=0, atol=0.05 * scale + 1e-3)
