@@ -16,14 +16,20 @@ from zoo.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
+CACHE_ENV = {}  # the suite's persistent compilation cache, once `trained` has set it up
+
+
 def zoo(*args, cwd=REPO):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **CACHE_ENV}
     return subprocess.run([sys.executable, "-m", "zoo.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, compile_cache):
+    """A 30-step run trained by `zoo train` in a subprocess; the later commands share its compiles."""
+    CACHE_ENV.update({"JAX_COMPILATION_CACHE_DIR": str(compile_cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
     root = tmp_path_factory.mktemp("cli")
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(merged(TINY, {"model": {"hidden_sizes": [32]}, "optimizer": {"schedule": "constant"},
