@@ -201,8 +201,9 @@ def test_the_checksum_of_any_pytree_changes_when_any_element_changes(tree, data)
 # Models ------------------------------------------------------------------------------------------
 
 # Every entry that the registry-wide tests compute numbers with (the others are more of their blocks),
-# at its test settings and on its first kind.
-COMPUTED = [name for name in models.list_models() if not models.get_entry(name).test.traced_only]
+# at its test settings and on its first kind: one per family in `make test`, the rest in `make test-all`.
+COMPUTED = [name if models.get_entry(name).test.representative else pytest.param(name, marks=pytest.mark.exhaustive)
+            for name in models.list_models() if not models.get_entry(name).test.traced_only]
 
 
 @pytest.mark.slow
