@@ -186,17 +186,11 @@ def _steps_on_disk(checkpoints: Path) -> tuple[int | None, bool]:
     """(latest committed step, whether any step directory is incomplete or set aside as damaged)."""
     if not checkpoints.is_dir():
         return None, False
-    committed, incomplete = [], False
-    for child in checkpoints.iterdir():
-        if child.name.isdigit():
-            if (child / COMMITTED).is_file():
-                committed.append(int(child.name))
-            else:
-                incomplete = True
+    committed = committed_steps(checkpoints.parent)
+    steps = sum(1 for child in checkpoints.iterdir() if child.name.isdigit())
     damaged_dir = checkpoints / "damaged"
-    if damaged_dir.is_dir() and any(damaged_dir.iterdir()):
-        incomplete = True
-    return (max(committed) if committed else None), incomplete
+    incomplete = steps > len(committed) or (damaged_dir.is_dir() and any(damaged_dir.iterdir()))
+    return (committed[-1] if committed else None), incomplete
 
 
 def _number(value) -> bool:
