@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 MUTMUT = Path(sys.executable).with_name("mutmut")
 SCRATCH = Path(os.environ.get("ZOO_MUTATION_DIR", "/tmp/zoo-mutation")) / "all"
 RESULTS, REPORT = REPO / "tools" / "mutation.json", REPO / "tools" / "MUTATION.md"
+# What the tests read besides the package: the documents tests/test_readme.py checks, the configs, scripts...
+COPIED = ("zoo", "tests", "scripts", "configs", "benchmarks", "tools", "docs", "results", "README.md", "Makefile")
 
 # The core modules, in the report's order.
 MODULES = [
@@ -144,8 +146,11 @@ def prepare() -> dict:
         return json.loads(stats_file.read_text())
     shutil.rmtree(SCRATCH, ignore_errors=True)
     SCRATCH.mkdir(parents=True)
-    for name in ("zoo", "tests", "scripts", "configs", "benchmarks", "tools"):
-        shutil.copytree(REPO / name, SCRATCH / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in COPIED:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, SCRATCH / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, SCRATCH / name)
     for module in MODULES:  # Flax runs __post_init__ before a module has its scope: no trampoline there
         path = SCRATCH / module
         path.write_text(re.sub(r"^(\s*def __post_init__\(self\).*:)$", r"\1  # pragma: no mutate block",
@@ -155,7 +160,7 @@ def prepare() -> dict:
         'source_paths = ["zoo"]',
         f"only_mutate = {json.dumps(MODULES)}",
         'pytest_add_cli_args_test_selection = ["tests"]',
-        'also_copy = ["scripts", "configs", "benchmarks", "tools"]',
+        f"also_copy = {json.dumps([name for name in COPIED if name != 'zoo'])}",
     ]) + "\n"
     (SCRATCH / "pyproject.toml").write_text(config)
     generate = ("import os, mutmut.__main__ as m\n"
