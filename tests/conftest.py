@@ -24,6 +24,20 @@ if PLATFORM != "cpu":
     # tests compare numbers against float32 references.
     jax.config.update("jax_default_matmul_precision", "highest")
 
+# Every test compiles its programs once and runs them for a few steps at most: on CPU, LLVM at -O0 and
+# XLA's older CPU emitters compile in well under half the time (test_models + test_precision, loaded
+# machine: 381 -> 162 s). Neither allows fast math, so compared numbers keep their tolerances; zoo
+# subprocesses get the same flags (cli_env), so runs compared bit for bit across processes compile alike.
+# Speed is measured by benchmarks/, which never sees these flags.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false" if PLATFORM == "cpu" else ""
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def subprocess_xla_flags(devices: int = 1) -> str:
+    """XLA_FLAGS for a test's subprocess: the tests' compile flags, and `devices` host devices."""
+    count = f" --xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+    return f"{TEST_XLA_FLAGS}{count}".strip()
+
 # Beyond matmul precision, accelerators sum in other orders (cuDNN's algorithms, TPU reductions).
 _TOLERANCE_SCALE = {"cpu": 1, "cuda": 10, "gpu": 10, "rocm": 10, "tpu": 100}
 
@@ -108,9 +122,7 @@ def cli_env(compile_cache):
         out = {**os.environ, "JAX_PLATFORMS": platform, "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-        out.pop("XLA_FLAGS", None)
-        if devices > 1:
-            out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        out["XLA_FLAGS"] = subprocess_xla_flags(devices)
         return out
 
     return env

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, TINY, merged
+from conftest import REPO, TINY, merged, subprocess_xla_flags
 from tools import soak
 from zoo.data import BatchIterator, eval_batches
 from zoo.data.pipeline import Rows
@@ -33,9 +33,7 @@ def env(compile_cache: Path, devices: int = 1, **extra) -> dict:
     out = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra}
-    out.pop("XLA_FLAGS", None)
-    if devices > 1:
-        out["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out["XLA_FLAGS"] = subprocess_xla_flags(devices)
     return out
 
 

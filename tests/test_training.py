@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY, merged
+from conftest import TINY, merged, subprocess_xla_flags
 from zoo import config as config_lib
 from zoo.data import BatchIterator, load_dataset, with_validation
 from zoo.training import build_setup, fit, optim, step as step_lib
@@ -132,7 +132,7 @@ SHARDED = textwrap.dedent("""
 
 
 def run_with_devices(count):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(count),
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
