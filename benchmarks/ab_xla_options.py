@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import statistics
 import sys
 import time
@@ -48,6 +49,7 @@ PARTS = {
     "relupool": ({}, {}),
     "nomatct": ({}, {}),
     "stockbn": ({}, {}),
+    "nomattr": ({}, {}),
 }
 
 
@@ -65,7 +67,9 @@ def _layer_patches(parts):
     """Trace-time swaps of single fast layers: nomat (the fast conv without its materialized input),
     flaxpool (the fast conv with nn.max_pool/avg_pool), stockconv (nn.Conv with the fast pools), relupool
     (the CNN's conv, bias, ReLU, then max_pool, instead of layers.ConvMaxPool), nomatct (the fast conv
-    without its materialized output cotangent), stockbn (nn.BatchNorm in the ResNets)."""
+    without its materialized output cotangent), stockbn (nn.BatchNorm in the ResNets), nomattr
+    (layers.matmul's kernel gradient without its materialized transposed input: layers.Dense, the
+    Transformer's SelfAttention). `stock` (fast_layers false) covers every family with the choice."""
     import flax.linen as nn
     from zoo.models import cnn, layers
 
@@ -91,6 +95,8 @@ def _layer_patches(parts):
         stack.enter_context(_patched(layers, "ConvMaxPool", ReluPool))
     if "stockbn" in parts:  # the ResNets' nn.BatchNorm instead of layers.BatchNorm
         stack.enter_context(_patched(layers, "BatchNorm", nn.BatchNorm))
+    if "nomattr" in parts:  # layers.matmul's kernel gradient without its materialized transposed input
+        stack.enter_context(_patched(layers, "_MATERIALIZE_TRANSPOSED", False))
     if "nomatct" in parts:
         stack.enter_context(_patched(layers, "_MATERIALIZE_COTANGENT", False))
     if "stockconv" in parts:
@@ -138,7 +144,9 @@ def main():
     p.add_argument("--seconds", type=float, default=1.0, help="about this long per variant per round")
     args = p.parse_args()
     names = args.variants.split(",")
-    print(f"jax {jax.__version__}, {bench.machine() if hasattr(bench, 'machine') else ''}", flush=True)
+    print(f"jax {jax.__version__}, {bench.machine()}", flush=True)
+    print(f"load average at start {os.getloadavg()[0]:.2f}, float32 matmul ceiling "
+          f"{statistics.median(bench.matmul_gflops()):.0f} GFLOP/s", flush=True)
     for wname in args.workloads.split(","):
         workload = bench.WORKLOADS[wname]
         x, y = bench.batch(workload)
@@ -152,18 +160,29 @@ def main():
         runners[names[0]].run(1)
         steps = max(1, int(args.seconds / max(time.perf_counter() - start, 1e-4)))
         times = {n: [] for n in runners}
+        cpu = {n: [] for n in runners}
         for r in range(args.rounds):
             order = list(runners)[r % len(runners):] + list(runners)[:r % len(runners)]
             for n in order:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 runners[n].run(steps)
                 times[n].append((time.perf_counter() - t0) / steps * 1e3)
-        base = names[0]
-        for n in runners:
-            ratios = [t / b for t, b in zip(times[n], times[base])]
-            print(f"{wname:12s} {n:16s} median {statistics.median(times[n]):8.2f} ms  "
-                  f"ratio to {base} {statistics.median(ratios):.3f} (min {min(ratios):.3f} max {max(ratios):.3f})  "
-                  f"compile {runners[n].compile_seconds:.1f}s", flush=True)
+                cpu[n].append((time.process_time() - c0) / steps * 1e3)
+        report(wname, names[0], runners, times, cpu)
+    print(f"load average at end {os.getloadavg()[0]:.2f}, float32 matmul ceiling "
+          f"{statistics.median(bench.matmul_gflops()):.0f} GFLOP/s", flush=True)
+
+
+def report(wname, base, runners, times, cpu):
+    """One line per variant: median wall ms, the median (min, max) of its per-round ratios to `base`,
+    the same for process CPU time (all threads: less disturbed by other processes than wall time)."""
+    for n in runners:
+        ratios = [t / b for t, b in zip(times[n], times[base])]
+        cpu_ratios = [t / b for t, b in zip(cpu[n], cpu[base])]
+        print(f"{wname:12s} {n:16s} median {statistics.median(times[n]):8.2f} ms  "
+              f"ratio to {base} {statistics.median(ratios):.3f} (min {min(ratios):.3f} max {max(ratios):.3f})  "
+              f"cpu ratio {statistics.median(cpu_ratios):.3f} ({min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})  "
+              f"compile {runners[n].compile_seconds:.1f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""The PyTorch eager baselines of the benchmark: the same workloads as the zoo's (shapes, float32,
-Adam, cross-entropy). PyTorch is an optional extra (`pip install -e '.[bench]'`); only the benchmark
-imports this module, and only when PyTorch is installed (`bench.torch_available()`).
+"""The PyTorch baselines of the benchmark, eager and under `torch.compile`: the same workloads as the
+zoo's (shapes, float32, Adam, cross-entropy). PyTorch is an optional extra (`pip install -e '.[bench]'`);
+only the benchmark imports this module, and only when PyTorch is installed (`bench.torch_available()`).
 """
 
 from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
 
 import numpy as np
 import torch
@@ -77,7 +83,9 @@ def torch_model(name: str):
                 return self.head(self.norm(x).mean(dim=1))
 
         return Transformer()
-    raise KeyError(name)
+    from lm_torch import lm_model  # the language-model workloads (issue 24)
+
+    return lm_model(name)
 
 
 def torch_input(x: np.ndarray):
@@ -86,20 +94,47 @@ def torch_input(x: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def torch_runner(name: str, x, y, learning_rate: float):
-    """`run(n)`: n PyTorch eager Adam steps of workload `name` on the fixed batch (x, y)."""
+def _cold_inductor_cache() -> None:
+    """Points inductor's on-disk caches at a new, empty folder (removed at exit), so that each compile
+    is a first compile, as a user's first run has it, not a reuse of an earlier run's or workload's."""
+    folder = tempfile.mkdtemp(prefix="zoo-bench-inductor-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+
+
+def torch_runner(name: str, x, y, learning_rate: float, compiled: bool = False):
+    """(`run(n)`: n PyTorch Adam steps of workload `name` on the fixed batch (x, y), compile seconds).
+
+    `compiled`: the model under `torch.compile` (inductor, its defaults: what a user writes first);
+    the loss, backward and Adam step stay eager, as in PyTorch's own tutorials. Its compile seconds
+    are the first step's wall time less a later step's (dynamo, AOTAutograd and inductor compile the
+    forward and backward graphs during the first step); None for eager."""
+    if compiled:
+        _cold_inductor_cache()
     torch.manual_seed(0)
     model = torch_model(name)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    forward = torch.compile(model) if compiled else model
     tx, ty = torch_input(x), torch.from_numpy(y.astype(np.int64))
 
     def run(n: int):
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(tx), ty)
+            out = forward(tx)
+            out = out[0] if isinstance(out, tuple) else out  # the LMs return (logits, cache)
+            loss = F.cross_entropy(out.flatten(0, -2), ty.flatten())  # per example, or per position (LM)
             loss.backward()
             optimizer.step()
         loss.item()
 
-    return run
+    if not compiled:
+        return run, None
+    first = _seconds(run)
+    return run, max(0.0, first - _seconds(run))
+
+
+def _seconds(run) -> float:
+    start = time.perf_counter()
+    run(1)
+    return time.perf_counter() - start

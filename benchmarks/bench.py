@@ -1,9 +1,12 @@
-"""Side-by-side speed of one training step: the zoo's jitted step, a plain Flax/optax step, PyTorch eager.
+"""Side-by-side speed of one training step: the zoo's jitted step, a plain Flax/optax step, PyTorch eager
+and PyTorch under torch.compile (inductor).
 
 Every framework trains the same workload (shapes, float32, Adam, cross-entropy) on one fixed batch.
 Timings are interleaved in rounds (the order rotates each round) so that a noisy, shared machine
 slows all columns alike; medians and ratios are reported. PyTorch is optional (the `bench` extra);
-its models are in baselines_torch.py, the GPU variant in bench_gpu.py.
+its models are in baselines_torch.py, the GPU variant in bench_gpu.py. The committed record
+(--out benchmarks: RESULTS.md, results.json and the table in docs/speed.md) is written only from a
+quiet machine (`quiet_machine_problem`); a loaded one gets its results written to runs/bench/<time>/.
 
     python benchmarks/bench.py                       # full run (~4 min on 2 cores), writes runs/bench/<time>/
     python benchmarks/bench.py --out benchmarks      # rewrites the committed record, benchmarks/RESULTS.md
@@ -15,6 +18,7 @@ its models are in baselines_torch.py, the GPU variant in bench_gpu.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,8 +44,17 @@ import optax
 from zoo.util import utc_timestamp
 
 LEARNING_RATE = 1e-3
-FRAMEWORKS = ("zoo", "flax", "torch")
-LABELS = {"zoo": "zoo", "flax": "plain Flax", "torch": "PyTorch eager"}
+FRAMEWORKS = ("zoo", "flax", "torch", "compile")
+LABELS = {"zoo": "zoo", "flax": "plain Flax", "torch": "PyTorch eager", "compile": "torch.compile"}
+COMMITTED = ROOT / "benchmarks"  # --out here: the committed record, refused on a loaded machine
+SPEED_DOC = ROOT / "docs" / "speed.md"  # its table between TABLE_MARKERS is rewritten with the record
+TABLE_MARKERS = ("<!-- bench table: written by benchmarks/bench.py --out benchmarks -->", "<!-- end of bench table -->")
+# A quiet machine, for the committed record: a 1-minute load average at start of at most this per core
+# (1.5 on 2 cores), other processes using at most this share of the machine's CPU time while the
+# columns are timed (from /proc/stat), and a matmul ceiling at the end at least this share of the start's.
+QUIET_LOAD_PER_CORE = 0.75
+QUIET_OTHER_CPU_SHARE = 0.10
+QUIET_CEILING_KEPT = 0.85
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +67,7 @@ class Workload:
     input_shape: tuple  # one example
     num_classes: int = 10
     analytic_flops: Callable | None = None  # when a scan hides the FLOPs from XLA's cost analysis
+    task: str = "classify"  # lm: token windows in, a next-token target at every position (num_classes = vocabulary)
 
 
 def _lstm_flops(batch=64, steps=64, inputs=32, hidden=256, classes=10) -> float:
@@ -74,6 +88,13 @@ WORKLOADS = {
                  "batch 32", "transformer",
                  {"width": 256, "depth": 4, "num_heads": 4, "mlp_dim": 1024, "patch_size": 1, "pool": "mean"},
                  32, (128, 256)),
+        # Language models (issue 24): byte vocabulary, seq 128, batch 32, next-token loss at every position.
+        Workload("lm_lstm", "LSTM language model: embed 64, hidden 256, vocab 256, seq 128, batch 32", "lstm_lm",
+                 {"hidden_size": 256, "embed_dim": 64}, 32, (128,), num_classes=256, task="lm",
+                 analytic_flops=lambda: _lstm_flops(32, 128, 64, 256, 0) + 3.0 * 2 * 32 * 128 * 256 * 256),
+        Workload("lm_transformer", "Transformer LM 4x128 (GPT-style, pre-LN, causal), 4 heads, MLP 512, vocab 256, "
+                 "seq 128, batch 32", "transformer_lm",
+                 {"width": 128, "depth": 4, "num_heads": 4, "max_len": 128}, 32, (128,), num_classes=256, task="lm"),
     ]
 }
 
@@ -200,6 +221,9 @@ def _jax_runner(jitted, state, *args) -> Runner:
 
 def batch(workload: Workload, seed: int = 0):
     rng = np.random.default_rng(seed)
+    if workload.task == "lm":  # token windows; targets: the next token at every position
+        tokens = rng.integers(0, workload.num_classes, (workload.batch, workload.input_shape[0] + 1)).astype(np.int32)
+        return tokens[:, :-1], tokens[:, 1:]
     x = rng.standard_normal((workload.batch, *workload.input_shape), dtype=np.float32)
     y = rng.integers(0, workload.num_classes, workload.batch).astype(np.int32)
     return x, y
@@ -208,17 +232,18 @@ def batch(workload: Workload, seed: int = 0):
 def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, precision: str = "float32", mesh=None) -> Runner:
     """The zoo's own path: the registry's model (at `precision`: its model.precision), the training
     package's state, optimizer and jitted step (on `mesh`, all devices by default)."""
-    from zoo import models
+    from zoo import models, tasks
     from zoo.config import OptimizerConfig
     from zoo.training import optim, state as state_lib, step as step_lib
 
     hparams = {**workload.hparams, **({"precision": precision} if precision != "float32" else {})}
-    model = models.build(workload.model, workload.num_classes, **hparams)
+    model = models.build(workload.model, workload.num_classes, vocab_size=workload.num_classes, **hparams)
+    task = tasks.LanguageModel(workload.num_classes) if workload.task == "lm" else workload.num_classes
     tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
     mesh = mesh or step_lib.make_mesh()
     sample = x[0, :1] if steps_per_call > 1 else x[:1]
     state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(sample)
-    jitted = step_lib.jit_train_step(model, tx, workload.num_classes, 0.0, mesh, steps_per_call)
+    jitted = step_lib.jit_train_step(model, tx, task, 0.0, mesh, steps_per_call)
     leading = 1 if steps_per_call > 1 else 0
     return _jax_runner(jitted, state, step_lib.put_batch(mesh, x, leading), step_lib.put_batch(mesh, y, leading))
 
@@ -260,14 +285,17 @@ def torch_available() -> bool:
     return True
 
 
-def torch_runner(workload: Workload, x, y) -> Runner:
-    """PyTorch eager (baselines_torch.py), imported only here: torch is an optional extra."""
+def torch_runner(workload: Workload, x, y, compiled: bool = False) -> Runner:
+    """PyTorch eager, or under torch.compile (baselines_torch.py), imported only here: torch is an
+    optional extra. The compile column's compile time is its first step's less a later step's."""
     import baselines_torch
 
-    return Runner(baselines_torch.torch_runner(workload.name, x, y, LEARNING_RATE))
+    run, compile_seconds = baselines_torch.torch_runner(workload.name, x, y, LEARNING_RATE, compiled=compiled)
+    return Runner(run, compile_seconds)
 
 
-RUNNERS = {"zoo": zoo_runner, "flax": plain_flax_runner, "torch": torch_runner}
+RUNNERS = {"zoo": zoo_runner, "flax": plain_flax_runner, "torch": torch_runner,
+           "compile": functools.partial(torch_runner, compiled=True)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,6 +320,45 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> list[float]:
     return [rate / 1e9 for rate in matmul_rates(size, repeats)]
 
 
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds every process on this machine has used since boot (all cores; /proc/stat), None
+    where there is no /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Monitor:
+    """What a run saw of the machine: matmul-ceiling samples, and the CPU time this process and the
+    whole machine used while the columns were timed (other processes' share is the difference)."""
+    ceiling_samples: list = dataclasses.field(default_factory=list)
+    wall: float = 0.0
+    own_cpu: float = 0.0
+    machine_cpu: float | None = 0.0
+
+    @contextlib.contextmanager
+    def timing(self):
+        wall, own, machine_start = time.perf_counter(), time.process_time(), machine_cpu_seconds()
+        yield
+        self.wall += time.perf_counter() - wall
+        self.own_cpu += time.process_time() - own
+        machine_end = machine_cpu_seconds()
+        if None in (machine_start, machine_end, self.machine_cpu):
+            self.machine_cpu = None
+        else:
+            self.machine_cpu += machine_end - machine_start
+
+    def other_cpu_share(self) -> float | None:
+        """The share of the machine's CPU time (all cores) that other processes used while timing."""
+        if not self.wall or self.machine_cpu is None:
+            return None
+        return max(0.0, self.machine_cpu - self.own_cpu) / (self.wall * (os.cpu_count() or 1))
+
+
 def _timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
     """(wall, process CPU) seconds per step over n steps."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -299,27 +366,44 @@ def _timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
     return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
 
-def measure_workload(workload: Workload, frameworks, rounds: int, round_seconds: float,
-                     ceiling_samples: list, log=print, precision: str = "float32") -> dict:
-    """Builds every framework's step, warms it up, then times them interleaved; per-step medians.
-    `precision` is the zoo model's; the other columns stay float32."""
-    x, y = batch(workload)
+def build_runners(workload: Workload, frameworks, x, y, log=print, precision: str = "float32") -> dict:
+    """framework -> its Runner, after one real step (allocations, lazy initialization). A column other
+    than the zoo's that cannot be built (no PyTorch model of a workload, a compiler failing) is left
+    out with one line saying why."""
     runners = {}
     makers = {**RUNNERS, "zoo": functools.partial(zoo_runner, precision=precision)}
     for framework in frameworks:
-        runners[framework] = makers[framework](workload, x, y)
-        runners[framework].run(1)  # first real step: allocations, lazy initialization
+        try:
+            runners[framework] = makers[framework](workload, x, y)
+        except Exception as error:  # noqa: BLE001 - any failure of an optional column
+            if framework == "zoo":
+                raise
+            reason = (str(error).splitlines() or [""])[0][:160]
+            log(f"  {workload.name}: no {LABELS[framework]} column ({type(error).__name__}: {reason})")
+            continue
+        runners[framework].run(1)
+    return runners
+
+
+def measure_workload(workload: Workload, frameworks, rounds: int, round_seconds: float,
+                     monitor: Monitor, log=print, precision: str = "float32") -> dict:
+    """Builds every framework's step, warms it up, then times them interleaved; per-step medians.
+    `precision` is the zoo model's; the other columns stay float32."""
+    x, y = batch(workload)
+    runners = build_runners(workload, frameworks, x, y, log, precision)
+    frameworks = list(runners)
     # Steps per timed block, so that one block lasts about round_seconds.
     counts = {f: max(1, round(round_seconds / _timed(r.run, 1)[0])) for f, r in runners.items()}
     samples = {f: [] for f in frameworks}
     cpu_samples = {f: [] for f in frameworks}
     for i in range(rounds):
         order = frameworks[i % len(frameworks):] + frameworks[:i % len(frameworks)]
-        for framework in order:
-            wall, cpu = _timed(runners[framework].run, counts[framework])
-            samples[framework].append(wall)
-            cpu_samples[framework].append(cpu)
-        ceiling_samples.extend(matmul_gflops(repeats=1))
+        with monitor.timing():
+            for framework in order:
+                wall, cpu = _timed(runners[framework].run, counts[framework])
+                samples[framework].append(wall)
+                cpu_samples[framework].append(cpu)
+            monitor.ceiling_samples.extend(matmul_gflops(repeats=1))
     flops = workload.analytic_flops() if workload.analytic_flops else runners[frameworks[0]].flops
     result = {"workload": workload.name, "description": workload.description,
               "flops_per_step": flops,
@@ -400,8 +484,9 @@ def workload_xla_options(workload: Workload) -> dict:
 
 
 def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = True, log=print,
-                  precision: str = "float32") -> dict:
-    """Measures the named workloads (and the multi-step dispatch table); returns the JSON-able result."""
+                  precision: str = "float32", torch_compile: bool = True) -> dict:
+    """Measures the named workloads (and the multi-step dispatch table); returns the JSON-able result,
+    with the load average and matmul ceiling at start and end and other processes' CPU share."""
     frameworks = ["zoo", "flax"]
     threads = None
     if torch_available():
@@ -409,19 +494,25 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
 
         threads = os.cpu_count()
         torch.set_num_threads(threads)
-        frameworks.append("torch")
+        frameworks += ["torch", "compile"] if torch_compile else ["torch"]
     else:
         log("PyTorch is not installed: only the zoo and plain Flax columns are measured. "
-            "Install the bench extra (pip install -e '.[bench]', i.e. torch==2.13.0) for the PyTorch column.")
+            "Install the bench extra (pip install -e '.[bench]', i.e. torch==2.13.0) for the PyTorch columns.")
     load_start = os.getloadavg()
-    ceiling_samples = matmul_gflops()
+    monitor = Monitor(matmul_gflops())
+    ceiling_start = statistics.median(monitor.ceiling_samples)
+    log(f"start: load average (1 min) {load_start[0]:.2f}, float32 matmul ceiling {ceiling_start:.0f} GFLOP/s")
     results = []
     for name in names:
         log(f"{name}: zoo XLA options {workload_xla_options(WORKLOADS[name])}")
-        results.append(measure_workload(WORKLOADS[name], frameworks, rounds, round_seconds, ceiling_samples, log,
-                                        precision))
-    ceiling_samples.extend(matmul_gflops())
-    ceiling = statistics.median(ceiling_samples)
+        results.append(measure_workload(WORKLOADS[name], frameworks, rounds, round_seconds, monitor, log, precision))
+    end_samples = matmul_gflops()
+    monitor.ceiling_samples.extend(end_samples)
+    ceiling = statistics.median(monitor.ceiling_samples)
+    other = monitor.other_cpu_share()
+    log(f"end: load average (1 min) {os.getloadavg()[0]:.2f}, float32 matmul ceiling "
+        f"{statistics.median(end_samples):.0f} GFLOP/s; other processes used "
+        f"{'an unknown share' if other is None else f'{other:.0%}'} of the CPU while the columns were timed")
     for result in results:
         for entry in result["frameworks"].values():
             entry["fraction_of_matmul"] = entry["gflops_per_s"] / ceiling if entry["gflops_per_s"] else None
@@ -432,10 +523,12 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": {"start": load_start, "end": os.getloadavg()},
+        "other_cpu_share": other,
         "rounds": rounds,
         "precision": precision,
         "matmul_ceiling_gflops": ceiling,
-        "matmul_samples_gflops": ceiling_samples,
+        "matmul_ceiling_gflops_start_end": [ceiling_start, statistics.median(end_samples)],
+        "matmul_samples_gflops": monitor.ceiling_samples,
         "workloads": results,
         "dispatch": measure_dispatch(max(3, rounds // 2), log=log) if dispatch else None,
     }
@@ -457,21 +550,22 @@ def _fmt(value, spec, missing="-"):
 
 
 def table_rows(report: dict) -> tuple[list, list]:
-    header = ["workload", "GFLOP/step", "zoo ms", "plain Flax ms", "PyTorch ms", "before: Flax/PyTorch",
-              "after: zoo/PyTorch", "zoo compile s", "Flax compile s", "zoo GFLOP/s (of matmul)",
-              "PyTorch GFLOP/s (of matmul)"]
+    header = ["workload", "GFLOP/step", "zoo ms", "plain Flax ms", "PyTorch ms", "torch.compile ms",
+              "before: Flax/PyTorch", "after: zoo/PyTorch", "zoo/torch.compile", "zoo compile s", "Flax compile s",
+              "torch.compile compile s", "zoo GFLOP/s (of matmul)", "PyTorch GFLOP/s (of matmul)"]
     rows = []
     for result in report["workloads"]:
         fw = result["frameworks"]
         ms = lambda f: _fmt(fw.get(f, {}).get("median_ms"), ".2f")  # noqa: E731
+        compile_s = lambda f: _fmt(fw.get(f, {}).get("compile_s"), ".2f")  # noqa: E731
         rate = lambda f: "-" if f not in fw or fw[f]["gflops_per_s"] is None else (  # noqa: E731
             f"{fw[f]['gflops_per_s']:.0f} ({fw[f]['fraction_of_matmul']:.0%})")
         rows.append([
             result["workload"], _fmt(result["flops_per_step"] and result["flops_per_step"] / 1e9, ".2f"),
-            ms("zoo"), ms("flax"), ms("torch"),
+            ms("zoo"), ms("flax"), ms("torch"), ms("compile"),
             _fmt(_ratio(result, "flax", "torch"), ".2f"), _fmt(_ratio(result, "zoo", "torch"), ".2f"),
-            _fmt(fw["zoo"]["compile_s"], ".2f"), _fmt(fw["flax"]["compile_s"], ".2f"),
-            rate("zoo"), rate("torch"),
+            _fmt(_ratio(result, "zoo", "compile"), ".2f"),
+            compile_s("zoo"), compile_s("flax"), compile_s("compile"), rate("zoo"), rate("torch"),
         ])
     return header, rows
 
@@ -483,17 +577,22 @@ def text_table(header, rows) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def markdown(report: dict, command: str) -> str:
-    header, rows = table_rows(report)
+def conditions(report: dict) -> str:
+    """One line: the load average and matmul ceiling at start and end, and other processes' CPU share."""
+    load, cores = report["load_average"], report["machine"]["cores"]
+    ceilings = report.get("matmul_ceiling_gflops_start_end") or [report["matmul_ceiling_gflops"]] * 2
+    other = report.get("other_cpu_share")
+    return (f"load average (1 min) at start / end {load['start'][0]:.1f} / {load['end'][0]:.1f} on {cores} cores "
+            f"(the end includes the benchmark's own threads); float32 matmul ceiling at start / end "
+            f"{ceilings[0]:.0f} / {ceilings[1]:.0f} GFLOP/s; other processes used "
+            + ("an unknown share" if other is None else f"{other:.0%}") + " of the CPU while the columns were timed")
+
+
+def _setup_lines(report: dict) -> list[str]:
+    """The bullet lines on the machine, versions, threads and load of a report."""
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-    precision = report.get("precision", "float32")
-    lines = [
-        "# Training-step benchmark: zoo vs plain Flax vs PyTorch eager"
-        + ("" if precision == "float32" else f" (zoo in {precision})"),
-        "",
-        f"Written by `{command}` on {report['date']}.",
-        "",
+    return [
         f"- Machine: {m['cpu']}, {m['cores']} cores, ISA {m.get('isa') or 'unknown'} ({m['platform']}); "
         f"JAX devices: {', '.join(m['jax_devices'])}",
         "- zoo XLA options (zoo.training.step.compiler_options, per model family): "
@@ -503,11 +602,23 @@ def markdown(report: dict, command: str) -> str:
         f"OMP_WAIT_POLICY={report['omp_wait_policy']} (PASSIVE unless set: OpenMP's default spinning "
         "collapses under other load); XLA uses every core by default." if report["torch_threads"]
         else "- PyTorch: not installed.",
-        f"- Load average (1 min) at start / end: {report['load_average']['start'][0]:.1f} / "
-        f"{report['load_average']['end'][0]:.1f} on {m['cores']} cores: above {m['cores']}, other processes "
-        "competed for the cores and every column is slower (PyTorch's OpenMP threads suffer most).",
+        f"- Machine load: {conditions(report)}. Other processes slow every column (PyTorch's OpenMP "
+        "threads most); the committed record is written only when the machine was quiet (bench.py's QUIET_*).",
         f"- float32 matmul ceiling (2048x2048 jnp.dot, median of {len(report['matmul_samples_gflops'])} "
         f"samples through the run): {report['matmul_ceiling_gflops']:.0f} GFLOP/s",
+    ]
+
+
+def markdown(report: dict, command: str) -> str:
+    header, rows = table_rows(report)
+    precision = report.get("precision", "float32")
+    lines = [
+        "# Training-step benchmark: zoo vs plain Flax vs PyTorch eager and torch.compile"
+        + ("" if precision == "float32" else f" (zoo in {precision})"),
+        "",
+        f"Written by `{command}` on {report['date']}.",
+        "",
+        *_setup_lines(report),
         f"- One step = forward + backward + Adam (lr {LEARNING_RATE}), float32, one fixed batch; median of "
         f"{report['rounds']} interleaved rounds (the order rotates each round)."
         + ("" if precision == "float32" else
@@ -517,8 +628,12 @@ def markdown(report: dict, command: str) -> str:
         "- **before**: a plain Flax Linen model (nn.max_pool, nn.RNN(nn.LSTMCell), "
         "nn.MultiHeadDotProductAttention) with a plain optax step; **after**: the zoo's registry model "
         "and its own jitted train step (zoo.training.step). Ratios below 1 mean faster than PyTorch.",
+        "- **torch.compile**: the PyTorch model under `torch.compile` (inductor's defaults, C++ kernels "
+        "built with the machine's compiler, a new empty cache for each workload: a first compile); loss, "
+        "backward and Adam as in the eager column. Its compile time is its first step's less a later "
+        "step's. Dynamo leaves `nn.LSTM` to eager by default (torch._dynamo.config.allow_rnn is off).",
         "- FLOPs: XLA's cost analysis of the zoo's compiled step; for the LSTM (a scan, which hides "
-        "them) 3x the forward matmul FLOPs. Compile: lower + compile of the first call.",
+        "them) 3x the forward matmul FLOPs. zoo and Flax compile: lower + compile of the first call.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -538,11 +653,9 @@ def markdown(report: dict, command: str) -> str:
 def repeat_markdown(report: dict, index: int, count: int) -> str:
     """A later run of the same command: its date, load, matmul ceiling and table."""
     header, rows = table_rows(report)
-    cores = report["machine"]["cores"]
     lines = [f"## Run {index} of {count} (same command, right after run {index - 1})", "",
-             f"- Ended {report['date']}; load average (1 min) at start / end: "
-             f"{report['load_average']['start'][0]:.1f} / {report['load_average']['end'][0]:.1f} on {cores} cores; "
-             f"float32 matmul ceiling {report['matmul_ceiling_gflops']:.0f} GFLOP/s.", "",
+             f"- Ended {report['date']}; {conditions(report)}; float32 matmul ceiling (median through the run) "
+             f"{report['matmul_ceiling_gflops']:.0f} GFLOP/s.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines + [""])
@@ -575,6 +688,69 @@ def default_out_dir() -> Path:
     return Path("runs") / "bench" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
+def is_committed(out) -> bool:
+    """Whether `out` is the committed record's folder (benchmarks/ of this checkout)."""
+    return bool(out) and Path(out).resolve() == COMMITTED.resolve()
+
+
+def start_load_problem(load_1min: float, cores: int) -> str | None:
+    """Why the machine is too loaded to start the committed record (None: quiet enough)."""
+    limit = QUIET_LOAD_PER_CORE * cores
+    if load_1min > limit:
+        return f"the 1-minute load average is {load_1min:.2f} on {cores} cores (at most {limit:.2f})"
+    return None
+
+
+def quiet_machine_problem(reports: list[dict]) -> str | None:
+    """Why a finished run is unfit for the committed record: other processes took more than
+    QUIET_OTHER_CPU_SHARE of the CPU while the columns were timed, or the matmul ceiling fell below
+    QUIET_CEILING_KEPT of the start's (None: quiet enough)."""
+    for report in reports:
+        other = report.get("other_cpu_share")
+        if other is not None and other > QUIET_OTHER_CPU_SHARE:
+            return (f"other processes used {other:.0%} of the CPU while the columns were timed "
+                    f"(at most {QUIET_OTHER_CPU_SHARE:.0%})")
+        start, end = report["matmul_ceiling_gflops_start_end"]
+        if end < QUIET_CEILING_KEPT * start:
+            return (f"the float32 matmul ceiling fell from {start:.0f} to {end:.0f} GFLOP/s during the run "
+                    f"(at least {QUIET_CEILING_KEPT:.0%} of the start's)")
+    return None
+
+
+def write_speed_doc(report: dict, command: str, doc: Path = SPEED_DOC) -> bool:
+    """Replaces the table between TABLE_MARKERS in docs/speed.md with `report`'s (False: no markers)."""
+    text = doc.read_text() if doc.is_file() else ""
+    start, end = TABLE_MARKERS
+    if start not in text or end not in text.split(start, 1)[1]:
+        return False
+    header, rows = table_rows(report)
+    table = [f"`{command}`, {report['date']}, {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+             f"ISA {report['machine'].get('isa')}, {report['rounds']} rounds; {conditions(report)}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+    before, rest = text.split(start, 1)
+    doc.write_text(before + start + "\n" + "\n".join(table) + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
+def write_results(reports: list[dict], command: str, out) -> int:
+    """Writes the results where `out` says; the committed record only from a quiet machine (else to a
+    new runs/bench/<time>/ folder, saying so in one line, status 2)."""
+    status = 0
+    if is_committed(out):
+        problem = quiet_machine_problem(reports)
+        if problem:
+            out, status = default_out_dir(), 2
+            print(f"bench: not writing the committed record {COMMITTED}: {problem}; "
+                  f"the results go to {out} instead", file=sys.stderr)
+        elif not write_speed_doc(reports[0], command):
+            print(f"bench: {SPEED_DOC} has no bench table markers: its table was not rewritten", file=sys.stderr)
+    if out:
+        md, js = write_outputs(reports, command, Path(out))
+        print(f"wrote {md} and {js}")
+    return status
+
+
 def main(argv=None) -> int:
     """Times the workloads, prints the table, writes RESULTS.md and results.json."""
     import shlex
@@ -589,6 +765,8 @@ def main(argv=None) -> int:
                         "folder; --out benchmarks rewrites the committed record; '' for none)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="the zoo model's compute precision (model.precision); other columns stay float32")
+    parser.add_argument("--no-torch-compile", action="store_true",
+                        help="leave out the torch.compile column (its first compiles take ~2 min in all)")
     parser.add_argument("--command", help=argparse.SUPPRESS)  # how the caller was invoked, for RESULTS.md
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.workloads.split(",") if n.strip()] if args.workloads else list(WORKLOADS)
@@ -603,23 +781,24 @@ def main(argv=None) -> int:
     if args.repeat < 1:
         print(f"bench: error: --repeat {args.repeat} must be at least 1", file=sys.stderr)
         return 2
+    problem = start_load_problem(os.getloadavg()[0], os.cpu_count() or 1) if is_committed(args.out) else None
+    if problem:
+        print(f"bench: error: not writing the committed record {COMMITTED} from a loaded machine: {problem}; "
+              "run it when the machine is quiet, or give another --out", file=sys.stderr)
+        return 2
     reports = []
     for run_index in range(args.repeat):
         if args.repeat > 1:
             print(f"run {run_index + 1} of {args.repeat}", file=sys.stderr, flush=True)
         reports.append(run_benchmark(names, rounds, 0.1 if args.quick else 0.3, dispatch=dispatch,
                                      log=lambda line: print(line, file=sys.stderr, flush=True),
-                                     precision=args.precision))
+                                     precision=args.precision, torch_compile=not args.no_torch_compile))
         print(text_table(*table_rows(reports[-1])))
     report = reports[0]
     command = args.command or shlex.join(["python", "benchmarks/bench.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"float32 matmul ceiling: {report['matmul_ceiling_gflops']:.0f} GFLOP/s; "
           f"PyTorch threads: {report['torch_threads'] or 'not installed'}")
-    out = default_out_dir() if args.out is None else args.out
-    if out:
-        md, js = write_outputs(reports, command, Path(out))
-        print(f"wrote {md} and {js}")
-    return 0
+    return write_results(reports, command, default_out_dir() if args.out is None else args.out)
 
 
 if __name__ == "__main__":

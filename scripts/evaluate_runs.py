@@ -1,6 +1,7 @@
 """Restore and evaluate every run directory under a folder, from the run directories alone: the
 checkpoint chosen on validation ("best") and the latest, each re-evaluated on the test split and
-checked against the accuracy recorded when it was saved.
+checked against the accuracy (a regression's R², a language model's bpc: the task's main metric)
+recorded when it was saved.
 
     python scripts/evaluate_runs.py runs/compare_digits/runs
 
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the zoo of this checkout
 import zoo  # noqa: E402
 from zoo.rundir import find_runs  # noqa: E402
+from zoo.tasks import describe  # noqa: E402
 
 
 def evaluate_all(root: Path) -> list[dict]:
@@ -32,12 +34,13 @@ def evaluate_all(root: Path) -> list[dict]:
         except zoo.ZooError as error:
             rows.append({**row, "skipped": str(error)})
             continue
-        recorded = [(r["test"]["accuracy"], (r.get("recorded") or {}).get("test_accuracy"))
+        metric = describe(latest.get("task")).main().name  # accuracy for classify
+        recorded = [(r["test"][metric], (r.get("recorded") or {}).get(f"test_{metric}"))
                     for r in (latest, best) if r]
-        row.update({"model": latest["model"], "latest_step": latest["step"],
-                    "latest_test": latest["test"]["accuracy"],
+        row.update({"model": latest["model"], "metric": metric, "latest_step": latest["step"],
+                    "latest_test": latest["test"][metric],
                     "best_step": best["step"] if best else None,
-                    "best_test": best["test"]["accuracy"] if best else None,
+                    "best_test": best["test"][metric] if best else None,
                     "max_diff_from_recorded": max(abs(now - then) for now, then in recorded if then is not None)})
         rows.append(row)
     return rows

@@ -38,6 +38,7 @@ def subprocess_xla_flags(devices: int = 1) -> str:
     count = f" --xla_force_host_platform_device_count={devices}" if devices > 1 else ""
     return f"{TEST_XLA_FLAGS}{count}".strip()
 
+
 # Beyond matmul precision, accelerators sum in other orders (cuDNN's algorithms, TPU reductions).
 _TOLERANCE_SCALE = {"cpu": 1, "cuda": 10, "gpu": 10, "rocm": 10, "tpu": 100}
 
@@ -75,6 +76,15 @@ def merged(base: dict, overrides: dict) -> dict:
         both_sections = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = merged(out[key], value) if both_sections else value
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zoo_cache_dir(tmp_path_factory) -> Path:
+    """$ZOO_CACHE_DIR for the session, in pytest's temporary directory: a CLI run in a test (in this
+    process or a subprocess) never writes into the user's ~/.cache/zoo."""
+    path = tmp_path_factory.mktemp("zoo_cache")
+    os.environ["ZOO_CACHE_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -267,3 +277,23 @@ def refused_train(tmp_path, write_config, zoo_main, one_line_error, snapshot):
         return err
 
     return check
+
+
+# Issue 25: every augmentation and a moving average of the weights, in one tiny run.
+EMA_AUGMENT = {"data": {"augment": {"crop_pad": 1, "flip": True, "mixup": 0.4, "cutmix": 1.0}},
+               "train": {"steps": 4, "log_every": 2, "ema": {"decay": 0.5, "every": 1}},
+               "checkpoint": {"every": 2, "keep": 2}}
+
+
+@pytest.fixture(scope="session")
+def ema_augment_runs(tiny_config, tmp_path_factory) -> tuple[Path, Path]:
+    """(uninterrupted, resumed): EMA_AUGMENT trained 4 steps straight, and the same run resumed from its
+    step-2 checkpoint (a copy with step 4 deleted, trained again), once for the session."""
+    from zoo.training import fit
+
+    root = tmp_path_factory.mktemp("ema_augment")
+    fit(tiny_config(EMA_AUGMENT), root / "straight")
+    resumed = Path(shutil.copytree(root / "straight", root / "resumed"))
+    shutil.rmtree(resumed / "checkpoints" / "4")
+    fit(tiny_config(EMA_AUGMENT), resumed)
+    return root / "straight", resumed

@@ -14,6 +14,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from conftest import CHEAP_COMPILE
+from test_models import integer_labels
 from zoo import models
 
 NUM_CLASSES = 3
@@ -60,13 +61,13 @@ def sample(kind: str, shape, key):
 def transforms(model, variables, x, directions, rng):
     """(jvp of apply, Hessian-vector product of the loss, vmap of apply over two parameter sets)."""
     d_params, d_x, params_b = directions
-    labels = jnp.arange(x.shape[0]) % NUM_CLASSES
 
     def logits(params, x):
         return model.apply({**variables, "params": params}, x, train=True, rng=rng)[0]
 
     def loss(params):
-        return optax.softmax_cross_entropy_with_integer_labels(logits(params, x), labels).mean()
+        outputs = logits(params, x)  # (B, C), or (B, T, C) for a language model: a label per position
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, integer_labels(outputs, NUM_CLASSES)).mean()
 
     params = variables["params"]
     if d_x is None:  # token ids: no tangent

@@ -32,7 +32,8 @@ def _model(directory, name: str, model: dict, dataset: str = "digits", sub: str 
 
 
 def _compare(directory, **raw) -> str:
-    raw = {"name": "proto", "dataset": "digits", "seeds": [0, 1], "budget": {"steps": 10}, **raw}
+    # population: off: `fit`, stubbed below, trains every run (populations: tests/test_population.py)
+    raw = {"name": "proto", "dataset": "digits", "seeds": [0, 1], "budget": {"steps": 10}, "population": "off", **raw}
     if "models" not in raw:
         raw["models"] = [_model(directory, "tiny_mlp", {"name": "mlp", "hidden_sizes": [8]}),
                          _model(directory, "tiny_cnn", {"name": "cnn", "features": [4], "hidden": 8})]

@@ -34,9 +34,9 @@ def test_defaults_fill_missing_sections():
 
 
 def test_override_sets_nested_value_parsed_as_yaml():
-    raw = config_lib.apply_overrides(minimal(), ["optimizer.learning_rate=3e-4", "data.shift=2"])
+    raw = config_lib.apply_overrides(minimal(), ["optimizer.learning_rate=3e-4", "data.augment.crop_pad=2"])
     config = config_lib.from_dict(raw)
-    assert config.optimizer.learning_rate == pytest.approx(3e-4) and config.data.shift == 2
+    assert config.optimizer.learning_rate == pytest.approx(3e-4) and config.data.augment.crop_pad == 2
 
 
 def test_override_reaches_model_hyperparameters():

@@ -72,13 +72,13 @@ def test_an_inherited_shuffled_config_resolves_to_the_config_it_replaced(model):
 def test_a_config_takes_its_base_keys_and_overrides_them_section_by_section(tmp_path):
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "a.yaml").write_text(
-        "name: a\nseed: 3\ndata: {name: digits, batch_size: 32, shift: 1}\nmodel: {name: mlp, hidden_sizes: [16]}\n"
+        "name: a\nseed: 3\ndata: {name: digits, batch_size: 32, augment: {crop_pad: 1}}\nmodel: {name: mlp, hidden_sizes: [16]}\n"
         "optimizer: {name: adam, learning_rate: 1.0e-3}\ntrain: {steps: 20}\n")
     (tmp_path / "b.yaml").write_text("base: base/a.yaml\nname: b\ndata: {batch_size: 64}\n")
     (tmp_path / "c.yaml").write_text("base: b.yaml\nname: c\noptimizer: {learning_rate: 2.0e-3}\n")
     config = load(tmp_path / "c.yaml")
     assert (config.name, config.seed, config.train.steps) == ("c", 3, 20)
-    assert (config.data.name, config.data.batch_size, config.data.shift) == ("digits", 64, 1)
+    assert (config.data.name, config.data.batch_size, config.data.augment.crop_pad) == ("digits", 64, 1)
     assert (config.optimizer.name, config.optimizer.learning_rate) == ("adam", 2.0e-3)
 
 

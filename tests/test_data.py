@@ -61,12 +61,12 @@ def test_batch_order_depends_only_on_seed_and_epoch():
 
 def test_iterator_resumes_from_saved_position():
     x, y = toy()
-    straight = BatchIterator(x, y, 10, seed=0, shift=1)
+    straight = BatchIterator(x, y, 10, seed=0)
     batches = [next(straight) for _ in range(12)]  # crosses two epoch boundaries (5 per epoch)
-    first = BatchIterator(x, y, 10, seed=0, shift=1)
+    first = BatchIterator(x, y, 10, seed=0)
     for _ in range(7):
         next(first)
-    resumed = BatchIterator(x, y, 10, seed=0, shift=1, position=first.position)
+    resumed = BatchIterator(x, y, 10, seed=0, position=first.position)
     for expected in batches[7:]:
         got = next(resumed)
         np.testing.assert_array_equal(got[0], expected[0])
@@ -78,14 +78,6 @@ def test_epoch_visits_every_example_once():
     iterator = BatchIterator(x, y, 10, seed=1)
     seen = np.concatenate([next(iterator)[1] for _ in range(5)])
     assert sorted(seen) == list(range(50)) and iterator.position == Position(1, 0)
-
-
-def test_shift_augmentation_moves_pixels_and_keeps_shape():
-    x = np.zeros((64, 5, 5, 1), np.float32)
-    x[:, 2, 2, 0] = 1.0
-    shifted, _ = next(BatchIterator(x, np.zeros(64, np.int32), 64, seed=0, shift=1))
-    assert shifted.shape == x.shape and np.allclose(shifted.sum(axis=(1, 2, 3)), 1.0)
-    assert (shifted[:, 2, 2, 0] == 0).any()
 
 
 def test_eval_batches_pad_and_mask_the_last_batch():

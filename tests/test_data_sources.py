@@ -182,8 +182,8 @@ def test_data_key_typo_suggests_the_key():
 def test_each_process_reads_its_rows_of_the_same_global_batch():
     x, y = banded_images(64, 4)
     x = x.astype(np.float32)
-    whole = BatchIterator(x, y, 16, seed=3, shift=1)
-    halves = [BatchIterator(x, y, 16, seed=3, shift=1, rows=Rows(i, 2)) for i in range(2)]
+    whole = BatchIterator(x, y, 16, seed=3)
+    halves = [BatchIterator(x, y, 16, seed=3, rows=Rows(i, 2)) for i in range(2)]
     for _ in range(6):
         gx, gy = next(whole)
         parts = [next(half) for half in halves]
@@ -193,11 +193,10 @@ def test_each_process_reads_its_rows_of_the_same_global_batch():
 
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches_as_none(tmp_path):
-    config = config_of({"name": "image_folder", "path": str(write_png_folder(tmp_path / "p")), "shift": 1})
+    config = config_of({"name": "image_folder", "path": str(write_png_folder(tmp_path / "p"))})
     prepared = data.prepare(data.load(config.data), config.data)
-    inline = BatchIterator(prepared.x_train, prepared.y_train, 16, seed=0, shift=1)
-    workers = BatchIterator(prepared.x_train, prepared.y_train, 16, seed=0, shift=1, workers=2,
-                            position=inline.position)
+    inline = BatchIterator(prepared.x_train, prepared.y_train, 16, seed=0)
+    workers = BatchIterator(prepared.x_train, prepared.y_train, 16, seed=0, workers=2, position=inline.position)
     try:
         for _ in range(12):  # crosses an epoch boundary (8 batches an epoch)
             a, b = next(inline), next(workers)

@@ -265,10 +265,11 @@ def test_an_eval_batch_over_the_memory_limit_for_its_inputs_is_refused(refused_t
             "takes 2,097,152 bytes", "lower data.eval_batch_size")
 
 
-def test_a_shift_as_large_as_the_inputs_is_refused(refused_train):
-    """C: data.shift 2**40 (a ValueError traceback padding the first batch) is refused from the inputs' size."""
-    refused_train({"data": {"shift": 2**40}}, f"data.shift {2**40} is not smaller than the inputs' size (8, 8)",
-            "use at most 7")
+def test_a_crop_padding_as_large_as_the_inputs_is_refused(refused_train):
+    """C: data.shift 2**40 (a ValueError traceback padding the first batch), now data.augment.crop_pad
+    (issue 25), is refused from the inputs' size."""
+    refused_train({"data": {"augment": {"crop_pad": 2**40}}},
+                  f"data.augment.crop_pad {2**40} is not smaller than the inputs' size (8, 8)", "use at most 7")
 
 
 def test_a_label_of_2_to_the_40_makes_one_more_class_not_a_petabyte_head(tmp_path):
@@ -314,7 +315,7 @@ def test_every_range_rule_is_field_metadata_of_the_schema():
 
 # The rules of the former _RANGES table, each with a value it refuses.
 FORMER_RULES = [
-    ("name", "../x"), ("seed", -1), ("data.batch_size", 0), ("data.eval_batch_size", 0), ("data.shift", -1),
+    ("name", "../x"), ("seed", -1), ("data.batch_size", 0), ("data.eval_batch_size", 0), ("data.augment.crop_pad", -1),
     ("data.validation", 1.0), ("data.seed", -1), ("data.test", 0.0), ("data.image_size", [8]),
     ("data.channels", 2), ("data.vocab_size", 1), ("data.workers", -1), ("optimizer.learning_rate", 0.0),
     ("optimizer.momentum", 1.0), ("optimizer.weight_decay", -0.1), ("optimizer.warmup_steps", -1),

@@ -44,38 +44,53 @@ def mesh() -> AbstractMesh:
     return AbstractMesh((DEVICES,), ("data",))
 
 
+def is_lm(name: str) -> bool:
+    """A language model (issue 24): token windows in, next-token logits and targets at every position."""
+    return "lm" in models.get_entry(name).tasks
+
+
+def task_of(name: str):
+    """What the train and eval steps are built for: a class count, or the lm task over NUM_CLASSES tokens."""
+    from zoo import tasks
+
+    return tasks.LanguageModel(NUM_CLASSES) if is_lm(name) else NUM_CLASSES
+
+
 @functools.lru_cache(maxsize=None)
 def setup(name: str):
-    """The model, optimizer, abstract train state and example shape (an image) of a registry entry."""
+    """The model, optimizer, abstract train state and example shape (an image; a language model's
+    token window) of a registry entry."""
     test = models.get_entry(name).test
-    model = models.build(name, NUM_CLASSES, **test.hparams)
+    model = models.build(name, NUM_CLASSES, vocab_size=NUM_CLASSES, **test.hparams)
     tx = optim.make_optimizer(OptimizerConfig(name="adam"), 100)
-    example = test.shapes["image"]
-    sample = jax.ShapeDtypeStruct((1, *example), jnp.float32)
+    example = test.shapes["tokens" if is_lm(name) else "image"]
+    sample = batch(example, lm=is_lm(name))[0].update(shape=(1, *example))
     state = jax.eval_shape(lambda x: state_lib.create(model, tx, 0, x), sample)
     return model, tx, state, example
 
 
-def batch(example, steps: int = 1):
+def batch(example, steps: int = 1, lm: bool = False):
+    """Abstract (x, y): float inputs and a label per example, or token windows and a token per position."""
     lead = (steps,) if steps > 1 else ()
-    return (jax.ShapeDtypeStruct((*lead, BATCH, *example), jnp.float32),
-            jax.ShapeDtypeStruct((*lead, BATCH), jnp.int32))
+    return (jax.ShapeDtypeStruct((*lead, BATCH, *example), jnp.int32 if lm else jnp.float32),
+            jax.ShapeDtypeStruct((*lead, BATCH, *example[:1]) if lm else (*lead, BATCH), jnp.int32))
 
 
 def lowered(name: str, function: str, platforms=PLATFORMS) -> jax.export.Exported:
     """`function` of registry entry `name`, exported for `platforms`."""
     model, tx, state, example = setup(name)
+    lm = is_lm(name)
     if function == "apply":
         variables = {"params": state.params, **state.model_state}
         apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0])
-        return jax.export.export(apply, platforms=platforms)(variables, batch(example)[0])
+        return jax.export.export(apply, platforms=platforms)(variables, batch(example, lm=lm)[0])
     if function in ("train_step", "train_steps_per_call"):
         steps = 1 if function == "train_step" else max(2, auto_steps_per_call(model.info.family, "gpu"))
-        jitted = step_lib.jit_train_step(model, tx, NUM_CLASSES, 0.1, mesh(), steps)
-        return jax.export.export(jitted, platforms=platforms)(state, *batch(example, steps))
-    x, y = batch(example)
+        jitted = step_lib.jit_train_step(model, tx, task_of(name), 0.1, mesh(), steps)
+        return jax.export.export(jitted, platforms=platforms)(state, *batch(example, steps, lm))
+    x, y = batch(example, lm=lm)
     mask = jax.ShapeDtypeStruct((BATCH,), jnp.float32)
-    jitted = step_lib.jit_eval_step(model, NUM_CLASSES, mesh())
+    jitted = step_lib.jit_eval_step(model, task_of(name), mesh())
     return jax.export.export(jitted, platforms=platforms)(state.params, state.model_state, x, y, mask)
 
 

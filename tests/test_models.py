@@ -68,6 +68,17 @@ def sample(kind: str, shape, seed: int = 0):
     return jax.random.normal(key(seed), shape, jnp.float32)
 
 
+def logits_shape(name: str, x_shape: tuple, classes: int = NUM_CLASSES) -> tuple:
+    """(B, classes) for a classifier; (B, T, classes) for a language model: a logit vector at every
+    position of its token window (Entry.tasks holds "lm"; issue 24)."""
+    return (*x_shape[:2], classes) if "lm" in entry(name).tasks else (x_shape[0], classes)
+
+
+def integer_labels(logits, classes: int = NUM_CLASSES):
+    """Class ids shaped like `logits` without its class axis: one per example, or one per position."""
+    return jnp.arange(int(np.prod(logits.shape[:-1]))).reshape(logits.shape[:-1]) % classes
+
+
 def build(name: str, kind: str):
     """The test-sized model (its entry's test hyperparameters) and input shape for a case."""
     model = models.build(name, NUM_CLASSES, vocab_size=VOCAB_SIZE, **entry(name).test.hparams)
@@ -107,7 +118,7 @@ def run(name: str, kind: str) -> Run:
     def compute(x):
         variables = model.init(key(1), x)
         eval_logits, eval_state = model.apply(variables, x, train=False)
-        labels = jnp.arange(x.shape[0]) % NUM_CLASSES
+        labels = integer_labels(eval_logits)
 
         def loss(params):
             logits, state = model.apply({**variables, "params": params}, x, train=True, rng=key(2))
@@ -129,7 +140,7 @@ def test_init_creates_params(name, kind):
 @pytest.mark.parametrize("name,kind", CASES)
 def test_eval_apply_gives_float_logits_per_example_and_class(name, kind):
     result = trace(name, kind)
-    assert result.eval_logits.shape == (result.x.shape[0], NUM_CLASSES)
+    assert result.eval_logits.shape == logits_shape(name, result.x.shape)
     assert result.eval_logits.dtype == jnp.float32
 
 
@@ -137,7 +148,7 @@ def test_eval_apply_gives_float_logits_per_example_and_class(name, kind):
 @pytest.mark.parametrize("name,kind", CASES)
 def test_train_apply_returns_logits_and_every_state_collection(name, kind):
     result = trace(name, kind)
-    assert result.train_logits.shape == (result.x.shape[0], NUM_CLASSES)
+    assert result.train_logits.shape == logits_shape(name, result.x.shape)
     assert set(result.train_state) == set(result.variables) - {"params"}
 
 
@@ -206,8 +217,26 @@ def test_vit_tiny_param_count_equals_timm_vit_tiny_patch16_224():
     assert models.param_count(models.build("vit_tiny", 1000), (224, 224, 3)) == 5_717_416
 
 
-def test_resnet20_has_about_0_27m_params():
-    assert 260_000 <= models.param_count(models.build("resnet20", 10), (32, 32, 3)) <= 280_000
+@pytest.mark.parametrize("shortcut,expected", [("projection", 272_474), ("identity_pad", 269_722)])
+def test_resnet20_param_count_is_pinned_for_each_shortcut(shortcut, expected):
+    """Issue 25: resnet20 at 32x32x3, 10 classes: 1x1 projections (the default) and the paper's
+    option A (He et al. 2016: 0.27M; 269,722 in akamaster/pytorch_resnet_cifar10)."""
+    count = models.param_count(models.build("resnet20", 10, shortcut=shortcut), (32, 32, 3))
+    assert count == expected and round(count / 1e6, 2) == 0.27
+
+
+def test_identity_pad_shortcut_is_the_subsampled_input_with_zero_padded_channels():
+    """Issue 25, option A: a shape-changing shortcut without parameters: every 2nd position along each
+    spatial axis, the new channels zeros, half before the input's channels and half after."""
+    from zoo.models import resnet
+
+    x = jnp.arange(2 * 5 * 5 * 4, dtype=jnp.float32).reshape(2, 5, 5, 4)
+    out = resnet.shortcut(None, None, x, 8, 2, train=False, kind="identity_pad")
+    assert out.shape == (2, 3, 3, 8)
+    np.testing.assert_array_equal(out[..., 2:6], x[:, ::2, ::2, :])
+    assert not np.any(out[..., :2]) and not np.any(out[..., 6:])
+    signal = resnet.shortcut(None, None, x[:, 0], 6, 2, train=False, kind="identity_pad")  # 1-D: (B, L, C)
+    np.testing.assert_array_equal(signal[..., 1:5], x[:, 0, ::2, :])
 
 
 def test_small_input_resnet_has_a_3x3_stride_1_stem_and_no_max_pool():

@@ -321,3 +321,88 @@ def test_readme_model_table_lists_every_registered_model():
     table = next(body for language, body, _ in _blocks(README) if body.startswith("$ zoo list\n"))
     listed = [line.split()[0] for line in table.splitlines()[4:] if line.strip()]
     assert listed == models.list_models()
+
+
+def test_the_tasks_doc_walks_a_regression_from_training_to_predicting_from_its_export():
+    """Issue 24 (docs): docs/tasks.md's commands train a regression config, evaluate, predict, export and
+    predict from that export, all on the run directory the train command wrote, then compare."""
+    commands = [c.tokens for c in ZOO_COMMANDS if c.where.startswith("docs/tasks.md:")]
+    assert [tokens[0] for tokens in commands] == ["train", "eval", "predict", "export", "predict", "compare"]
+    train, evaluate, predict, export, from_export, _ = commands
+    assert config_lib.load(REPO / train[1]).task == "regress"
+    run_dir = train[train.index("--workdir") + 1]
+    assert evaluate[1] == predict[1] == export[1] == run_dir
+    assert from_export[1] == export[export.index("--out") + 1] and from_export[2] == predict[2]
+
+
+SAMPLE_COMMANDS = [c for c in ZOO_COMMANDS if c.tokens[:1] == ("sample",)]
+
+
+def test_the_docs_show_zoo_sample():
+    """Issue 24: the README and docs/language-models.md show sampling from a language-model run."""
+    assert {c.where.split(":")[0] for c in SAMPLE_COMMANDS} >= {"README.md", "docs/language-models.md"}
+
+
+@pytest.mark.parametrize("command", SAMPLE_COMMANDS, ids=[c.where for c in SAMPLE_COMMANDS])
+def test_a_documented_zoo_sample_reads_a_run_a_documented_zoo_train_writes_before_it(command):
+    """Issue 24: typed in order, the docs' commands work: the run directory `zoo sample` reads is the
+    --workdir of a `zoo train` of a language-model config (task: lm) shown earlier in the same file."""
+    run_dir = _parse(command.tokens).run_dir
+    file, line = command.where.rsplit(":", 1)
+    trains = [c for c in ZOO_COMMANDS if c.where.split(":")[0] == file and int(c.where.rsplit(":", 1)[1]) < int(line)
+              and c.tokens[:1] == ("train",) and _parse(c.tokens).workdir == run_dir]
+    assert trains, f"{command.where}: no `zoo train ... --workdir {run_dir}` before `zoo sample {run_dir}`"
+    config = config_lib.load(REPO / _parse(trains[-1].tokens).config)
+    assert config.task == "lm" and config.model.name.endswith("_lm"), f"{trains[-1].where}: not a language model"
+
+
+RECIPE_CONFIG = "configs/cifar10/resnet20_paper.yaml"
+
+
+def test_readme_shows_each_recipe_piece_of_issue_25():
+    """Issue 25: the README's CLI and config sections hold a command or key for every piece (the model
+    inspector, import for prediction alone, --weights, the compile cache, augmentation, EMA, the paper's
+    CIFAR recipe)."""
+    commands = [shlex.join(c.tokens) for c in ZOO_COMMANDS if c.where.startswith("README.md")]
+    assert any(c.startswith("info ") for c in commands)
+    assert any(c.startswith("import ") and "--dataset" not in c.split("#")[0] for c in commands)
+    text = README.read_text()
+    assert "--weights raw" in text and "--no-compile-cache" in text and "$ZOO_CACHE_DIR" in text and RECIPE_CONFIG in text
+    config_block = next(body for language, body, _ in _blocks(README) if language == "yaml")
+    assert "augment: {crop_pad" in config_block and "ema: {decay" in config_block
+
+
+@pytest.mark.slow  # builds resnet20 twice (~1 s)
+def test_readme_resnet20_parameter_counts_are_the_registrys():
+    """Both resnet20 counts the README quotes are what `zoo list` counts at 32x32x3."""
+    from zoo import models
+
+    for shortcut in ("projection", "identity_pad"):
+        count = models.param_count(models.build("resnet20", 10, shortcut=shortcut), (32, 32, 3))
+        assert f"{count:,}" in README.read_text(), (shortcut, count)
+
+
+SEEDS_COMMANDS = [c for c in ZOO_COMMANDS if c.tokens[:1] == ("train",) and "--seeds" in c.tokens]
+
+
+def test_the_docs_show_zoo_train_seeds_with_seeds_and_a_config_that_load():
+    """Issue 27: the README and docs/population.md show `zoo train --seeds`; each one's seeds parse and
+    its config loads."""
+    assert {c.where.split(":")[0] for c in SEEDS_COMMANDS} >= {"README.md", "docs/population.md"}
+    for command in SEEDS_COMMANDS:
+        args = _parse(command.tokens)
+        assert config_lib.parse_seeds(args.seeds), command.where
+        config_lib.load(REPO / args.config, args.set or [])
+
+
+def test_a_documented_member_directory_is_one_a_documented_seeds_train_writes_before_it():
+    """Issue 27: typed in order, docs/population.md's commands work: a command on WORKDIR/seed<k> comes
+    after a `zoo train --seeds` into WORKDIR whose seeds hold k."""
+    written = {}
+    for command in [c for c in ZOO_COMMANDS if c.where.startswith("docs/population.md:")]:
+        if command in SEEDS_COMMANDS:
+            args = _parse(command.tokens)
+            written.update({f"{args.workdir}/seed{seed}": command.where for seed in config_lib.parse_seeds(args.seeds)})
+            continue
+        members = [token for token in command.tokens if re.fullmatch(r".*/seed\d+", token)]
+        assert members and all(member in written for member in members), f"{command.where}: {command.tokens}"

@@ -29,7 +29,7 @@ from zoo.training import setup as setup_lib
 REPO = Path(__file__).resolve().parents[1]
 # Dropout, BatchNorm, shifted batches, weight decay and a schedule: every part of the state matters.
 EVERY_SOURCE_OF_STATE = {
-    "data": {"shift": 1},
+    "data": {"augment": {"crop_pad": 1}},
     "model": {"hidden_sizes": [32], "dropout": 0.2, "norm": "batch"},
     "optimizer": {"name": "adamw", "weight_decay": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 5},
     "train": {"steps": 40, "steps_per_call": 4},

@@ -61,7 +61,7 @@ def test_best_checkpoint_follows_validation_when_test_disagrees(tmp_path, tiny_c
     # Validation says step 10 is best, test says step 20: fake evaluations make the curves disagree.
     scores = {10: {"val_loss": 0.1, "val_accuracy": 0.9, "test_loss": 0.9, "test_accuracy": 0.1},
               20: {"val_loss": 0.9, "val_accuracy": 0.1, "test_loss": 0.1, "test_accuracy": 0.9}}
-    monkeypatch.setattr(setup_lib.Evaluator, "splits", lambda evaluator, state: scores[int(state.step)])
+    monkeypatch.setattr(setup_lib.Evaluator, "splits", lambda evaluator, state, weights=None: scores[int(state.step)])
     config = tiny_config({"checkpoint": {"every": 10, "keep": 1, "keep_best": 1}})
     result = fit(config, tmp_path)
     assert result["best_checkpoint"]["step"] == 10

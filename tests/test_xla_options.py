@@ -131,7 +131,7 @@ def test_a_configs_xla_options_reach_the_eval_and_predict_functions():
         eval_step = step_lib.jit_eval_step(run.model, 10, run.mesh, xla_options=options)
         loaded = LoadedRun(None, 0, run.model, variables, _config(xla_options=options), run.spec, {}, 32)
         texts[bool(options)] = (eval_step.lower(*args).compile().as_text(),
-                                loaded._probabilities.lower(variables, x).compile().as_text())
+                                loaded._predictions.lower(variables, x).compile().as_text())
     # XLA's default already puts some reductions in YNNPACK fusions; the option puts the dots there.
     assert all('"__ynn_fusion"' in a and a != b for a, b in zip(texts[True], texts[False]))
 

@@ -21,7 +21,7 @@ _PUBLIC = {  # name -> (module, attribute)
     "LoadedRun": ("zoo.inference.loaded", "LoadedRun"), "load_run": ("zoo.inference.loaded", "load_run"),
     "Model": ("zoo.models", "Model"), "build": ("zoo.models", "build"),
     "list_models": ("zoo.models", "list_models"), "param_count": ("zoo.models", "param_count"),
-    "fit": ("zoo.training", "fit"),
+    "fit": ("zoo.training", "fit"), "fit_population": ("zoo.training.population", "fit_population"),
     "import_weights": ("zoo.interop.importer", "import_weights"),
     "import_run": ("zoo.interop.importer", "import_run"),
     "export_run": ("zoo.interop.export", "export_run"),

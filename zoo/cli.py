@@ -47,6 +47,39 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from zoo.comparison.inspect import inspect_model
+
+    shape = _parse_shape(args.input_shape)
+    if args.batch_size < 1:
+        raise ZooError(f"--batch-size {args.batch_size} must be a positive integer, e.g. 128")
+    info = inspect_model(args.model, shape, args.num_classes, args.vocab_size, args.tokens, args.batch_size,
+                         args.set or [])
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [(row["path"] or f"({info['model']})", row["module"], row["output"], f"{row['params']:,}")
+            for row in info["layers"]]
+    print(f"{info['model']} ({info['family']}), input {tuple(info['input_shape'])} ({info['kind']}), "
+          f"{info['num_classes']} classes")
+    print(_table(("layer", "module", "output (batch 1)", "params"), rows, right=(3,)))
+    flops, memory = info["forward_flops_per_example"], info["train_step_memory"]
+    print(f"parameters: {info['params']:,}")
+    print(f"forward FLOPs per example: {'-' if flops is None else f'{flops:,.0f}'} (XLA cost analysis, as "
+          "`zoo compare` reports them)")
+    if memory["arguments"] is None:
+        print(f"train step memory: not reported by XLA on {memory['backend']}")
+        return 0
+    print(f"train step at batch {memory['batch_size']} ({memory['optimizer']}, {memory['backend']}; XLA memory "
+          f"analysis): arguments {_mib(memory['arguments'])}, temporaries {_mib(memory['temporaries'])}, outputs "
+          f"{_mib(memory['outputs'])} ({_mib(memory['aliased'])} of them written over the donated arguments)")
+    return 0
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:.2f} MiB"
+
+
 def printable(text) -> str:
     """`text` safe to print on a terminal: control, bidi and other invisible characters (a colour
     escape, U+202E) written as Python writes them in a repr (\\x1b, \\u202e), all else as it is. Every
@@ -78,23 +111,62 @@ def cmd_train(args) -> int:
 
     config = config_lib.load(args.config, args.set or [])
     workdir = Path(args.workdir or Path("runs") / config.name)
+    seeds = config_lib.parse_seeds(args.seeds) if args.seeds is not None else None
     primary = _start_distributed(args)
+    if seeds is not None:
+        return _train_population(config, seeds, workdir, primary)
     result = fit(config, workdir, _progress())
     if result.get("stopped"):
-        print(f"zoo: stopped by {result['stopped']} at step {result['step']}, checkpoint written; rerun the "
-              f"same command to resume from {workdir}", file=err())
-        import signal
+        return _stopped(result, f"rerun the same command to resume from {workdir}")
+    if primary:  # process 0 reports the run
+        _report_run(config, result, workdir)
+    return 0
 
-        return 128 + signal.Signals[result["stopped"]]
-    if not primary:  # process 0 reports the run
-        return 0
+
+def _stopped(result: dict, resume: str) -> int:
+    import signal
+
+    print(f"zoo: stopped by {result['stopped']} at step {result['step']}, checkpoint written; {resume}", file=err())
+    return 128 + signal.Signals[result["stopped"]]
+
+
+def _report_run(config, result: dict, workdir) -> float:
+    """Prints the run's line (and its early stop); returns its test value of the task's main metric."""
+    from zoo import tasks
+
     if result.get("early_stopped"):
         print(f"zoo: stopped early at step {result['early_stopped']['step']}: {result['early_stopped']['reason']}",
               file=err())
-    final = result["final"]
-    val = f"val accuracy {final['val_accuracy']:.4f}  " if "val_accuracy" in final else ""
+    final, main = result["final"], tasks.describe(config.task).main().name  # classify: accuracy
+    val = f"val {main} {final[f'val_{main}']:.4f}  " if f"val_{main}" in final else ""
     print(f"{config.name}: {result['model']} ({result['params']:,} params) step {result['final_step']} "
-          f"{val}test accuracy {final['test_accuracy']:.4f} loss {final['test_loss']:.4f}  run dir {workdir}")
+          f"{val}test {main} {final[f'test_{main}']:.4f} loss {final['test_loss']:.4f}  run dir {workdir}")
+    return final[f"test_{main}"]
+
+
+def _train_population(config, seeds: tuple, workdir, primary: bool) -> int:
+    """`zoo train --seeds`: one member per seed, in WORKDIR/seed<k>, trained as one population."""
+    import dataclasses
+
+    import numpy as np
+
+    from zoo import tasks
+    from zoo.training.population import fit_population
+
+    members = [dataclasses.replace(config, seed=seed) for seed in seeds]
+    run_dirs = [workdir / f"seed{seed}" for seed in seeds]
+    results = fit_population(members, run_dirs, _progress())
+    stopped = next((result for result in results if result.get("stopped")), None)
+    if stopped:
+        return _stopped({**stopped, "step": stopped["step"] if stopped["step"] is not None else "-"},
+                        f"rerun the same command to resume every member under {workdir}")
+    if not primary:
+        return 0
+    values = [_report_run(member, result, run_dir) for member, result, run_dir in zip(members, results, run_dirs)]
+    main = tasks.describe(config.task).main().name
+    print(f"{config.name}: {len(seeds)} seeds as one population: test {main} mean {np.mean(values):.4f}, "
+          f"std {np.std(values, ddof=1) if len(values) > 1 else 0.0:.4f}, min {min(values):.4f}, max "
+          f"{max(values):.4f}")
     return 0
 
 
@@ -119,20 +191,27 @@ def cmd_eval(args) -> int:
     from zoo.inference.evaluate import evaluate
 
     primary = _start_distributed(args)
-    result = evaluate(args.run_dir, step=args.step, best=args.best, allow_changed_data=args.allow_changed_data)
+    result = evaluate(args.run_dir, step=args.step, best=args.best, allow_changed_data=args.allow_changed_data,
+                      weights=args.weights)
     if not primary:
         return 0
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    from zoo import tasks
+
     recorded = result.get("recorded") or {}
     fmt = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
     val = result.get("val") or {}
-    rows = [(result["model"], result["dataset"], result["step"], fmt(val.get("accuracy")),
-             fmt(result["test"]["accuracy"]), fmt(result["test"]["loss"]),
-             fmt(recorded.get("val_accuracy")), fmt(recorded.get("test_accuracy")))]
-    print(_table(("model", "dataset", "step", "val accuracy", "test accuracy", "test loss",
-                  "recorded val", "recorded test"), rows, right=(2, 3, 4, 5, 6, 7)))
+    shown = [m.name for m in tasks.describe(result.get("task")).report]  # classify: accuracy
+    cells = [fmt(split.get(name)) for name in shown for split in (val, result["test"])]
+    rows = [(result["model"], result["dataset"], result["step"], *cells, fmt(result["test"]["loss"]),
+             fmt(recorded.get(f"val_{shown[0]}")), fmt(recorded.get(f"test_{shown[0]}")))]
+    header = [f"{split} {name}" for name in shown for split in ("val", "test")]
+    columns = ("model", "dataset", "step", *header, "test loss", "recorded val", "recorded test")
+    if result.get("weights") == "ema" or args.weights:  # a run with a moving average of its weights (train.ema)
+        columns, rows = (*columns, "weights"), [(*rows[0], result["weights"])]
+    print(_table(columns, rows, right=tuple(range(2, 6 + len(header)))))
     return 0
 
 
@@ -151,12 +230,13 @@ def cmd_predict(args) -> int:
     from zoo.inference.predict import predict, to_csv
 
     rows = predict(args.target, args.inputs, step=_step_arg(args.step), top_k=args.top_k,
-                   note=lambda line: print(f"zoo: {line}", file=err()))
+                   note=lambda line: print(f"zoo: {line}", file=err()), weights=args.weights)
     if args.json:  # exact values (JSON escapes control characters itself)
         text = json.dumps(rows) + "\n"
     else:  # a CSV for the terminal gets names from the data escaped; a file keeps them exact
         shown = ("input", "class", "top_k")
-        text = to_csv(rows if args.out else [{**row, **{key: printable(row[key]) for key in shown}} for row in rows])
+        text = to_csv(rows if args.out else [{**row, **{key: printable(row[key]) for key in shown if key in row}}
+                                             for row in rows])
     if args.out:
         from zoo.util import atomic_write
 
@@ -167,6 +247,24 @@ def cmd_predict(args) -> int:
         print(f"{len(rows)} predictions written to {out}", file=err())
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    """Text on stdout (the prompt, then the continuation); timing and notes on stderr."""
+    from zoo.inference.loaded import load_run
+    from zoo.inference.sample import generate
+
+    run = load_run(args.run_dir, _step_arg(args.step))
+    result = generate(run, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    if result.note:
+        print(f"zoo: {result.note}", file=err())
+    # line breaks kept; other control characters a model may emit (a terminal escape) are shown escaped
+    sys.stdout.write("\n".join(printable(line) for line in (args.prompt + result.text).split("\n")) + "\n")
+    sys.stdout.flush()  # the text before the timing line, where both go to one terminal
+    print(f"zoo: {len(result.tokens)} tokens in {result.seconds:.2f} s: {result.tokens_per_second:,.0f} tokens/s "
+          f"(compiled in {result.compile_seconds:.1f} s; {run.model.info.name}, step {run.step} of {args.run_dir})",
+          file=err())
     return 0
 
 
@@ -224,9 +322,16 @@ def cmd_compare(args) -> int:
 def cmd_import(args) -> int:
     from zoo.interop.importer import import_run
 
+    shape = _parse_shape(args.input_shape) if args.input_shape else None
     result = import_run(args.model, args.weights, args.out, dataset=args.dataset, num_classes=args.num_classes,
-                        config_path=args.config, overrides=args.set or [])
+                        config_path=args.config, overrides=args.set or [], input_shape=shape,
+                        preprocess=args.preprocess)
     fresh = f"; new head: {', '.join(result['reinitialised'])}" if result["reinitialised"] else ""
+    if result["test"] is None:  # imported for prediction alone
+        print(f"{result['model']} from {args.weights} -> {result['run_dir']}: for prediction on inputs of shape "
+              f"{tuple(result['input_shape'])}, preprocessing '{result['preprocess']}'{fresh} "
+              f"(zoo predict {result['run_dir']} IMAGE...)")
+        return 0
     print(f"{result['model']} from {args.weights} -> {result['run_dir']}: test accuracy on "
           f"{result['dataset']} {result['test']['accuracy']:.4f}{fresh}")
     return 0
@@ -236,7 +341,8 @@ def cmd_export(args) -> int:
     from zoo.interop.export import export_run
 
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
-    result = export_run(args.run_dir, args.out, step=_step_arg(args.step), platforms=platforms, fmt=args.format)
+    result = export_run(args.run_dir, args.out, step=_step_arg(args.step), platforms=platforms, fmt=args.format,
+                        weights=args.weights)
     header = result["header"]
     print(f"{header['model']} step {header['run_step']} -> {result['out']} ({header['format']}, input "
           f"{header['input_shape']} {header['dtype']}, batch {header['batch']}, {', '.join(header['platforms'])})")
@@ -255,8 +361,14 @@ def cmd_runs(args) -> int:
               fmt(r["validation_last"]), fmt(r["validation_best"]), fmt(r["test_last"]), fmt(r["test_at_best_val"]),
               r["status"], "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s") for r in rows]
     # the test accuracy of the checkpoint chosen on validation: never a number chosen on test
-    print(_table(("run", "model", "dataset", "steps", "val last", "val best", "test last", "test @ best val",
-                  "status", "wall"), table, right=(3, 4, 5, 6, 7, 9)))
+    header = ("run", "model", "dataset", "steps", "val last", "val best", "test last", "test @ best val",
+              "status", "wall")
+    if any(r["metric"] != "accuracy" for r in rows):  # tasks beside classify: say which metric each row holds
+        header, table = (*header[:4], "metric", *header[4:]), [(*row[:4], r["metric"], *row[4:])
+                                                               for r, row in zip(rows, table)]
+        print(_table(header, table, right=(3, 5, 6, 7, 8, 10)))
+        return 0
+    print(_table(header, table, right=(3, 4, 5, 6, 7, 9)))
     return 0
 
 
@@ -281,11 +393,32 @@ def _list_arguments(p) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _info_arguments(p) -> None:
+    p.add_argument("model", help="a registered name (see `zoo list`)")
+    p.add_argument("--input-shape", default="8,8,1", help="one example's shape (default 8,8,1)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--tokens", action="store_true", help="inputs are token ids")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64, help="the train step's batch (default 64)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a config key, e.g. model.width=32, model.shortcut=identity_pad, optimizer.name=sgd")
+    p.add_argument("--json", action="store_true")
+
+
 def _train_arguments(p) -> None:
     p.add_argument("config", help="a YAML config, e.g. configs/digits/cnn.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.steps=100")
     p.add_argument("--workdir", help="run directory (default runs/<config name>)")
+    p.add_argument("--seeds", metavar="SEEDS",
+                   help="train one run per seed (e.g. 0-7, or 0,3,5) as one population, in WORKDIR/seed<k> "
+                        "(docs/population.md)")
     _add_distributed(p)
+
+
+def _weights_argument(p) -> None:
+    p.add_argument("--weights", choices=("ema", "raw"),
+                   help="a run's moving average of its weights (train.ema; the default where it keeps one) or its "
+                        "raw weights")
 
 
 def _eval_arguments(p) -> None:
@@ -297,6 +430,7 @@ def _eval_arguments(p) -> None:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="evaluate even though the data files changed since training")
     _add_distributed(p)
+    _weights_argument(p)
 
 
 def _predict_arguments(p) -> None:
@@ -307,6 +441,18 @@ def _predict_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=3, help="classes listed per example (default 3)")
     p.add_argument("--out", help="write the CSV here instead of standard output")
     p.add_argument("--json", action="store_true", help="one JSON list of rows, with every class probability")
+    _weights_argument(p)
+
+
+def _sample_arguments(p) -> None:
+    p.add_argument("run_dir", help="a language-model run directory (model *_lm, data text or pydoc)")
+    p.add_argument("--prompt", required=True, help="the text to continue (characters of the run's vocabulary)")
+    p.add_argument("--max-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0: greedy (default 1)")
+    p.add_argument("--top-k", type=int, help="sample from the K likeliest tokens only")
+    p.add_argument("--top-p", type=float, help="sample from the nucleus: the likeliest tokens holding mass P")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same text (default 0)")
+    p.add_argument("--step", default="best", help="'best' (by validation, default), 'latest' or a step number")
 
 
 def _compare_arguments(p) -> None:
@@ -326,7 +472,8 @@ def _launch_arguments(p) -> None:
 
 
 def _bench_arguments(p) -> None:
-    p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,dispatch")
+    p.add_argument("--workloads", help="comma-separated subset of mlp,cnn,resnet20,lstm,transformer,lm_lstm,"
+                                       "lm_transformer,dispatch")
     p.add_argument("--quick", action="store_true", help="3 short rounds instead of 9")
     p.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, or 3 with --quick)")
     p.add_argument("--repeat", type=int, default=1,
@@ -341,7 +488,13 @@ def _import_arguments(p) -> None:
     p.add_argument("model", help="a zoo model: resnet18..152, vit_tiny, transformer, lstm, gru, rnn")
     p.add_argument("weights", help="a .safetensors file in torchvision / timm / torch.nn naming")
     p.add_argument("--out", required=True, help="the new run directory")
-    p.add_argument("--dataset", help="the dataset the run evaluates on (default: the config's)")
+    p.add_argument("--dataset", help="the dataset the run evaluates on (default: the config's; none: the run "
+                   "is for prediction alone, with the weights' own preprocessing)")
+    p.add_argument("--input-shape", help="without a dataset: one example's shape (default: what the file implies; "
+                   "recurrent nets need STEPS,FEATURES)")
+    p.add_argument("--preprocess", choices=("imagenet", "inception", "none"),
+                   help="without a dataset: the weights' input normalisation (default: imagenet for torchvision "
+                        "ResNets, inception (0.5/0.5) for timm ViTs, none for recurrent nets)")
     p.add_argument("--num-classes", type=int, help="a new head of this many classes (the file's is skipped)")
     p.add_argument("--config", help="a YAML config for later fine-tuning (default: zoo's defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_heads=3")
@@ -353,6 +506,7 @@ def _export_arguments(p) -> None:
     p.add_argument("--step", default="latest", help="a step number, 'latest' (default) or 'best'")
     p.add_argument("--format", default="zoo", help="zoo (jax.export, default) or onnx (needs the onnx extra)")
     p.add_argument("--platforms", default="cpu", help="jax.export platforms, e.g. cpu,cuda,tpu (default cpu)")
+    _weights_argument(p)
 
 
 def _runs_arguments(p) -> None:
@@ -363,10 +517,13 @@ def _runs_arguments(p) -> None:
 # (command, help, the function adding its arguments, the function running it), in `zoo --help` order
 COMMANDS = (
     ("list", "every model with family, parameter count and description", _list_arguments, cmd_list),
+    ("info", "one model's layers, parameters, forward FLOPs and train-step memory", _info_arguments, cmd_info),
     ("train", "train a config (resumes if the run directory has checkpoints)", _train_arguments, cmd_train),
     ("eval", "evaluate a run's checkpoint on the test set", _eval_arguments, cmd_eval),
     ("predict", "predict with a run's checkpoint or a .zoo export on images, folders, .npy/.npz or .csv",
      _predict_arguments, cmd_predict),
+    ("sample", "generate text from a language-model run: --prompt TEXT --max-tokens N", _sample_arguments,
+     cmd_sample),
     ("compare", "train every model x seed of a compare config, then write a report", _compare_arguments, cmd_compare),
     ("launch", "run train, compare or eval in N processes on this machine (jax.distributed)", _launch_arguments,
      cmd_launch),
@@ -377,14 +534,31 @@ COMMANDS = (
 )
 
 
+# Commands that compile: JAX's persistent compilation cache is on for them (zoo.util.enable_compile_cache).
+COMPILING = frozenset({"train", "eval", "predict", "sample", "compare", "import", "export", "info"})
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Train, compare and restore JAX models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, text, add_arguments, run in COMMANDS:
         command = sub.add_parser(name, help=text)
         add_arguments(command)
+        if name in COMPILING:
+            command.add_argument("--no-compile-cache", action="store_true",
+                                 help="compile without JAX's persistent compilation cache (default: on, in "
+                                      "$ZOO_CACHE_DIR, else $XDG_CACHE_HOME/zoo, else ~/.cache/zoo)")
         command.set_defaults(func=run)
     return parser
+
+
+def _compile_cache(args) -> None:
+    """JAX's persistent compilation cache for the commands that compile, unless --no-compile-cache."""
+    if getattr(args, "no_compile_cache", None) is False:  # only COMPILING commands have the flag (launch's
+        # own `command` is the list of its arguments)
+        from zoo.util import enable_compile_cache
+
+        enable_compile_cache(lambda line: print(f"zoo: warning: {line}", file=err(), flush=True))
 
 
 def _quiet_libraries() -> None:
@@ -414,6 +588,7 @@ def main(argv=None, mute_on_refusal: bool = False) -> int:
     _quiet_libraries()
     try:
         args = make_parser().parse_args(argv)
+        _compile_cache(args)
         code = args.func(args)
         sys.stdout.flush()  # a reader of stdout that has gone shows here, not at exit
         return code

@@ -31,6 +31,29 @@ def _at_least(low: int, note: str = ""):
     return (lambda v: v is None or v >= low), f"at least {low}{note}"
 
 
+MAX_SEEDS = 4096  # seeds one `--seeds` may name (each is a run directory)
+
+
+def parse_seeds(text: str, where: str = "--seeds") -> tuple[int, ...]:
+    """'0-7' (a range, both ends included), '0,3,5' or a mix ('0-3,10') -> distinct seeds in the order
+    given; anything else is a one-line ConfigError."""
+    must = f"{where} '{text}' must be seeds such as 0-7, 0,3,5 or 0-3,10 (integers from 0 to {SEED_MAX})"
+    seeds = []
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise ConfigError(must)
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low or high > SEED_MAX:
+            raise ConfigError(must)
+        if high - low + len(seeds) >= MAX_SEEDS:
+            raise ConfigError(f"{where} '{text}' names more than {MAX_SEEDS} seeds: give at most {MAX_SEEDS}")
+        seeds += range(low, high + 1)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where} '{text}' repeats a seed: give each seed once")
+    return tuple(seeds)
+
+
 def _seed(default: int) -> dataclasses.Field:
     return ranged(default, lambda v: 0 <= v <= SEED_MAX, f"an integer from 0 to {SEED_MAX}")
 
@@ -41,23 +64,40 @@ def _classes_ok(classes) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-batch augmentation on the device, inside the jitted step (zoo/training/augment.py),
+    keyed by (seed, step); evaluation never augments. Images and signals only; mixup and cutmix need
+    task classify (they make soft targets)."""
+
+    # zero-pad every spatial axis by N, then a random crop of the original size (a random shift by up
+    # to N pixels/steps); 0: none. The ResNet paper's CIFAR recipe: 4
+    crop_pad: int = ranged(0, *_at_least(0, " (0: none)"))
+    flip: bool = False  # mirror the width axis of each image with probability 1/2 (images only)
+    mixup: float = ranged(0.0, lambda v: v >= 0, "at least 0: the Beta(alpha, alpha) of mixup (0: off)")
+    cutmix: float = ranged(0.0, lambda v: v >= 0, "at least 0: the Beta(alpha, alpha) of cutmix (0: off)")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # digits | mnist1d | mnist1d_shuffled (built in), or a file format: npz | csv | image_folder | idx |
-    # cifar10 | cifar100, read from `path`
+    # digits | mnist1d | mnist1d_shuffled | pydoc (built in), or a file format: npz | csv | image_folder | idx |
+    # cifar10 | cifar100 | text, read from `path`
     name: str = "digits"
     path: str | None = None  # a file or folder, relative to the working directory or absolute
     batch_size: int = ranged(64, *_at_least(1))
     eval_batch_size: int = ranged(500, lambda v: 1 <= v <= MAX_EVAL_BATCH,
                                   f"from 1 to {MAX_EVAL_BATCH} (each evaluation batch is padded to it in memory)")
-    shift: int = ranged(0, *_at_least(0))  # augmentation: random shift of up to this many pixels/steps (0: none)
+    # crop with padding, flips, mixup, cutmix of training batches (AugmentConfig); none by default
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     # fraction of train held out for selection (stratified); 0: none
     validation: float = ranged(0.1, lambda v: 0 <= v < 1, "in [0, 1): the fraction of train held out (0: none)")
     seed: int = _seed(0)  # fixes the validation split and any carved test split (independent of the run's seed)
-    # csv, image_folder: fraction carved out as test when there is no test split
+    # csv, image_folder: fraction carved out as test when there is no test split; text: the corpus's last
+    # block (null: 0.05), after a validation block of data.validation
     test: float | None = ranged(None, lambda v: v is None or 0 < v < 1,
                                 "in (0, 1) (or null: the source's own test split)")
     test_path: str | None = None  # csv: a separate file for the test split
-    label: str | None = None  # csv: the label column
+    # csv: the label column (task: regress: the target column, or a list of them)
+    label: str | tuple[str, ...] | None = None
     # image_folder: resize every image to [H, W]
     image_size: tuple[int, ...] | None = ranged(None, lambda v: v is None or (len(v) == 2 and min(v) >= 1),
                                                 "[height, width], positive")
@@ -77,6 +117,11 @@ class DataConfig:
     classes: tuple[int | str, ...] | None = ranged(None, lambda v: v is None or _classes_ok(v),
                                                    "a list of at least two distinct class indices or names "
                                                    "(or null: all)")
+    # text, pydoc (zoo/data/text.py): tokens are bytes (256 ids) or the characters of the training text
+    # (plus one id for unknown ones); null: byte
+    vocabulary: Literal["byte", "char"] | None = None
+    # text, pydoc: tokens per example window (the model predicts the next token at each); null: 128
+    seq_len: int | None = ranged(None, *_at_least(1, " (or null: 128)"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +157,23 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStoppingConfig:
-    metric: Literal["accuracy", "loss"] = "accuracy"  # on the validation split, never test
+    # on the validation split, never test; null: the task's (classify: accuracy; regress, lm: loss)
+    metric: Literal["accuracy", "loss"] | None = None
     # evaluations without improvement before stopping (0: off)
     patience: int = ranged(0, *_at_least(0, " (0: off)"))
     min_delta: float = ranged(0.0, lambda v: v >= 0, "at least 0")  # a change smaller than this is no improvement
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaConfig:
+    """An exponential moving average of the weights (params and BatchNorm statistics), kept in the train
+    state: every `every` steps, average = decay * average + (1 - decay) * weights (optax's
+    incremental_update), starting from the initial weights. Evaluation, selection, `zoo eval`,
+    predict and export use the average (`--weights raw` for the raw weights)."""
+
+    # 0: no average. The average spans about 1 / (1 - decay) steps: keep that well below the run's steps
+    decay: float = ranged(0.0, lambda v: 0 <= v < 1, "in [0, 1) (0: no average; e.g. 0.99: about 100 steps)")
+    every: int = ranged(1, *_at_least(1))  # steps between updates of the average
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +183,16 @@ class TrainConfig:
     # steps between test evaluations (0: at checkpoints and at the end)
     eval_every: int = ranged(0, *_at_least(0))
     log_every: int = ranged(50, *_at_least(1))
-    label_smoothing: float = ranged(0.0, lambda v: 0 <= v < 1, "in [0, 1)")
+    label_smoothing: float = ranged(0.0, lambda v: 0 <= v < 1, "in [0, 1)")  # task: classify only
+    # classify, lm: cross_entropy; regress: mse or huber (delta 1 standard deviation of the target)
+    # (zoo/tasks.py). null: the task's first
+    loss: Literal["cross_entropy", "mse", "huber"] | None = None
     # Training steps per jitted call (lax.scan over batches). null: on CPU 10 for MLPs, where
     # dispatch dominates, 1 otherwise (XLA on CPU runs convolutions inside a scan ~20x slower);
     # on GPU and TPU 10 for every family.
     steps_per_call: int | None = ranged(None, *_at_least(1, " (or null: automatic)"))
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    ema: EmaConfig = dataclasses.field(default_factory=EmaConfig)  # a moving average of the weights; off by default
     # Gradient accumulation: each step's batch of data.batch_size examples (the optimizer's batch) is
     # split into this many micro-batches, run one after another, and their averaged gradients make one
     # optimizer step (optax.MultiSteps). Steps, epochs, the schedule and checkpoints count optimizer
@@ -155,7 +217,8 @@ class CheckpointConfig:
     every: int = ranged(500, *_at_least(1))  # steps between checkpoints; one is always written at the end
     keep: int = ranged(2, *_at_least(1))  # latest N
     keep_best: int = ranged(1, *_at_least(0))  # best K by `metric`
-    metric: Literal["accuracy", "loss"] = "accuracy"
+    # the validation metric of `keep_best` and "best"; null: the task's (classify: accuracy; regress, lm: loss)
+    metric: Literal["accuracy", "loss"] | None = None
     async_save: bool = True
 
 
@@ -179,6 +242,8 @@ class Config:
     name: str = ranged("run", lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) is not None,
                        "letters, digits, '_', '.' or '-', starting with a letter or digit (it names runs/<name>)")
     seed: int = _seed(0)
+    # classify (class logits), regress (float targets) or lm (next-token logits): zoo/tasks.py, docs/tasks.md
+    task: Literal["classify", "regress", "lm"] = "classify"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -193,6 +258,14 @@ class Config:
         raw["model"] = {"name": self.model.name, **self.model.hparams}
         if self.logging == LoggingConfig():  # runs written before this section resume unchanged
             del raw["logging"]
+        if self.task == "classify":  # nor do those written before tasks (issue 24)
+            del raw["task"]
+        if self.train.loss is None:
+            del raw["train"]["loss"]
+        if self.train.ema == EmaConfig():  # nor those written before EMA and augmentation (issue 25)
+            del raw["train"]["ema"]
+        if self.data.augment == AugmentConfig():
+            del raw["data"]["augment"]
         return json.loads(json.dumps(raw))  # tuples to lists: the YAML/JSON form
 
     def total_steps(self, steps_per_epoch: int) -> int:
@@ -242,11 +315,14 @@ def coerce(value: Any, tp, path: str) -> Any:
     """Returns `value` as type `tp`, or raises ConfigError naming the key and what it must be."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        choices = None  # the error of a Literal option ("did you mean ..."): the one worth showing
         for option in typing.get_args(tp):
             try:
                 return coerce(value, option, path)
-            except ConfigError:
-                continue
+            except ConfigError as error:
+                choices = error if typing.get_origin(option) is Literal else choices
+        if choices is not None and value is not None:
+            raise choices
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
@@ -323,8 +399,33 @@ def _model_section(raw: dict, path: str) -> ModelConfig:
     return ModelConfig(name, {k: v for k, v in raw.items() if k != "name"})
 
 
+# issue 25: data.shift (a random shift with zero fill, on the host) became data.augment.crop_pad (the same,
+# on the device). Configs refuse the old key; configs stored in run directories written before are read
+# with it translated.
+SHIFT_MOVED = ("data.shift is now data.augment.crop_pad (the same random shift by up to N steps with zero "
+               "padding, done on the device): write data: {augment: {crop_pad: N}}")
+
+
+def _translate_shift(raw: dict) -> dict:
+    """`raw` with a stored run's data.shift N as data.augment.crop_pad N (0: dropped)."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or "shift" not in data:
+        return raw
+    data = dict(data)
+    shift = data.pop("shift")
+    if shift and isinstance(data.get("augment", {}), dict):
+        data["augment"] = {"crop_pad": shift, **data.get("augment", {})}
+    return {**raw, "data": data}
+
+
+def refuse_shift(raw: dict, where: str) -> None:
+    """Raises ConfigError when a config the user wrote (`where`) still names data.shift."""
+    if isinstance(raw.get("data"), dict) and "shift" in raw["data"]:
+        raise ConfigError(f"{where}: {SHIFT_MOVED}")
+
+
 def from_dict(raw: dict) -> Config:
-    config = build_section(Config, raw, "")
+    config = build_section(Config, _translate_shift(raw), "")
     if (config.train.steps is None) == (config.train.epochs is None):
         raise ConfigError("train: give exactly one of train.steps or train.epochs")
     if config.data.batch_size % config.train.accumulate:
@@ -333,7 +434,36 @@ def from_dict(raw: dict) -> Config:
                           "divisor of it")
     if config.init_from.skip and not config.init_from.run:
         raise ConfigError("init_from.skip needs init_from.run: the run directory to initialise from")
-    return config
+    return _resolve_task(config)
+
+
+# train.loss per task (null: the first); zoo/tasks.py computes them
+TASK_LOSSES = {"classify": ("cross_entropy",), "regress": ("mse", "huber"), "lm": ("cross_entropy",)}
+
+
+def _resolve_task(config: Config) -> Config:
+    """Refuses keys that mean nothing to the config's task (one line each) and fills the selection
+    metrics it leaves open with the task's (classify: accuracy; regress, lm: loss)."""
+    task, train = config.task, config.train
+    chosen = "accuracy" if task == "classify" else "loss"
+    if task != "classify":
+        for key, value, why in (("train.label_smoothing", train.label_smoothing, "smooths class labels"),
+                                ("data.classes", config.data.classes, "keeps a subset of classes")):
+            if value:
+                raise ConfigError(f"{key} {why}, and task '{task}' has no classes: remove it")
+        for key, section in (("train.early_stopping.metric", train.early_stopping),
+                             ("checkpoint.metric", config.checkpoint)):
+            if section.metric == "accuracy":
+                raise ConfigError(f"{key} 'accuracy' is a classification metric: task '{task}' selects on the "
+                                  "validation loss; set it to loss or remove it")
+    losses = TASK_LOSSES[task]
+    if train.loss is not None and train.loss not in losses:
+        raise ConfigError(f"train.loss '{train.loss}' does not fit task '{task}': choose {' or '.join(losses)} "
+                          "(or remove it)")
+    early = dataclasses.replace(train.early_stopping, metric=train.early_stopping.metric or chosen)
+    return dataclasses.replace(config, train=dataclasses.replace(train, early_stopping=early),
+                               checkpoint=dataclasses.replace(config.checkpoint,
+                                                              metric=config.checkpoint.metric or chosen))
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything this large is not one
@@ -452,7 +582,11 @@ def load_inherited(path: str | Path, _chain: tuple = (), origins: dict | None = 
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
-    return from_dict(apply_overrides(load_inherited(path), list(overrides)))
+    raw = load_inherited(path)
+    refuse_shift(raw, str(path))
+    raw = apply_overrides(raw, list(overrides))
+    refuse_shift(raw, "--set")
+    return from_dict(raw)
 
 
 def as_config(value: Any, kind: type = Config, from_mapping=from_dict, from_path=load, where: str = "config"):

@@ -56,9 +56,10 @@ class Discard:
 
 class TensorBoardWriter:
     """Event files for TensorBoard (tensorboardX, no TensorFlow): each record's numbers as
-    '<split>/<key>' scalars at its step, and the run's hyperparameters once."""
+'<split>/<key>' scalars at its step, and the run's hyperparameters once, beside the task's main
+    test metric (`metric`: accuracy, r2, bpc)."""
 
-    def __init__(self, logdir: str | Path, hparams: dict | None = None):
+    def __init__(self, logdir: str | Path, hparams: dict | None = None, metric: str = "accuracy"):
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
@@ -72,7 +73,7 @@ class TensorBoardWriter:
 
             flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                     for k, v in _flatten(hparams).items() if v is not None}
-            for summary in hparams_summary(flat, {"test/accuracy": 0.0}):
+            for summary in hparams_summary(flat, {f"test/{metric}": 0.0}):
                 self._writer.file_writer.add_summary(summary)
 
     def write(self, record: dict) -> None:

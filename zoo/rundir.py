@@ -233,25 +233,31 @@ def _metric_records(path: Path) -> tuple[list[dict], bool]:
     return records, damaged
 
 
-def _accuracies(records: list, split: str) -> tuple[float | None, float | None]:
-    values = [r["accuracy"] for r in records if r["split"] == split and _number(r.get("accuracy"))]
-    return (values[-1], max(values)) if values else (None, None)
+def _accuracies(records: list, split: str, metric: str = "accuracy",
+                mode: str = "max") -> tuple[float | None, float | None]:
+    """The last and the best value of `metric` (the task's main one; best by `mode`) on `split`."""
+    values = [r[metric] for r in records if r["split"] == split and _number(r.get(metric))]
+    return (values[-1], (max if mode == "max" else min)(values)) if values else (None, None)
 
 
-def _test_at_best_validation(records: list, result: dict | None) -> float | None:
-    """The test accuracy of the checkpoint selected on validation: result.json's best_checkpoint, else
-    (a run still training) the test accuracy at the step of the highest validation accuracy in the
-    metrics, of equal ones the earliest. Never the best test accuracy: that is a number chosen on test."""
+def _test_at_best_validation(records: list, result: dict | None, metric: str = "accuracy",
+                             selection: tuple = ("accuracy", "max")) -> float | None:
+    """The test `metric` (accuracy for classify) of the checkpoint selected on validation: result.json's
+    best_checkpoint, else (a run still training) the test value at the step of the best validation
+    `selection` metric (the task's: the highest accuracy, the lowest loss) in the metrics, of equal ones
+    the earliest. Never the best test value: that is a number chosen on test."""
     if result is not None and "best_checkpoint" in result:
         best = result["best_checkpoint"]
-        value = best.get("test_accuracy") if isinstance(best, dict) else None
+        value = best.get(f"test_{metric}") if isinstance(best, dict) else None
         return value if _number(value) else None
-    val = [(r["accuracy"], -r["step"]) for r in records if r["split"] == "val" and _number(r.get("accuracy"))]
+    chosen, mode = selection
+    sign = 1 if mode == "max" else -1
+    val = [(sign * r[chosen], -r["step"]) for r in records if r["split"] == "val" and _number(r.get(chosen))]
     if not val:
         return None
     step = -max(val)[1]
-    tests = [r["accuracy"] for r in records
-             if r["split"] == "test" and r["step"] == step and _number(r.get("accuracy"))]
+    tests = [r[metric] for r in records
+             if r["split"] == "test" and r["step"] == step and _number(r.get(metric))]
     return tests[-1] if tests else None
 
 
@@ -271,24 +277,31 @@ def _in_memory_dataset(run_dir: Path, result: dict | None, latest: int | None) -
     return name if isinstance(name, str) and name else "arrays"
 
 
-def _config_fields(run_dir: Path) -> tuple[str | None, str | None, int | None, bool]:
-    """(model, dataset, steps) from config.json, and whether it is damaged."""
+def _config_fields(run_dir: Path) -> tuple[str | None, str | None, int | None, bool, str | None]:
+    """(model, dataset, steps) from config.json, whether it is damaged, and its task (None: classify)."""
     config, damaged = _json_object(run_dir / CONFIG_FILE)
     try:
         steps = config["train"].get("steps")
-        return config["model"]["name"], config["data"]["name"], steps if isinstance(steps, int) else None, damaged
+        task = config.get("task")
+        return (config["model"]["name"], config["data"]["name"], steps if isinstance(steps, int) else None, damaged,
+                task if isinstance(task, str) else None)
     except (KeyError, TypeError, AttributeError):
-        return None, None, None, True
+        return None, None, None, True, None
 
 
 def describe_run(run_dir: Path, root: Path) -> dict:
     """One row of the runs table, read from the run directory's files alone; a damaged file never
     raises: the run is marked "damaged"."""
+    from zoo import tasks
+
     row = dict.fromkeys(("name", "run_dir", "model", "dataset", "steps_done", "steps_total", "validation_last",
-                         "validation_best", "test_last", "test_at_best_val", "status", "wall_seconds"))
+                         "validation_best", "test_last", "test_at_best_val", "status", "wall_seconds", "metric"))
     row["name"] = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
     row["run_dir"] = str(run_dir)
-    row["model"], row["dataset"], row["steps_total"], config_damaged = _config_fields(run_dir)
+    row["model"], row["dataset"], row["steps_total"], config_damaged, task_name = _config_fields(run_dir)
+    task = tasks.CLASSES.get(task_name or tasks.DEFAULT, tasks.Classify)  # an unknown one: the row is damaged
+    main = task.main()
+    row["metric"] = main.name  # what the four metric columns hold: the task's main metric
     records, metrics_damaged = _metric_records(run_dir / METRICS_FILE)
     result, result_damaged = _json_object(run_dir / RESULT_FILE)
     if result is not None:
@@ -299,12 +312,13 @@ def describe_run(run_dir: Path, root: Path) -> dict:
     latest, incomplete = _steps_on_disk(run_dir / CHECKPOINTS)
     row["dataset"] = _in_memory_dataset(run_dir, result, latest) or row["dataset"]
     row["steps_done"] = latest if latest is not None else max((r["step"] for r in records), default=0)
-    row["validation_last"], row["validation_best"] = _accuracies(records, "val")
-    row["test_last"] = _accuracies(records, "test")[0]
-    row["test_at_best_val"] = _test_at_best_validation(records, result)
+    row["validation_last"], row["validation_best"] = _accuracies(records, "val", main.name, main.mode)
+    row["test_last"] = _accuracies(records, "test", main.name)[0]
+    row["test_at_best_val"] = _test_at_best_validation(records, result, main.name, task.selection)
     if row["wall_seconds"] is None and (run_dir / METRICS_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         row["wall_seconds"] = max(0.0, (run_dir / METRICS_FILE).stat().st_mtime - (run_dir / CONFIG_FILE).stat().st_mtime)
-    damaged = config_damaged or metrics_damaged or result_damaged or incomplete
+    unknown_task = task_name not in (None, *tasks.TASKS)
+    damaged = config_damaged or metrics_damaged or result_damaged or incomplete or unknown_task
     if (run_dir / LOCK_FILE).exists() and _locked(run_dir / LOCK_FILE):
         row["status"] = "running"
     elif damaged or (records and latest is None and (run_dir / CHECKPOINTS).is_dir()):

@@ -39,3 +39,70 @@ def clock(seconds: float) -> str:
 def utc_timestamp() -> str:
     """Now, in UTC, ISO 8601 to the second: '2026-12-03T00:41:07+00:00'."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+CACHE_ENV = "ZOO_CACHE_DIR"  # where zoo keeps its per-user caches (else $XDG_CACHE_HOME/zoo, else ~/.cache/zoo)
+# JAX's words when an entry of its persistent compilation cache cannot be read or written
+# (jax/_src/compiler.py): it then compiles as usual and warns once per module.
+_CACHE_TROUBLE = ("Error reading persistent compilation cache", "Error writing persistent compilation cache")
+
+
+def cache_dir() -> Path:
+    """zoo's per-user cache directory: $ZOO_CACHE_DIR, else $XDG_CACHE_HOME/zoo, else ~/.cache/zoo."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "zoo"
+
+
+def _usable_cache(path: Path) -> str | None:
+    """Why `path` cannot hold a compilation cache (None when it can): JAX runs what it finds there,
+    so it must be a directory of ours that nobody else can write to, and writable by us."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = path.stat()
+        if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+            return "it is not a directory only you can write to (JAX runs what it finds there)"
+        handle, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"it cannot be written ({error.strerror or error})"
+    return None
+
+
+def enable_compile_cache(warn) -> Path | None:
+    """Turns on JAX's persistent compilation cache in `cache_dir()/jax` (every compile of this
+    process is kept and found again by the next one), unless JAX's own cache directory is set
+    already (jax_compilation_cache_dir, JAX_COMPILATION_CACHE_DIR: the user's choice is kept).
+    A directory that cannot be used, and entries JAX cannot read or write (a corrupt cache),
+    cost one `warn(line)` each per process and a normal compile, never a failure. Returns the
+    directory in use (None: off)."""
+    import warnings
+
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    path = cache_dir() / "jax"
+    problem = _usable_cache(path)
+    if problem:
+        warn(f"compilation cache off: {path}: {problem}; set {CACHE_ENV} to another directory, or pass "
+             "--no-compile-cache")
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # zoo's steps compile in 0.1-5 s
+    previous, warned = warnings.showwarning, []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not str(message).startswith(_CACHE_TROUBLE):
+            return previous(message, category, filename, lineno, file, line)
+        if not warned:
+            warned.append(message)
+            why = str(message).split(": ", 1)[-1][:120]
+            warn(f"the compilation cache in {path} has an entry JAX cannot use ({why}): compiled normally "
+                 f"instead; delete {path} if this repeats")
+
+    warnings.showwarning = show
+    return path

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = {
     "name": "soak",
     "seed": 0,
-    "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 360, "shift": 1},
+    "data": {"name": "digits", "batch_size": 32, "eval_batch_size": 360, "augment": {"crop_pad": 1}},
     "model": {"name": "mlp", "hidden_sizes": [32], "dropout": 0.1, "norm": "batch"},
     "optimizer": {"name": "adam", "learning_rate": 3e-3, "schedule": "cosine"},
     "train": {"steps": 60, "log_every": 1},

@@ -77,20 +77,17 @@ def measure_step(config: Config, dataset: Dataset, timed_steps: int = CALIBRATIO
 
     run = build_setup(config, dataset)
     state = run.abstract_state()
-    x = jax.ShapeDtypeStruct((config.data.batch_size, *run.spec.input_shape), np.dtype(run.spec.dtype))
-    y = jax.ShapeDtypeStruct((config.data.batch_size,), np.int32)
-    step = step_lib.train_step_fn(run.model, run.tx, run.spec.num_classes, config.train.label_smoothing)
-    flops = _unrolled_flops(step, state, x, y)
+    x, y = batch_structs(run)
+    flops = _unrolled_flops(run.train_step(), state, x, y)
     seconds = None
     if timed_steps:
         from zoo.data import BatchIterator
 
         k = config.train.steps_per_call or auto_steps_per_call(run.model.info.family)
         calls = max(1, -(-timed_steps // k))
-        jitted = step_lib.jit_train_step(run.model, run.tx, run.spec.num_classes, config.train.label_smoothing,
-                                         run.mesh, k, config.train.deterministic, config.train.xla_options)
-        batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed,
-                                shift=config.data.shift)
+        jitted = step_lib.jit_train_step(run.model, run.tx, run.task, 0.0, run.mesh, k, config.train.deterministic,
+                                         config.train.xla_options, config.data.augment, config.train.ema)
+        batches = BatchIterator(run.dataset.x_train, run.dataset.y_train, config.data.batch_size, config.seed)
         leading = 1 if k > 1 else 0
 
         def put(batch):
@@ -110,3 +107,27 @@ def measure_step(config: Config, dataset: Dataset, timed_steps: int = CALIBRATIO
         seconds = (time.perf_counter() - start) / (calls * k)
     return {"flops_per_step": flops, "seconds_per_step": seconds}
 
+
+
+def batch_structs(run) -> tuple:
+    """The shapes and dtypes of one training batch (inputs, the task's targets) of a `RunSetup`."""
+    batch = run.config.data.batch_size
+    x = jax.ShapeDtypeStruct((batch, *run.spec.input_shape), np.dtype(run.spec.dtype))
+    shape, dtype = run.task.targets_of(batch, tuple(run.spec.input_shape))
+    return x, jax.ShapeDtypeStruct(shape, np.dtype(dtype))
+
+
+def train_step_memory(config: Config, spec: DataSpec) -> dict:
+    """XLA's memory analysis of the compiled train step (one step per call, `data.batch_size`, this
+    backend): bytes of its arguments (train state and batch), temporaries and outputs, and of the
+    outputs aliased to the donated arguments (the new state written over the old)."""
+    from zoo.training import step as step_lib
+    from zoo.training.setup import assemble_setup
+
+    run = assemble_setup(config, spec)
+    jitted = step_lib.jit_train_step(run.model, run.tx, run.task, 0.0, run.mesh, 1, config.train.deterministic,
+                                     config.train.xla_options, config.data.augment, config.train.ema)
+    stats = jitted.lower(run.abstract_state(), *batch_structs(run)).compile().memory_analysis()
+    fields = {"arguments": "argument_size_in_bytes", "temporaries": "temp_size_in_bytes",
+              "outputs": "output_size_in_bytes", "aliased": "alias_size_in_bytes"}
+    return {name: int(getattr(stats, field)) if stats is not None else None for name, field in fields.items()}

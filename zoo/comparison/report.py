@@ -2,7 +2,9 @@
 
 Input is plain data (one dict per run, as `zoo.compare` builds them, plus the compare's metadata);
 the curves come from each run's metrics.jsonl. Plots use matplotlib's Agg canvas directly (no
-pyplot, no global backend switch).
+pyplot, no global backend switch). The metric columns are the task's (`meta["task"]`, zoo.tasks:
+test accuracy for classify, R² and RMSE for regress, bpc for lm), each with its 95% CI and paired
+tests; the first ranks the models.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo import tasks
 from zoo.metrics import read_jsonl
 from zoo.util import atomic_write, clock
 
@@ -32,6 +35,29 @@ TABLE_HEADER = (
 )
 FILES = ("report.md", "results.csv", "results.json", "curves.png", "tradeoff.png", "flops.png")
 ALPHA = 0.05  # a model is distinguishable from the best when its paired t-test gives p < ALPHA
+# The per-metric entries of COLUMNS and TABLE_HEADER, written for classify's accuracy
+PER_METRIC_COLUMNS = ("final_accuracy", "final_val_accuracy", "best_accuracy")
+PER_METRIC_HEADER = TABLE_HEADER[-4:]
+
+
+def task_of(meta_or_name=None) -> type[tasks.Task]:
+    """The task class of a compare's metadata (or a task name); a report without one is a classification's."""
+    return tasks.describe(meta_or_name.get("task") if isinstance(meta_or_name, dict) else meta_or_name)
+
+
+def columns(task=None) -> tuple:
+    """COLUMNS for a task: each per-metric column once per report metric (classify: COLUMNS itself)."""
+    metrics = [m.name for m in task_of(task).report]
+    out = []
+    for column in COLUMNS:
+        out += ([column.replace("accuracy", metric) for metric in metrics] if column in PER_METRIC_COLUMNS
+                else [column])
+    return tuple(out)
+
+
+def _suffix(task, metric: str) -> str:
+    """'' for the task's first report metric (the keys of classify's reports), else '_<metric>'."""
+    return "" if metric == task.main().name else f"_{metric}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,9 +113,12 @@ def _label(row: dict) -> str:
     return row.get("label") or label_for(row["config"], row["dataset"])
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One entry per (dataset, model config): mean, sample std and 95% CI over seeds, and a paired t-test
-    against the dataset's best model; sorted by dataset (first seen first), then accuracy, best first."""
+def summarize(rows: list[dict], task=None) -> list[dict]:
+    """One entry per (dataset, model config): mean, sample std and 95% CI over seeds of each metric of the
+    task's report, and paired t-tests against the dataset's best model; sorted by dataset (first seen
+    first), then by the task's first metric (accuracy for classify), best first."""
+    task = task_of(task)
+    metrics, main = [m.name for m in task.report], task.main()
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["config"]), []).append(row)
@@ -102,34 +131,40 @@ def summarize(rows: list[dict]) -> list[dict]:
                  "params": runs[0]["params"], "flops_per_example": runs[0]["flops_per_example"],
                  "flops_per_step": runs[0].get("flops_per_step"), "steps": steps[0] if len(steps) == 1 else steps,
                  "batch_size": runs[0]["batch_size"], "setting": runs[0].get("setting") or ""}
+        keys = [f"{kind}_{metric}" for kind in ("final", "best") for metric in metrics]
         for key in ("compile_seconds", "ms_per_step", "examples_per_sec", "train_seconds", "wall_seconds",
-                    "final_accuracy", "best_accuracy", "final_loss", "final_val_accuracy", "train_flops"):
+                    *keys, "final_loss", *(f"final_val_{metric}" for metric in metrics), "train_flops"):
             entry[key], entry[key + "_std"] = _mean_std(r.get(key) for r in runs)
-        entry["final_accuracy_ci"] = mean_ci(r["final_accuracy"] for r in runs)[2]
+        for metric in metrics:
+            entry[f"final_{metric}_ci"] = mean_ci(r[f"final_{metric}"] for r in runs)[2]
         models.append(entry)
+    sign = -1.0 if main.mode == "max" else 1.0
     ordered = []
     for dataset in datasets:
         group = sorted((m for m in models if m["dataset"] == dataset),
-                       key=lambda m: (-m["final_accuracy"], m["config"]))
-        _compare_with_best(group, groups)
+                       key=lambda m: (sign * m[f"final_{main.name}"], m["config"]))
+        for metric in metrics:
+            _compare_with_best(group, groups, metric, _suffix(task, metric))
         ordered += group
     return ordered
 
 
-def _compare_with_best(group: list[dict], runs_by_model: dict) -> None:
-    """Sets each entry's p-value against the best (paired by seed) and whether it is distinguishable."""
+def _compare_with_best(group: list[dict], runs_by_model: dict, metric: str = "accuracy", suffix: str = "") -> None:
+    """Sets each entry's p-value of `metric` against the best model's (paired by seed) and whether it is
+    distinguishable (keys p_vs_best<suffix>, vs_best<suffix>)."""
     if not group:
         return
-    best = group[0]
-    best_by_seed = {r["seed"]: r["final_accuracy"] for r in runs_by_model[(best["dataset"], best["config"])]}
-    best["p_vs_best"], best["vs_best"] = None, "best"
+    best, key = group[0], f"final_{metric}"
+    best_by_seed = {r["seed"]: r[key] for r in runs_by_model[(best["dataset"], best["config"])]}
+    best[f"p_vs_best{suffix}"], best[f"vs_best{suffix}"] = None, "best"
     for entry in group[1:]:
-        mine = {r["seed"]: r["final_accuracy"] for r in runs_by_model[(entry["dataset"], entry["config"])]}
+        mine = {r["seed"]: r[key] for r in runs_by_model[(entry["dataset"], entry["config"])]}
         seeds = sorted(set(mine) & set(best_by_seed))
         p = paired_t_test([best_by_seed[s] for s in seeds], [mine[s] for s in seeds])
-        entry["p_vs_best"] = None if math.isnan(p) else p
-        entry["paired_seeds"] = len(seeds)
-        entry["vs_best"] = "n/a" if math.isnan(p) else ("same" if p >= ALPHA else "worse")
+        entry[f"p_vs_best{suffix}"] = None if math.isnan(p) else p
+        if not suffix:
+            entry["paired_seeds"] = len(seeds)
+        entry[f"vs_best{suffix}"] = "n/a" if math.isnan(p) else ("same" if p >= ALPHA else "worse")
 
 
 def _si(value) -> str:
@@ -155,13 +190,13 @@ def _p(p) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _vs_best(m: dict) -> str:
-    if m.get("vs_best") == "best":
+def _vs_best(m: dict, suffix: str = "") -> str:
+    if m.get(f"vs_best{suffix}") == "best":
         return "best"
-    if m.get("vs_best") == "n/a":
+    if m.get(f"vs_best{suffix}") == "n/a":
         return "- (one seed)"
-    mark = "not distinguishable" if m["vs_best"] == "same" else "worse"
-    return f"{mark}, {_p(m['p_vs_best'])}"
+    mark = "not distinguishable" if m[f"vs_best{suffix}"] == "same" else "worse"
+    return f"{mark}, {_p(m[f'p_vs_best{suffix}'])}"
 
 
 def _steps(m: dict) -> str:
@@ -169,9 +204,13 @@ def _steps(m: dict) -> str:
     return f"{steps:,}" if isinstance(steps, int) else "/".join(f"{s:,}" for s in steps)
 
 
-def markdown_table(models: list[dict], dataset: str, reference: dict | None = None) -> str:
-    """One row per model of one dataset (`models` as `summarize` returns them)."""
-    header = list(TABLE_HEADER)
+def markdown_table(models: list[dict], dataset: str, reference: dict | None = None, task=None) -> str:
+    """One row per model of one dataset (`models` as `summarize` returns them): per metric of the task's
+    report (classify: accuracy) its final test value, 95% CI, paired test against the best and the test
+    value at the validation-best step."""
+    task = task_of(task)
+    header = list(TABLE_HEADER[:-4]) + [cell.replace("acc", m.title) if "acc" in cell else cell
+                                        for m in task.report for cell in PER_METRIC_HEADER]
     accuracy_ref = (reference or {}).get("accuracy") or {}
     if accuracy_ref:
         header.append("published")
@@ -181,9 +220,11 @@ def markdown_table(models: list[dict], dataset: str, reference: dict | None = No
         cells = [m.get("label") or label_for(m["config"], dataset), m["family"], f"{m['params']:,}",
                  _si(m["flops_per_example"]), _steps(m), _si(m.get("train_flops")),
                  f"{m['compile_seconds']:.1f}", f"{m['ms_per_step']:.2f}", f"{m['examples_per_sec']:,.0f}",
-                 f"{m['train_seconds']:.1f}", _pm(m["final_accuracy"], m["final_accuracy_std"], m["seeds"]),
-                 _ci(m["final_accuracy"], m.get("final_accuracy_ci", math.nan)), _vs_best(m),
-                 _pm(m["best_accuracy"], m["best_accuracy_std"], m["seeds"])]
+                 f"{m['train_seconds']:.1f}"]
+        for name in (metric.name for metric in task.report):
+            final, best = f"final_{name}", f"best_{name}"
+            cells += [_pm(m[final], m[final + "_std"], m["seeds"]), _ci(m[final], m.get(final + "_ci", math.nan)),
+                      _vs_best(m, _suffix(task, name)), _pm(m[best], m[best + "_std"], m["seeds"])]
         if accuracy_ref:
             published = accuracy_ref.get(m["config"])
             cells.append(f"{published:.2f}" if published is not None else "-")
@@ -191,8 +232,10 @@ def markdown_table(models: list[dict], dataset: str, reference: dict | None = No
     return "\n".join(lines)
 
 
-def dataset_table(models: list[dict], datasets: list[str]) -> str:
-    """Model x dataset: final test accuracy, mean [95% CI] over seeds; the best of each dataset in bold."""
+def dataset_table(models: list[dict], datasets: list[str], task=None) -> str:
+    """Model x dataset: the task's first metric (final test accuracy for classify), mean [95% CI] over
+    seeds; the best of each dataset in bold."""
+    key = f"final_{task_of(task).main().name}"
     labels = list(dict.fromkeys(m["label"] for m in models))
     cell = {(m["label"], m["dataset"]): m for m in models}
     lines = ["| model | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]
@@ -203,10 +246,9 @@ def dataset_table(models: list[dict], datasets: list[str]) -> str:
             if m is None:
                 cells.append("-")
                 continue
-            text = f"{m['final_accuracy']:.3f}"
-            if math.isfinite(m.get("final_accuracy_ci", math.nan)):
-                text = (f"{m['final_accuracy']:.3f} [{m['final_accuracy'] - m['final_accuracy_ci']:.3f}, "
-                        f"{m['final_accuracy'] + m['final_accuracy_ci']:.3f}]")
+            text = f"{m[key]:.3f}"
+            if math.isfinite(m.get(key + "_ci", math.nan)):
+                text = f"{m[key]:.3f} [{m[key] - m[key + '_ci']:.3f}, {m[key] + m[key + '_ci']:.3f}]"
             if m.get("vs_best") == "best":
                 text = f"**{text}**"
             elif m.get("vs_best") == "same":
@@ -248,7 +290,7 @@ def _budget_line(models: list[dict], meta: dict) -> str:
     return line + "."
 
 
-def _sweep_section(sweeps: list[dict], trials: list[dict], dataset: str) -> list[str]:
+def _sweep_section(sweeps: list[dict], trials: list[dict], dataset: str, task=None) -> list[str]:
     mine = [s for s in sweeps if s["dataset"] == dataset]
     if not mine:
         return []
@@ -265,14 +307,15 @@ def _sweep_section(sweeps: list[dict], trials: list[dict], dataset: str) -> list
                      + f"; tuned on seed(s) {', '.join(map(str, sweep['tuning_seeds']))} by {sweep['metric']}; "
                      + (f"chose {_setting_text(chosen)}" if chosen else "no trial finished")
                      + "".join(f". **{flag}**" for flag in sweep.get("flags", [])) + ".")
-    lines += ["", "| model | setting | val accuracy | val loss | chosen |", "|---|---|---:|---:|:---:|"]
+    main = task_of(task).main()
+    lines += ["", f"| model | setting | val {main.words} | val loss | chosen |", "|---|---|---:|---:|:---:|"]
     for sweep in mine:
         by_setting: dict[str, list[dict]] = {}
         for trial in trials:
             if trial["dataset"] == dataset and trial["config"] == sweep["config"]:
                 by_setting.setdefault(trial["tag"], []).append(trial)
         for group in by_setting.values():
-            acc = _mean_std(t["val_accuracy"] for t in group)[0]
+            acc = _mean_std(t.get(f"val_{main.name}") for t in group)[0]
             loss = _mean_std(t["val_loss"] for t in group)[0]
             chosen = group[0]["chosen"]
             setting = _setting_text(group[0]["setting"])
@@ -295,11 +338,16 @@ def _figure_names(dataset: str, multi: bool) -> dict:
 def _dataset_section(models: list[dict], rows: list[dict], meta: dict, dataset: str, trials: list[dict],
                      multi: bool) -> list[str]:
     lines = [f"## {dataset}", ""] if multi else []
+    main = task_of(meta).main().words  # accuracy for classify
     table = markdown_table(models, dataset, meta.get("reference") if not multi or any(
-        m["config"] in ((meta.get("reference") or {}).get("accuracy") or {}) for m in models) else None)
+        m["config"] in ((meta.get("reference") or {}).get("accuracy") or {}) for m in models) else None,
+        meta.get("task"))
     if multi or meta.get("budget_kind") in ("seconds", "flops"):
         lines += [f"- {_budget_line(models, meta)}", ""]
     lines += [table, ""]
+    baseline = baseline_line(meta, dataset)
+    if baseline:
+        lines += [baseline, ""]
     significance = _significance(models, dataset)
     if significance:
         lines += [significance, ""]
@@ -308,11 +356,22 @@ def _dataset_section(models: list[dict], rows: list[dict], meta: dict, dataset: 
         lines += ["Tuned settings: " + "; ".join(f"{m['label']}: {_setting_text(json.loads(m['setting']))}"
                                                  for m in settings) + ".", ""]
     names = _figure_names(dataset, multi)
-    lines += [f"![validation and test accuracy, train loss]({names['curves']})", "",
-              f"![accuracy against size and time]({names['tradeoff']})", "",
-              f"![accuracy against training FLOPs]({names['flops']})", ""]
-    lines += _sweep_section(meta.get("sweeps") or [], trials, dataset)
+    lines += [f"![validation and test {main}, train loss]({names['curves']})", "",
+              f"![{main} against size and time]({names['tradeoff']})", "",
+              f"![{main} against training FLOPs]({names['flops']})", ""]
+    lines += _sweep_section(meta.get("sweeps") or [], trials, dataset, meta.get("task"))
     return lines
+
+
+def baseline_line(meta: dict, dataset: str) -> str:
+    """The line a regression report prints under its table: ordinary least squares on the same split
+    (`runner.least_squares`, in meta["baselines"]); '' when there is none."""
+    fit = (meta.get("baselines") or {}).get(dataset)
+    if not fit:
+        return ""
+    return (f"Linear baseline: {fit['method']}, fit on the same {fit['train_rows']} training rows the models train "
+            f"on (validation rows held out), scored on the same {fit['test_rows']} test rows: test R² "
+            f"{fit['r2']:.4f}, RMSE {fit['rmse']:.4g}, MAE {fit['mae']:.4g}.")
 
 
 def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dict]) -> str:
@@ -327,11 +386,11 @@ def _markdown(models: list[dict], rows: list[dict], meta: dict, trials: list[dic
     lines += _setting_lines(rows, meta, trials, datasets, seeds)
     lines.append("")
     if multi:
-        lines += ["## Final test accuracy, model × dataset", "",
+        lines += [f"## Final test {task_of(meta).main().words}, model × dataset", "",
                   "Mean over seeds [95% t-interval]; **bold**: the dataset's best; ≈: not distinguishable from "
                   f"the best (paired t-test over seeds, p ≥ {ALPHA}).", "",
-                  dataset_table(models, datasets), "", "![model x dataset](heatmap.png)", ""]
-    lines += [COLUMNS_TEXT, ""]
+                  dataset_table(models, datasets, meta.get("task")), "", "![model x dataset](heatmap.png)", ""]
+    lines += [columns_text(meta.get("task")), ""]
     reference = meta.get("reference") or {}
     if reference.get("accuracy"):
         lines += [f"Published: {reference.get('source', 'reference')}.", ""]
@@ -358,6 +417,22 @@ COLUMNS_TEXT = (
     "of the compiled inference forward pass (scans unrolled), divided by the batch size; train FLOPs: "
     "XLA's count for one compiled train step (forward, backward, update) times the steps. ms/step, "
     "examples/s and train time exclude compilation and evaluation, and are means over seeds.")
+
+
+def columns_text(task=None) -> str:
+    """COLUMNS_TEXT for the task's metrics (classify: COLUMNS_TEXT itself) and its selection metric."""
+    task = task_of(task)
+    if task is tasks.Classify:
+        return COLUMNS_TEXT
+    metrics = " and ".join(f"test {m.words}" for m in task.report)
+    units = " (regression metrics in the targets' original units)" if task is tasks.Regress else ""
+    chosen = f"{'highest' if task.selection[1] == 'max' else 'lowest'} validation {task.selection[0]}"
+    each = ", each" if len(task.report) > 1 else ""
+    text = COLUMNS_TEXT.replace("Columns: test accuracy as", f"Columns: {metrics}{units}{each} as")
+    text = text.replace("per-seed test accuracy against the best model's",
+                        f"per-seed value against the best model's (best by {task.main().words})")
+    return text.replace("test accuracy of the checkpoint with the highest validation accuracy",
+                        f"{metrics} of the checkpoint with the {chosen}")
 
 
 def _setting_lines(rows: list[dict], meta: dict, trials: list[dict], datasets: list[str], seeds) -> list[str]:
@@ -397,12 +472,12 @@ def _setting_lines(rows: list[dict], meta: dict, trials: list[dict], datasets: l
     return lines
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], fields: tuple = COLUMNS) -> None:
     handle = io.StringIO(newline="")
-    writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in COLUMNS})
+        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in fields})
     atomic_write(path, handle.getvalue())
 
 
@@ -411,18 +486,19 @@ def write_report(report_dir: str | Path, rows: list[dict], meta: dict, runs_root
     """Writes every report file; `runs_root` is where each row's `run_dir` (if relative) lives."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    trials = trials or []
-    models = summarize(rows)
+    trials, task, fields = trials or [], meta.get("task"), columns(meta.get("task"))
+    models = summarize(rows, task)
     datasets = [d for d in (meta.get("datasets") or list(dict.fromkeys(r["dataset"] for r in rows)))
                 if any(m["dataset"] == d for m in models)]
     multi = len(datasets) > 1
-    tables = [markdown_table([m for m in models if m["dataset"] == d], d, meta.get("reference")) for d in datasets]
-    table = dataset_table(models, datasets) if multi else (tables[0] if tables else "")
+    tables = [markdown_table([m for m in models if m["dataset"] == d], d, meta.get("reference"), task)
+              + "".join(f"\n\n{line}" for line in [baseline_line(meta, d)] if line) for d in datasets]
+    table = dataset_table(models, datasets, task) if multi else (tables[0] if tables else "")
     atomic_write(report_dir / "report.md", _markdown(models, rows, meta, trials))
-    write_csv(report_dir / "results.csv", rows)
+    write_csv(report_dir / "results.csv", rows, fields)
     atomic_write(report_dir / "results.json",
                   json.dumps({"compare": meta, "models": models,
-                              "runs": [{key: row.get(key) for key in COLUMNS} for row in rows],
+                              "runs": [{key: row.get(key) for key in fields} for row in rows],
                               "trials": trials}, indent=2, default=_json_default) + "\n")
     files = [report_dir / name for name in ("report.md", "results.csv", "results.json")]
     labels = list(dict.fromkeys(m["label"] for m in models))
@@ -448,12 +524,12 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _curves(run_dir: Path) -> tuple[dict, dict, dict]:
-    """{step: validation accuracy}, {step: test accuracy}, {step: train loss} from one run's metrics.jsonl."""
+def _curves(run_dir: Path, metric: str = "accuracy") -> tuple[dict, dict, dict]:
+    """{step: validation `metric`}, {step: test `metric`}, {step: train loss} from one run's metrics.jsonl."""
     path = run_dir / "metrics.jsonl"
     records = read_jsonl(path) if path.exists() else []
-    val = {r["step"]: r["accuracy"] for r in records if r.get("split") == "val" and "accuracy" in r}
-    test = {r["step"]: r["accuracy"] for r in records if r.get("split") == "test" and "accuracy" in r}
+    val = {r["step"]: r[metric] for r in records if r.get("split") == "val" and metric in r}
+    test = {r["step"]: r[metric] for r in records if r.get("split") == "test" and metric in r}
     train = {r["step"]: r["loss"] for r in records if r.get("split") == "train" and "loss" in r}
     return val, test, train
 
@@ -483,15 +559,17 @@ def _title(meta: dict) -> str:
 
 
 def plot_curves(path: Path, rows: list[dict], models: list[dict], colors: dict, runs_root: Path, meta: dict) -> None:
-    """Validation accuracy, test accuracy and train loss against step: per model the mean over seeds,
-    min-max band shaded."""
+    """Validation and test values of the task's first metric (accuracy for classify) and train loss
+    against step: per model the mean over seeds, min-max band shaded."""
+    task = task_of(meta)
+    main, words = task.main().name, task.main().words
     figure = _figure(15, 4.6)
     val_ax, test_ax, loss_ax = figure.subplots(1, 3)
     for model in models:
         runs = [r for r in rows if r["config"] == model["config"]]
-        vals, tests, trains = zip(*(_curves(_run_path(r["run_dir"], runs_root)) for r in runs))
+        vals, tests, trains = zip(*(_curves(_run_path(r["run_dir"], runs_root), main) for r in runs))
         color = colors[model["label"]]
-        label = f"{model['label']} ({model['final_accuracy']:.3f})"
+        label = f"{model['label']} ({model[f'final_{main}']:.3f})"
         for ax, series in ((val_ax, vals), (test_ax, tests), (loss_ax, trains)):
             band = _band([s for s in series if s])
             if band is None:
@@ -504,9 +582,10 @@ def plot_curves(path: Path, rows: list[dict], models: list[dict], colors: dict, 
     for model in models:
         if model["config"] in published:
             test_ax.axhline(published[model["config"]], color=colors[model["label"]], ls="--", lw=1, alpha=0.8)
-    val_ax.set(xlabel="step", ylabel="validation accuracy", title="validation accuracy (selection reads this)")
-    test_ax.set(xlabel="step", ylabel="test accuracy",
-                title="test accuracy (mean, min-max over seeds)" + ("; dashed: published" if published else ""))
+    selected = " (selection reads this)" if task.selection[0] == main else ""
+    val_ax.set(xlabel="step", ylabel=f"validation {words}", title=f"validation {words}{selected}")
+    test_ax.set(xlabel="step", ylabel=f"test {words}",
+                title=f"test {words} (mean, min-max over seeds)" + ("; dashed: published" if published else ""))
     loss_ax.set(xlabel="step", ylabel="train loss", title="train loss (mean, min-max over seeds)", yscale="log")
     for ax in (val_ax, test_ax, loss_ax):
         ax.grid(True, alpha=0.3)
@@ -535,27 +614,29 @@ def _run_path(run_dir: str, runs_root: Path) -> Path:
     return path if path.is_absolute() else runs_root / path
 
 
-def _error_y(model: dict) -> float:
-    half = model.get("final_accuracy_ci", math.nan)
+def _error_y(model: dict, main: str = "accuracy") -> float:
+    half = model.get(f"final_{main}_ci", math.nan)
     return half if math.isfinite(half) else 0.0
 
 
 def plot_tradeoff(path: Path, models: list[dict], colors: dict, meta: dict) -> None:
-    """Final test accuracy against parameters and against training time (log x), error bars = 95% CI."""
+    """The task's first final test metric (accuracy for classify) against parameters and against
+    training time (log x), error bars = 95% CI."""
+    main, words = task_of(meta).main().name, task_of(meta).main().words
     figure = _figure(12, 4.6)
     params_ax, time_ax = figure.subplots(1, 2)
     for model in models:
         color, label = colors[model["label"]], model["label"]
-        y, yerr = model["final_accuracy"], _error_y(model)
+        y, yerr = model[f"final_{main}"], _error_y(model, main)
         params_ax.errorbar(model["params"], y, yerr=yerr, fmt="o", color=color, capsize=3)
         time_ax.errorbar(model["train_seconds"], y, yerr=yerr, xerr=model["train_seconds_std"], fmt="o",
                          color=color, capsize=3)
         for ax, x in ((params_ax, model["params"]), (time_ax, model["train_seconds"])):
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    params_ax.set(xscale="log", xlabel="parameters", ylabel="final test accuracy (95% CI)",
-                  title="accuracy vs parameters")
-    time_ax.set(xscale="log", xlabel="training time (s, excluding compile)", ylabel="final test accuracy (95% CI)",
-                title="accuracy vs training time")
+    params_ax.set(xscale="log", xlabel="parameters", ylabel=f"final test {words} (95% CI)",
+                  title=f"{words} vs parameters")
+    time_ax.set(xscale="log", xlabel="training time (s, excluding compile)", ylabel=f"final test {words} (95% CI)",
+                title=f"{words} vs training time")
     for ax in (params_ax, time_ax):
         _log_axis(ax)
     figure.suptitle(_title(meta))
@@ -570,7 +651,9 @@ def _log_axis(ax) -> None:
 
 
 def plot_flops(path: Path, models: list[dict], colors: dict, meta: dict) -> None:
-    """Final test accuracy against training FLOPs (XLA's train-step count times steps; log x)."""
+    """The task's first final test metric (accuracy for classify) against training FLOPs (XLA's
+    train-step count times steps; log x)."""
+    main, words = task_of(meta).main().name, task_of(meta).main().words
     figure = _figure(6.5, 4.6)
     ax = figure.subplots()
     for model in models:
@@ -578,20 +661,22 @@ def plot_flops(path: Path, models: list[dict], colors: dict, meta: dict) -> None
         if x is None or not math.isfinite(x) or x <= 0:
             continue
         color = colors[model["label"]]
-        ax.errorbar(x, model["final_accuracy"], yerr=_error_y(model), fmt="o", color=color, capsize=3)
-        ax.annotate(model["label"], (x, model["final_accuracy"]), textcoords="offset points", xytext=(6, 4),
+        ax.errorbar(x, model[f"final_{main}"], yerr=_error_y(model, main), fmt="o", color=color, capsize=3)
+        ax.annotate(model["label"], (x, model[f"final_{main}"]), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)
     ax.set(xscale="log", xlabel="training FLOPs (XLA count per train step x steps)",
-           ylabel="final test accuracy (95% CI)", title="accuracy vs training compute")
+           ylabel=f"final test {words} (95% CI)", title=f"{words} vs training compute")
     _log_axis(ax)
     figure.suptitle(_title(meta), fontsize=10)
     figure.savefig(path)
 
 
 def plot_heatmap(path: Path, models: list[dict], datasets: list[str], meta: dict) -> None:
-    """Model x dataset final test accuracy (mean over seeds), numbers in the cells."""
+    """Model x dataset: the task's first final test metric (accuracy for classify; mean over seeds),
+    numbers in the cells."""
+    main, words = task_of(meta).main().name, task_of(meta).main().words
     labels = list(dict.fromkeys(m["label"] for m in models))
-    cell = {(m["label"], m["dataset"]): m["final_accuracy"] for m in models}
+    cell = {(m["label"], m["dataset"]): m[f"final_{main}"] for m in models}
     values = np.array([[cell.get((label, d), np.nan) for d in datasets] for label in labels])
     figure = _figure(1.6 + 1.5 * len(datasets), 1.2 + 0.45 * len(labels))
     ax = figure.subplots()
@@ -605,7 +690,7 @@ def plot_heatmap(path: Path, models: list[dict], datasets: list[str], meta: dict
             if np.isfinite(values[i, j]):
                 ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8,
                         color="black" if values[i, j] > middle else "white")
-    figure.colorbar(image, ax=ax, label="final test accuracy")
+    figure.colorbar(image, ax=ax, label=f"final test {words}")
     figure.suptitle(f"{meta.get('name', '')}: {meta.get('budget', '')} per run, "
                     f"mean over {len(meta.get('seeds') or [])} seeds", fontsize=10)
     figure.savefig(path)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from zoo import data as data_lib
-from zoo import distributed
+from zoo import distributed, tasks
 from zoo.comparison import report
 from zoo.comparison.cost import PROBE_STEPS, CALIBRATION_STEPS, forward_flops, measure_step
 from zoo.comparison.schema import (Arm, CompareConfig, SweepConfig, describe_setting, short_key, load_compare,
@@ -30,7 +30,7 @@ from zoo.errors import ConfigError
 from zoo.data import Dataset
 from zoo.metrics import Progress, Silent
 from zoo.rundir import CONFIG_FILE, RESULT_FILE
-from zoo.training import fit
+from zoo.training import fit, population
 from zoo.util import atomic_write, clock
 
 RUN_TIMES_FILE = "run_times.json"  # {"<run dir under runs/>": seconds of the fit() call that finished it}
@@ -151,6 +151,7 @@ class _Runner:
         # time, {seconds: S} budgets) and every run's wall time over what it was promised
         self.walls, self.promised, self.overheads = {}, {}, []
         self.records = {}  # run dir -> record, for this invocation
+        self.main = tasks.describe(config.task).main().name  # the metric progress lines show: accuracy, r2, bpc
 
     def key(self, run_dir: Path) -> str:
         return str(run_dir.relative_to(self.workdir / "runs"))
@@ -187,43 +188,87 @@ class _Runner:
 
     def run(self, arm: Arm, setting: dict, seed: int, why: str) -> dict | None:
         """The finished run's record, or None when `--budget-s` ran out before it could start."""
+        return self.run_many(arm, [(setting, seed)], why)[0]
+
+    def run_many(self, arm: Arm, jobs: list, why: str) -> list:
+        """The records of `jobs`, (setting, seed) pairs of one arm, in order (None: skipped by
+        `--budget-s`). Finished runs are reused; the others train as populations where their configs
+        differ only in seed, learning rate and weight decay (population: auto), else one by one."""
+        planned = [self._begin(arm, setting, seed) for setting, seed in jobs]
+        pending = list({job["run_dir"]: job for job in planned if "tag" in job and not self._reuse(job)}.values())
+        if self.config.population == "off":
+            batches = [[job] for job in pending]
+        else:
+            batches = [[pending[i] for i in group] for group in population.groups([job["config"] for job in pending])]
+        for batch in batches:
+            self._train(arm, batch, why)
+        return [self.records.get(job["run_dir"]) for job in planned]
+
+    def _begin(self, arm: Arm, setting: dict, seed: int) -> dict:
+        """A job: its config and run directory, and (unless this invocation has its record already: a sweep
+        trial that is also a final run) its place in the plan."""
         steps = self.steps_for(arm, setting)
         config = self.config.run_config(arm, seed, steps, setting)
-        run_dir = run_dir_for(self.workdir, config, seed, setting)
-        if run_dir in self.records:  # a sweep trial that is also a final run
-            return self.records[run_dir]
+        job = {"config": config, "run_dir": run_dir_for(self.workdir, config, seed, setting), "setting": setting,
+               "seed": seed}
+        if job["run_dir"] in self.records:
+            return job
         self.done += 1
         self.left[arm.base.name] -= 1
-        tag = f"[{self.done}/{self.planned}] {config.name}{' ' + describe_setting(setting) if setting else ''} seed {seed}"
-        result = finished_result(run_dir, config)
-        if result is not None:
-            self.reused += 1
-            self.progress.log(f"{tag}: finished earlier, reused (val accuracy "
-                              f"{_fmt(result['final'].get('val_accuracy'))})")
+        job["number"] = self.done
+        job["tag"] = f"[{self.done}/{self.planned}] {config.name}{' ' + describe_setting(setting) if setting else ''} seed {seed}"
+        return job
+
+    def _reuse(self, job: dict) -> bool:
+        """Records a run finished earlier (True), or says it must train (False)."""
+        result = finished_result(job["run_dir"], job["config"])
+        if result is None:
+            return False
+        self.reused += 1
+        self.progress.log(f"{job['tag']}: finished earlier, reused (val {self.main} "
+                          f"{_fmt(result['final'].get(f'val_{self.main}'))})")
+        self._record(job, result)
+        return True
+
+    def _record(self, job: dict, result: dict) -> None:
+        self.records[job["run_dir"]] = {"config": job["config"], "run_dir": job["run_dir"], "result": result,
+                                        "setting": job["setting"], "seed": job["seed"],
+                                        "wall_seconds": self.times.get(self.key(job["run_dir"]))}
+
+    def _train(self, arm: Arm, batch: list, why: str) -> None:
+        """Trains `batch` (one run, or the members of one population) unless `--budget-s` is spent; each
+        run's time is the batch's wall time divided among them."""
+        if self.deadline is not None and distributed.any_true(_now() > self.deadline):
+            for job in batch:
+                self.skipped.append({"dataset": arm.dataset, "config": job["config"].name, "setting": job["setting"],
+                                     "seed": job["seed"], "why": why})
+                self.progress.log(f"{job['tag']}: skipped, --budget-s is spent")
+            return
+        first, dataset = batch[0], self.datasets[arm.dataset]
+        model, start = first["config"].model.name, _now()
+        if len(batch) == 1:
+            self.progress.log(f"{first['tag']}: training {model} ({why}) in {first['run_dir']}  ETA {self.eta()}")
+            results = [fit(first["config"], first["run_dir"], _child(self.progress, first["tag"]), dataset=dataset)]
         else:
-            if self.deadline is not None and distributed.any_true(_now() > self.deadline):
-                self.skipped.append({"dataset": arm.dataset, "config": config.name, "setting": setting,
-                                     "seed": seed, "why": why})
-                self.progress.log(f"{tag}: skipped, --budget-s is spent")
-                return None
-            self.progress.log(f"{tag}: training {config.model.name} ({why}) in {run_dir}  ETA {self.eta()}")
-            start = _now()
-            result = fit(config, run_dir, _child(self.progress, tag), dataset=self.datasets[arm.dataset])
-            if result.get("stopped"):
-                raise _Stopped(result["stopped"], run_dir)
-            elapsed = _now() - start
-            self.times[self.key(run_dir)] = elapsed
-            _write_json(self.times_path, self.times)
+            tag = f"[{first['number']}-{batch[-1]['number']}/{self.planned}] {first['config'].name}"
+            self.progress.log(f"{tag}: training {model} ({why}): {len(batch)} runs as one population  ETA {self.eta()}")
+            results = population.fit_population([job["config"] for job in batch], [job["run_dir"] for job in batch],
+                                                _child(self.progress, tag), dataset, self.config.population_memory_mib)
+        stopped = next((result for result in results if result.get("stopped")), None)
+        if stopped:
+            raise _Stopped(stopped["stopped"], Path(stopped["run_dir"]))
+        elapsed = (_now() - start) / len(batch)
+        for job, result in zip(batch, results):
+            self.times[self.key(job["run_dir"])] = elapsed
             self.run_seconds.append(elapsed)
             self.walls.setdefault(arm.base.name, []).append(elapsed)
             if self.promised.get(arm.base.name):
                 self.overheads.append(elapsed / self.promised[arm.base.name])
             self.trained += 1
-            self.progress.log(f"{tag}: val accuracy {_fmt(result['final'].get('val_accuracy'))} in "
+            self.progress.log(f"{job['tag']}: val {self.main} {_fmt(result['final'].get(f'val_{self.main}'))} in "
                               f"{clock(elapsed)}  ETA {self.eta()}")
-        self.records[run_dir] = {"config": config, "run_dir": run_dir, "result": result, "setting": setting,
-                                 "seed": seed, "wall_seconds": self.times.get(self.key(run_dir))}
-        return self.records[run_dir]
+            self._record(job, result)
+        _write_json(self.times_path, self.times)
 
     def eta(self) -> str:
         """The time left: every run not started yet at its own model's expected time."""
@@ -266,7 +311,7 @@ def compare(config: CompareConfig | str | Path | dict, workdir: str | Path, prog
     datasets = {}
     for label in config.datasets:
         arm = next(a for a in config.arms if a.dataset == label)
-        datasets[label] = dataset if dataset is not None else data_lib.load(arm.base.data)
+        datasets[label] = dataset if dataset is not None else data_lib.load(arm.base.data, arm.base.task)
 
     runner = _Runner(config, workdir, datasets, progress, budget_s)
     progress.log(f"compare '{config.name}' on {config.dataset}: {len(config.arms)} models x "
@@ -284,6 +329,8 @@ def compare(config: CompareConfig | str | Path | dict, workdir: str | Path, prog
             "compare_config": config.path, "wall_seconds": wall, "trained": runner.trained,
             "reused": runner.reused, "skipped": runner.skipped, "budget_s": budget_s, "sweeps": sweeps,
             "reference": config.reference, "machine": _machine()}
+    if config.task != "classify":  # a classification's report stays as it was before tasks
+        meta.update(task=config.task, baselines=_baselines(config, datasets))
     written = (report.write_report(workdir / "report", rows, meta, workdir, trials=trials) if distributed.is_primary()
                else {"table": "", "models": []})  # process 0 writes the report
     progress.log(f"compare '{config.name}' done in {clock(wall)}: report in {workdir / 'report'}"
@@ -308,8 +355,7 @@ def _run_all(config: CompareConfig, runner: _Runner, workdir: Path) -> tuple[lis
                                    for seed in config.seeds]
                 continue
         spec = runner.datasets[arm.dataset].spec
-        for seed in config.seeds:
-            record = runner.run(arm, chosen, seed, "final")
+        for record in runner.run_many(arm, [(chosen, seed) for seed in config.seeds], "final"):
             if record is None:
                 continue
             run_config = record["config"]
@@ -327,16 +373,19 @@ def _tune(config: CompareConfig, runner: _Runner, arm: Arm) -> tuple[dict | None
     settings = sweep.settings(config.seed)
     tuning_seeds = config.seeds[:sweep.select.seeds]
     scores, trials = [], []
+    records = iter(runner.run_many(arm, [(setting, seed) for setting in settings for seed in tuning_seeds],
+                                   "sweep trial"))
     for setting in settings:
         values = []
         for seed in tuning_seeds:
-            record = runner.run(arm, setting, seed, "sweep trial")
+            record = next(records)
             if record is None:
                 continue
             values.append(validation_score(record["result"], metric))
+            main = tasks.describe(arm.base.task).main().name  # classify: val_accuracy
             trials.append({"dataset": arm.dataset, "config": arm.base.name, "label": arm.label,
                            "setting": setting, "tag": setting_tag(setting), "seed": seed,
-                           "val_accuracy": record["result"]["final"].get("val_accuracy"),
+                           f"val_{main}": record["result"]["final"].get(f"val_{main}"),
                            "val_loss": record["result"]["final"].get("val_loss"),
                            "run_dir": str(record["run_dir"].relative_to(runner.workdir)),
                            "wall_seconds": record["wall_seconds"], "chosen": False})
@@ -382,14 +431,54 @@ def _row(config: CompareConfig, arm: Arm, record: dict, flops: float | None, ste
         "examples_per_sec": result["examples_per_sec"],
         "train_seconds": result["train_seconds"],
         "wall_seconds": record["wall_seconds"],
-        "final_accuracy": result["final"]["test_accuracy"],
+        # per metric of the task's report (classify: final_accuracy, final_val_accuracy, best_accuracy)
+        **_metric_cells(result, tasks.describe(run_config.task)),
         "final_loss": result["final"]["test_loss"],
-        "final_val_accuracy": result["final"].get("val_accuracy"),
-        "best_accuracy": result["best_accuracy"],  # test accuracy at the validation-best step
         "final_step": result["final_step"],
         "resumed_from": result.get("resumed_from", 0),
         "run_dir": run_dir,
     }
+
+
+def _metric_cells(result: dict, task) -> dict:
+    """A run's final test and validation values of each report metric of its task, and the test value
+    at the validation-best step (`best_<metric>`: selected on validation, never on test)."""
+    best = result.get("best_checkpoint") or {}
+    cells = {}
+    for metric in (m.name for m in task.report):
+        cells[f"final_{metric}"] = result["final"][f"test_{metric}"]
+        cells[f"final_val_{metric}"] = result["final"].get(f"val_{metric}")
+        cells[f"best_{metric}"] = result.get(f"best_{metric}", best.get(f"test_{metric}"))
+    return cells
+
+
+def _baselines(config: CompareConfig, datasets: dict) -> dict:
+    """{dataset: ordinary least squares on it (`least_squares`)} for a regression compare."""
+    out = {}
+    for label in config.datasets:
+        arm = next(a for a in config.arms if a.dataset == label)
+        out[label] = least_squares(data_lib.prepare(datasets[label], arm.base.data))
+    return out
+
+
+def least_squares(dataset: Dataset) -> dict:
+    """Ordinary least squares with an intercept (`np.linalg.lstsq`), fit on the training rows the models
+    train on (a prepared dataset: its validation rows held out by the same data.seed) and scored on the
+    test split with the regression task's own metrics, in the targets' original units: the linear
+    baseline a regression report prints beside the models."""
+    spec = dataset.spec
+
+    def design(x):
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        return np.hstack([x, np.ones((len(x), 1))])
+
+    coefficients, *_ = np.linalg.lstsq(design(dataset.x_train), np.asarray(dataset.y_train, np.float64), rcond=None)
+    predicted = (design(dataset.x_test) @ coefficients).astype(np.float32)
+    task = tasks.Regress(spec.num_classes, tuple(spec.targets["mean"]), tuple(spec.targets["std"]))
+    sums = task.eval_sums(predicted, np.asarray(dataset.y_test, np.float32), np.ones(len(predicted), np.float32))
+    metrics = task.finish({key: np.asarray(value, np.float64) for key, value in sums.items()})
+    return {"method": "ordinary least squares (np.linalg.lstsq, with intercept)", "train_rows": len(dataset.x_train),
+            "test_rows": len(predicted), **{key: metrics[key] for key in ("r2", "rmse", "mae")}}
 
 
 def _machine() -> dict:

@@ -8,11 +8,14 @@ A compare config names the data, a list of model configs, the seeds and one budg
     budget: {steps: 600}      # or {epochs: N}, {seconds: S} (measured step time), {flops: F} (training FLOPs)
     eval_every: 100           # optional: replaces every model config's train.eval_every
     tensorboard: true         # optional: logging.tensorboard in every run (`tensorboard --logdir WORKDIR/runs`)
+    population: auto          # auto (default): a model's seeds (and learning-rate or weight-decay settings)
+                              # train as one vmapped population (docs/population.md); off: one run at a time
+    population_memory_mib: 4096  # a population estimated above this trains in chunks
     models: [configs/digits/mlp.yaml, {config: configs/digits/cnn.yaml, sweep: {...}}]
     sweep:                    # optional, per model overridable: dotted keys -> lists (a grid)
       optimizer.learning_rate: [1.0e-3, 3.0e-3]
       random: 4               # optional: that many grid points, sampled with `seed`
-      select: {metric: val_accuracy, seeds: 1}
+      select: {metric: val_accuracy, seeds: 1}   # metric default: the task's (val_accuracy; val_loss)
     reference:                # optional: published accuracies shown beside ours
       source: "Author et al. 2024"
       accuracy: {digits_mlp: 0.9}
@@ -89,7 +92,8 @@ class BudgetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SelectConfig:
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    # null: the task's (classify: val_accuracy; regress, lm: val_loss)
+    metric: Literal["val_accuracy", "val_loss"] | None = None
     seeds: int = dataclasses.field(default=1, metadata=_rule(lambda v: v >= 1, "at least 1"))
 
 
@@ -150,6 +154,8 @@ class _CompareSchema:
     sweep: dict | None = None
     reference: ReferenceConfig = dataclasses.field(default_factory=ReferenceConfig)
     tensorboard: bool = False  # logging.tensorboard in every run
+    population: Literal["auto", "off"] = "auto"
+    population_memory_mib: int = dataclasses.field(default=4096, metadata=_rule(lambda v: v >= 1, "at least 1"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +184,17 @@ class CompareConfig:
     path: str | None = None
     seed: int = 0
     tensorboard: bool = False
+    population: str = "auto"  # auto: runs that can share a vmapped step train as one population; off
+    population_memory_mib: int = 4096  # a population estimated above this trains in chunks
 
     @property
     def dataset(self) -> str:
         return self.datasets[0] if len(self.datasets) == 1 else "+".join(self.datasets)
+
+    @property
+    def task(self) -> str:
+        """The task every model of the compare learns (one task per compare)."""
+        return self.arms[0].base.task if self.arms else "classify"
 
     @property
     def models(self) -> tuple[Config, ...]:
@@ -379,7 +392,7 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     reference = _reference(schema, raw, names, where)
     compare = CompareConfig(schema.name, tuple(label for label, _ in datasets), tuple(arms), tuple(paths),
                             schema.seeds, schema.budget, schema.eval_every, reference, str(path) if path else None,
-                            schema.seed, schema.tensorboard)
+                            schema.seed, schema.tensorboard, schema.population, schema.population_memory_mib)
     for arm in arms:  # the budget and every sweep setting must give a valid config and model for every arm
         for setting in (arm.sweep.settings(schema.seed) if arm.sweep else [{}]):
             try:
@@ -467,8 +480,29 @@ def _arms(datasets, entries, compare_path: Path | None, where: str) -> tuple[lis
             if sweep and config.data.validation == 0:
                 raise ConfigError(f"{where}sweep: {config.name} has data.validation 0, and a sweep selects on the "
                                   "validation split only: give it data.validation > 0 (e.g. 0.1)")
+            _check_one_task(arms, config, model_path, where)
+            sweep = _task_selection(sweep, config.task, where)
             arms.append(Arm(label, entry.label or report.label_for(config.name, label), config, model_path, sweep))
     return arms, names, paths
+
+
+def _check_one_task(arms: list, config: Config, model_path: str, where: str) -> None:
+    """Refuses a model config of another task than the compare's first: one report ranks one metric."""
+    if arms and config.task != arms[0].base.task:
+        raise ConfigError(f"{where}models: {model_path} is task '{config.task}', {arms[0].path} task "
+                          f"'{arms[0].base.task}': a compare trains one task; split them into two compare configs")
+
+
+def _task_selection(sweep: SweepConfig | None, task: str, where: str) -> SweepConfig | None:
+    """The sweep with its selection metric: as given, or the task's (classify: val_accuracy; regress and
+    lm: val_loss); val_accuracy on another task is refused."""
+    if sweep is None:
+        return None
+    chosen = "val_accuracy" if task == "classify" else "val_loss"
+    if sweep.select.metric == "val_accuracy" and task != "classify":
+        raise ConfigError(f"{where}sweep.select.metric 'val_accuracy' is a classification metric: task '{task}' "
+                          "selects on val_loss; set it to val_loss or remove it")
+    return dataclasses.replace(sweep, select=dataclasses.replace(sweep.select, metric=sweep.select.metric or chosen))
 
 
 def _reference(schema: _CompareSchema, raw: dict, names: dict, where: str) -> dict | None:

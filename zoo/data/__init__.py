@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from zoo.data import arrays, limits, source as source_lib
+from zoo.data import arrays, limits, source as source_lib, targets as targets_lib
 from zoo.data.batching import eval_batches
 from zoo.data.pipeline import BatchIterator, default_workers
 from zoo.data.split import select_classes, with_validation
@@ -36,11 +36,19 @@ class DataSpec:
     source: dict | None = None
     # Raw batch -> model input (see `preprocess`): {"scale", "mean", "std", "shape"} of the training split.
     normalization: dict | None = None
+    # Text sources (zoo.data.text): {"level": "byte"} or {"level": "char", "chars": [...], "unknown": id},
+    # so that sampling and evaluation decode as training did.
+    vocabulary: dict | None = None
+    # task: regress (zoo.data.targets): {"names": [...], "mean": [...], "std": [...]}, the training
+    # split's standardisation of the targets, undone on predict, evaluation metrics and export.
+    targets: dict | None = None
 
     def to_json(self) -> dict:
         out = {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
         if self.class_names is not None:
             out["class_names"] = list(self.class_names)
+        if self.targets is None:  # a classification's spec stays as it was before regression
+            del out["targets"]
         return out
 
     @classmethod
@@ -75,10 +83,11 @@ class Dataset:
     @classmethod
     def from_arrays(cls, x_train, y_train, x_test, y_test, class_names=None, name: str = "arrays",
                     x_val=None, y_val=None, vocab_size: int | None = None, where: str | None = None,
-                    source: dict | None = None) -> "Dataset":
+                    source: dict | None = None, task: str = "classify", target_names=None) -> "Dataset":
         """A dataset of NumPy arrays (or memory maps): sizes, input shape, kind and class count read
         from them. 2-D inputs are vectors (token ids when integer and `vocab_size` is given), 3-D
-        signals (N, L, C), 4-D images (N, H, W, C)."""
+        signals (N, L, C), 4-D images (N, H, W, C). `task="regress"`: the y are float targets [N] or
+        [N, K] (named by `target_names`), and the class count is K."""
         where = where or f"dataset '{name}'"
         splits = {"train": (x_train, y_train), "test": (x_test, y_test)}
         if x_val is not None or y_val is not None:
@@ -88,7 +97,7 @@ class Dataset:
                 raise DataError(f"{where}: give both x_{split} and y_{split}")
             if len(x) != len(y):
                 raise DataError(f"{where}: x_{split} has {len(x)} rows but y_{split} has {len(y)}: one label per example")
-        ys, class_names, num_classes = source_lib.class_ids({s: y for s, (_, y) in splits.items()}, class_names, where)
+        ys, class_names, num_classes, targets = _labels_or_targets(splits, class_names, where, task, target_names)
         _check_finite_inputs({split: x for split, (x, _) in splits.items()}, where, source)
         x_train = _as_array(x_train)
         kind, shape = _kind_of(x_train, vocab_size, where)
@@ -108,8 +117,21 @@ class Dataset:
                         len(xs["train"]), len(xs["test"]), len(xs["val"]) if "val" in xs else 0,
                         tuple(class_names) if class_names is not None else None,
                         {**(source or {"kind": "arrays"}), **({"vectors": True} if x_train.ndim == 2 and
-                                                              kind == "signal" else {})})
+                                                              kind == "signal" else {})}, targets=targets)
         return cls(spec, xs["train"], ys["train"], xs["test"], ys["test"], xs.get("val"), ys.get("val"))
+
+
+def _labels_or_targets(splits: dict, class_names, where: str, task: str, target_names):
+    """(ys, class names, class count, DataSpec.targets) of every split's y: class ids, or for task
+    'regress' float targets [N, K] (class count K, targets {"names"}: standardised by `prepare`)."""
+    ys = {split: y for split, (_, y) in splits.items()}
+    if task != "regress":
+        return (*source_lib.class_ids(ys, class_names, where), None)
+    if class_names is not None:
+        raise DataError(f"{where} has class names, but task 'regress' predicts numbers: drop the class names, or "
+                        "set task: classify")
+    ys, names = targets_lib.as_targets(ys, target_names, where)
+    return ys, None, ys["train"].shape[1], {"names": list(names)}
 
 
 _FINITE: set = set()  # the sources (files, fingerprint, columns) whose inputs were found finite, per process
@@ -146,16 +168,20 @@ def _kind_of(x, vocab_size, where) -> tuple[str, tuple]:
 
 
 BUILT_IN = ("digits", "mnist1d", "mnist1d_shuffled")
-FILE_FORMATS = ("npz", "csv", "image_folder", "idx", "cifar10", "cifar100")
+REGRESSION_BUILT_IN = ("diabetes",)  # built-in datasets of float targets (task: regress)
+FILE_FORMATS = ("npz", "csv", "image_folder", "idx", "cifar10", "cifar100", "text")
 
 
 def _loaders() -> dict[str, Callable[[], Dataset]]:
-    from zoo.data import digits, mnist1d
+    from zoo.config import DataConfig
+    from zoo.data import diabetes, digits, mnist1d, text
 
     return {
         "digits": digits.load,
         "mnist1d": mnist1d.load,
         "mnist1d_shuffled": mnist1d.load_shuffled,
+        "diabetes": diabetes.load,
+        "pydoc": lambda: text.load(DataConfig(name="pydoc")),  # the built-in text corpus, byte level
     }
 
 
@@ -170,17 +196,49 @@ def load_dataset(name: str) -> Dataset:
                         f"choose one of {', '.join(sorted(loaders))}, or a file format "
                         f"({', '.join(FILE_FORMATS)}) with data.path")
     dataset = loaders[name]()
-    return dataclasses.replace(dataset, spec=dataclasses.replace(dataset.spec, source={"kind": name}))
+    recorded = {**(dataset.spec.source or {}), "kind": name}  # the text corpus records its fingerprint and split
+    return dataclasses.replace(dataset, spec=dataclasses.replace(dataset.spec, source=recorded))
 
 
-def load(data_config) -> Dataset:
-    """The raw dataset a `data:` config section names: a built-in one, or files of a format at data.path."""
+def check_task(name: str, task: str) -> None:
+    """Refuses a source that cannot give what the config's task learns: float targets for regress (csv,
+    npz, the built-in diabetes), text for lm; a regression or text dataset under another task."""
+    from zoo.data import text
+
+    wants = {"regress": ("csv", "npz", *REGRESSION_BUILT_IN), "lm": text.SOURCES}
+    if task in wants and name not in wants[task]:
+        what = ("float targets from csv or npz files (data.name: csv or npz, data.path), or the built-in "
+                f"{' or '.join(REGRESSION_BUILT_IN)}") if task == "regress" else \
+            f"text (data.name: {' or '.join(text.SOURCES)})"
+        raise DataError(f"task '{task}' reads {what}, not '{name}': set data.name, or task: classify")
+    owner = "regress" if name in REGRESSION_BUILT_IN else "lm" if name in text.SOURCES else None
+    if owner and task != owner:
+        raise DataError(f"data.name '{name}' is {'a regression dataset' if owner == 'regress' else 'text'}: "
+                        f"set task: {owner}")
+
+
+def load(data_config, task: str | None = None) -> Dataset:
+    """The raw dataset a `data:` config section names: a built-in one, or files of a format at data.path.
+    `task` (the config's) is checked against the source (`check_task`) and tells csv and npz files
+    whether their y are class labels or regression targets (None: classify, unchecked)."""
+    from zoo.data import text
+
     name = data_config.name
+    if task is not None:
+        check_task(name, task)
+    if name in text.SOURCES:
+        return text.load(data_config)
+    for key in ("vocabulary", "seq_len"):
+        if getattr(data_config, key, None) is not None:
+            raise DataError(f"data.{key} applies to text sources ({', '.join(text.SOURCES)}) only, not to "
+                            f"'{name}': remove it")
     if name in FILE_FORMATS:
         from zoo.data import cifar, csv, idx, image_folder, npz
 
-        reader = {"npz": npz.load, "csv": csv.load, "image_folder": image_folder.load, "idx": idx.load,
-                  "cifar10": cifar.load, "cifar100": cifar.load}[name]
+        if name in ("csv", "npz"):
+            return (csv.load if name == "csv" else npz.load)(data_config, task=task or "classify")
+        reader = {"image_folder": image_folder.load, "idx": idx.load, "cifar10": cifar.load,
+                  "cifar100": cifar.load}[name]
         return reader(data_config)
     if data_config.path is not None and name in _loaders():
         raise DataError(f"data.path is set but '{name}' is a built-in dataset: set data.name to the files' "
@@ -196,7 +254,7 @@ def prepare(dataset: Dataset, data_config) -> Dataset:
     recorded in the spec, and every split passed through `preprocess` (lazily for data on disk).
     Refuses, before anything trains, data that could not train or be evaluated (see `check_usable`)."""
     check_usable(dataset, data_config)
-    dataset = with_validation(dataset, data_config.validation, data_config.seed)
+    dataset = targets_lib.standardise(with_validation(dataset, data_config.validation, data_config.seed))
     spec = dataset.spec
     check_inputs(spec, dataset.x_train[:1])  # the raw inputs, before preprocessing casts them
     kind = (spec.source or {}).get("kind")
@@ -223,7 +281,7 @@ def prepare(dataset: Dataset, data_config) -> Dataset:
 
 def check_usable(dataset: Dataset, data_config) -> None:
     """Refuses an empty test split, NaN or infinity in inputs held in memory (file sources were checked
-    as they were read, naming the file), a shift that moves every example out of view, and batches too
+    as they were read, naming the file), a crop padding that moves every example out of view, and batches too
     large for zoo's memory limit."""
     spec, where = dataset.spec, f"dataset '{dataset.spec.name}'"
     if len(dataset.x_test) == 0:
@@ -234,9 +292,10 @@ def check_usable(dataset: Dataset, data_config) -> None:
         if x is not None and not arrays.is_lazy(x):
             source_lib.check_finite(x, f"{where} x_{split}")
     spatial = tuple(spec.input_shape[:-1]) if spec.kind != "tokens" else ()
-    if data_config.shift and spatial and data_config.shift >= min(spatial):
-        raise DataError(f"data.shift {data_config.shift} is not smaller than the inputs' size {spatial} in "
-                        f"{where}: use at most {min(spatial) - 1} (a shift moves examples by up to that many steps)")
+    pad = data_config.augment.crop_pad
+    if pad and spatial and pad >= min(spatial):
+        raise DataError(f"data.augment.crop_pad {pad} is not smaller than the inputs' size {spatial} in {where}: "
+                        f"use at most {min(spatial) - 1} (a crop moves examples by up to that many steps)")
     example_bytes = math.prod(spec.input_shape) * 4  # float32 or int32, as the model takes them
     for key in ("batch_size", "eval_batch_size"):
         size = getattr(data_config, key)

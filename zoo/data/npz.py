@@ -1,5 +1,6 @@
 """NumPy arrays: an `.npz` with x_train, y_train, x_test, y_test (optionally x_val, y_val and
-class_names), or a folder of `.npy` files with those names, or a JSON manifest naming them.
+class_names), or a folder of `.npy` files with those names, or a JSON manifest naming them. With
+`task: regress` the y are float targets [N] or [N, K] (optionally named by `target_names`).
 
 Uncompressed `.npz` members and `.npy` files are memory-mapped, not loaded: a split larger than
 memory trains. Rank gives the kind: 2-D are vectors (token ids when integer and `vocab_size` is
@@ -20,10 +21,10 @@ from zoo.data import limits, source
 from zoo.errors import DataError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
-OPTIONAL = ("x_val", "y_val", "class_names")
+OPTIONAL = ("x_val", "y_val", "class_names", "target_names")
 
 
-def load(config, name: str = "npz"):
+def load(config, name: str = "npz", task: str = "classify"):
     root = source.resolve(config.path, name)
     arrays, files = _read(root)
     missing = [k for k in REQUIRED if k not in arrays]
@@ -32,15 +33,20 @@ def load(config, name: str = "npz"):
                         f"a dataset needs {', '.join(REQUIRED)} (and optionally x_val, y_val, class_names)")
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError(f"{root} has only one of x_val and y_val: give both or neither")
-    names = arrays.get("class_names")
-    class_names = tuple(str(n) for n in np.asarray(names).tolist()) if names is not None else None
+    class_names, target_names = (_names(arrays.get(key)) for key in ("class_names", "target_names"))
+    if target_names is not None and task != "regress":
+        raise DataError(f"{root} has target_names, which name regression targets: set task: regress, or drop them")
     from zoo.data import Dataset
 
     return Dataset.from_arrays(
         arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], class_names=class_names,
         name=config.name if config.name != "npz" else root.stem, x_val=arrays.get("x_val"),
         y_val=arrays.get("y_val"), vocab_size=config.vocab_size, where=str(root),
-        source=source.record("npz", root, files))
+        source=source.record("npz", root, files), task=task, target_names=target_names)
+
+
+def _names(array) -> tuple[str, ...] | None:
+    return tuple(str(n) for n in np.asarray(array).tolist()) if array is not None else None
 
 
 def _read(root: Path) -> tuple[dict, list[Path]]:

@@ -3,8 +3,8 @@
 `MapDataset.range` over block numbers, mapped by two Grain transforms: `GatherBatch` (for each
 batch number k = epoch * steps_per_epoch + index of the block, the rows in the order
 `default_rng([seed, epoch])` fixes, only this JAX process's share of them, read or decoded from the
-split) and `RandomShift` (augmentation). With workers, Grain's `mp_prefetch` runs both in worker
-processes, one batch per element (decoding files there); without, the loop indexes the MapDataset
+split). Augmentation happens on the device, in the train step (zoo/training/augment.py). With workers,
+Grain's `mp_prefetch` runs it in worker processes, one batch per element (decoding files there); without, the loop indexes the MapDataset
 directly, 16 batches per element: Grain's fixed cost per element (~25-60 us here) would otherwise
 add 15% to a digits MLP step (benchmarks/DATA.md).
 
@@ -23,7 +23,7 @@ import signal
 import grain
 import numpy as np
 
-from zoo.data.batching import Position, shift_batch
+from zoo.data.batching import Position
 
 _HORIZON = 1 << 40  # batches in the (endless) dataset: epochs repeat with fresh orders
 
@@ -73,29 +73,10 @@ class GatherBatch(grain.transforms.Map):
         take = np.stack([self.rows_of(k) for k in range(first, first + self.per_element)])
         flat = take.reshape(-1)
         x, y = self.x[flat], self.y[flat]
-        return first, x.reshape(*take.shape, *x.shape[1:]), y.reshape(take.shape)
+        return first, x.reshape(*take.shape, *x.shape[1:]), y.reshape(*take.shape, *y.shape[1:])
 
     def __getstate__(self):  # workers rebuild the order cache themselves
         return {**self.__dict__, "_order_epoch": -1, "_order": None}
-
-
-class RandomShift(grain.transforms.Map):
-    """Shifts every example by up to `max_shift` steps along each spatial axis, zero-filling; the
-    offsets of a batch depend on (seed, epoch, index) alone and are drawn for the global batch."""
-
-    def __init__(self, max_shift: int, seed: int, steps_per_epoch: int, batch_size: int, rows: Rows):
-        self.max_shift, self.seed, self.steps_per_epoch = max_shift, seed, steps_per_epoch
-        self.batch_size, self.rows = batch_size, rows
-
-    def map(self, element):
-        first, xs, ys = element
-        shifted = np.empty_like(xs)
-        for i, x in enumerate(xs):
-            epoch, index = divmod(first + i, self.steps_per_epoch)
-            rng = np.random.default_rng([self.seed, epoch, index, 1])
-            offsets = rng.integers(0, 2 * self.max_shift + 1, size=(self.batch_size, x.ndim - 2))
-            shifted[i] = shift_batch(x, offsets[self.rows.share(self.batch_size)], self.max_shift)
-        return first, shifted, ys
 
 
 def default_workers(x) -> int:
@@ -106,17 +87,13 @@ def default_workers(x) -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
-def batch_dataset(x, y, batch_size: int, seed: int, shift: int = 0, rows: Rows | None = None,
+def batch_dataset(x, y, batch_size: int, seed: int, rows: Rows | None = None,
                   per_element: int = 1) -> grain.MapDataset:
     """The endless MapDataset of blocks of `per_element` global batches (this process's rows of each)."""
     rows = rows or Rows()
     if batch_size % rows.count:
         raise ValueError(f"batch size {batch_size} does not split over {rows.count} processes")
-    gather = GatherBatch(x, y, batch_size, seed, rows, per_element)
-    dataset = grain.MapDataset.range(0, _HORIZON).map(gather)
-    if shift:
-        dataset = dataset.map(RandomShift(shift, seed, gather.steps_per_epoch, batch_size, rows))
-    return dataset
+    return grain.MapDataset.range(0, _HORIZON).map(GatherBatch(x, y, batch_size, seed, rows, per_element))
 
 
 def _absl_flags_defaults() -> None:
@@ -171,15 +148,15 @@ class BatchIterator:
 
     IN_PROCESS_BLOCK = 16  # batches per Grain element without workers
 
-    def __init__(self, x, y, batch_size: int, seed: int, shift: int = 0, position: Position | None = None,
+    def __init__(self, x, y, batch_size: int, seed: int, position: Position | None = None,
                  workers: int = 0, rows: Rows | None = None):
         if not 0 < batch_size <= len(x):
             raise ValueError(f"batch size {batch_size} must be between 1 and the {len(x)} examples")
-        self.batch_size, self.seed, self.shift, self.workers = batch_size, seed, shift, workers
+        self.batch_size, self.seed, self.workers = batch_size, seed, workers
         self.steps_per_epoch = len(x) // batch_size
         self.position = dataclasses.replace(position) if position else Position()
         self.per_element = 1 if workers else self.IN_PROCESS_BLOCK
-        self.dataset = batch_dataset(x, y, batch_size, seed, shift, rows, self.per_element)
+        self.dataset = batch_dataset(x, y, batch_size, seed, rows, self.per_element)
         self._stream = None  # the worker-backed iterator, started at the first batch asked for
         self._block = None  # (first k, xs, ys) of the element last read
 

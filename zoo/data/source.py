@@ -132,7 +132,7 @@ def check_classification(distinct: int, rows: int, where: str) -> None:
         raise DataError(f"{where}: the labels take {distinct:,} distinct values in {rows:,} rows, which looks "
                         "like a regression target: classification needs integer class labels (at most "
                         f"{MAX_CLASSES}, several rows each); pick a class column, or give class names if these "
-                        "are classes (regression is coming)")
+                        "are classes, or set task: regress to predict the values (docs/tasks.md)")
 
 
 def check_finite(x, where: str) -> None:
@@ -182,7 +182,7 @@ def preprocessor(normalization: dict | None, dtype: str, xp=np):
     recorded scale, minus the training mean, over the training std (where recorded). `xp` is numpy
     (data pipeline, predict) or jax.numpy (traced into an export)."""
     if dtype == "int32":
-        return lambda x: xp.asarray(x).astype(xp.int32)
+        return lambda x: xp.asarray(x).astype(xp.int32, copy=False)  # no copy of int32 windows (text)
     normalization = normalization or {}
     scale = np.float32(normalization.get("scale", 1.0))
     mean = std = None

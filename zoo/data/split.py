@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from zoo.data.arrays import take
+from zoo.data.targets import random_indices
 from zoo.errors import DataError, did_you_mean, listing
 
 
@@ -28,7 +29,8 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[
 
 def with_validation(dataset, fraction: float, seed: int = 0):
     """`dataset` with a validation split: its own if the source has one, else `fraction` of train held
-    out (stratified, fixed by `seed`); fraction 0 leaves none (then nothing is 'best')."""
+    out (stratified by class, fixed by `seed`; at random for regression targets [N, K]); fraction 0
+    leaves none (then nothing is 'best')."""
     if not 0 <= fraction < 1:
         raise DataError(f"data.validation {fraction!r} must be in [0, 1): the fraction of the training split "
                         "held out for model selection (0: none)")
@@ -39,7 +41,9 @@ def with_validation(dataset, fraction: float, seed: int = 0):
         empty_x = dataset.x_train[:0]
         spec = dataclasses.replace(dataset.spec, val_size=0)
         return dataclasses.replace(dataset, spec=spec, x_val=empty_x, y_val=dataset.y_train[:0])
-    kept, held_out = stratified_indices(np.asarray(dataset.y_train), fraction, seed)
+    labels = np.asarray(dataset.y_train)
+    kept, held_out = (stratified_indices(labels, fraction, seed) if labels.ndim == 1
+                      else random_indices(len(labels), fraction, seed))
     if len(kept) == 0:
         raise DataError(f"data.validation {fraction} leaves no training examples in '{dataset.spec.name}': "
                         "use a smaller fraction")

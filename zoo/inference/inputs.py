@@ -75,19 +75,21 @@ def _load_array(path: Path, key: str | None = None) -> np.ndarray:
         return loaded[key]
 
 
-def read_csv(path: Path, label: str | None = None, note=None) -> np.ndarray:
+def read_csv(path: Path, label: str | tuple | None = None, note=None) -> np.ndarray:
     """Numeric rows; a first row that is not numeric is a header and skipped. A header naming the
-    column `label` (the run's label column: the training CSV given as it is) drops that column, and
-    `note` (a function of one line) is told."""
+    column `label` (the run's label column, or a regression's target columns: the training CSV given
+    as it is) drops those columns, and `note` (a function of one line) is told."""
     with open(path, newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if rows and not _numeric(rows[0]):
         header, rows = [name.strip() for name in rows[0]], rows[1:]
-        if label is not None and label in header:
-            at = header.index(label)
-            rows = [row[:at] + row[at + 1:] for row in rows]
+        labels = [label] if isinstance(label, str) else list(label or ())
+        dropped = [i for i, name in enumerate(header) if name in labels]
+        if dropped:
+            rows = [[cell for i, cell in enumerate(row) if i not in dropped] for row in rows]
             if note is not None:
-                note(f"dropped the label column '{label}' from '{path}'")
+                names = ", ".join(f"'{header[i]}'" for i in dropped)
+                note(f"dropped the label column{'s' if len(dropped) > 1 else ''} {names} from '{path}'")
     values = []
     for number, row in enumerate(rows, start=1):
         try:

@@ -13,10 +13,10 @@ import numpy as np
 
 from zoo.config import Config
 from zoo.data import DataSpec, Dataset, preprocess
-from zoo.errors import DataError
+from zoo.errors import DataError, ZooError
 from zoo.inference import inputs as inputs_lib
 from zoo.models import Model
-from zoo.training import restore as restore_lib
+from zoo.training import restore as restore_lib, state as state_lib
 
 
 @dataclasses.dataclass
@@ -63,10 +63,31 @@ class LoadedRun:
                             f"{shape} ({self.spec.kind}, {self.spec.dtype}), as a batch (N, {', '.join(map(str, shape))})")
         return preprocess(self.spec, inputs_lib.conform(x, self.takes, "the input"))
 
+    @property
+    def task(self):
+        """The run's task (zoo.tasks): what `predict` returns."""
+        from zoo import tasks
+
+        return tasks.for_run(self.config, self.spec)
+
+    @property
+    def target_names(self) -> list[str] | None:
+        """A regression's target names (one per column of `predict`'s values); None for other tasks."""
+        return list(self.spec.targets["names"]) if self.spec.targets else None
+
+    def check_predicts(self) -> None:
+        """Refuses, in one line, a run whose task `predict` does not serve: a language model generates."""
+        if self.config.task == "lm":
+            raise ZooError(f"'{self.run_dir}' is a language model (task: lm): generate text with "
+                           f"`zoo sample {self.run_dir} --prompt TEXT` (LoadedRun.sample), not predict")
+
     def predict(self, x) -> np.ndarray:
-        """Class probabilities, shape (N, num_classes), computed in fixed-size batches. Image arrays: uint8
-        are pixels 0-255, floats lie in the run's float range ([0, 1] for a run on image files); others
-        are refused in one line (see `preprocess`)."""
+        """What the run's task predicts, computed in fixed-size batches: class probabilities (N, num_classes)
+        for a classification; for a regression the predicted values (N, K) in the targets' original units
+        (the training split's standardisation undone). A language model is refused: `sample` generates.
+        Image arrays: uint8 are pixels 0-255, floats lie in the run's float range ([0, 1] for a run on
+        image files); others are refused in one line (see `preprocess`)."""
+        self.check_predicts()
         x = self.preprocess(x)
         out = []
         for start in range(0, len(x), self.batch_size):
@@ -74,36 +95,47 @@ class LoadedRun:
             real = len(batch)
             if real < self.batch_size:  # one compiled shape: pad the last batch
                 batch = np.concatenate([batch, np.zeros((self.batch_size - real, *batch.shape[1:]), batch.dtype)])
-            out.append(np.asarray(self._probabilities(self.variables, batch))[:real])
+            out.append(np.asarray(self._predictions(self.variables, batch))[:real])
         return np.concatenate(out) if out else np.zeros((0, self.spec.num_classes), np.float32)
 
+    def sample(self, prompt: str, max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int = 0) -> str:
+        """A continuation of `prompt` (the prompt not included) by this run's language model, decoded
+        with the run's recorded vocabulary; same seed, same text; temperature 0: greedy. The step is
+        the one `load_run` chose. Timing and details: `zoo.inference.sample.generate`."""
+        from zoo.inference.sample import generate
+
+        return generate(self, prompt, max_tokens, temperature, top_k, top_p, seed).text
+
     @property
-    def _probabilities(self):
+    def _predictions(self):
+        """The jitted forward pass and the task's predictions (softmax, or the targets' units)."""
         if not hasattr(self, "_jitted"):
-            model = self.model
+            model, task = self.model, self.task
             from zoo.training import step as step_lib
 
             options = step_lib.compiler_options(self.config.train.deterministic, family=step_lib.family_of(model),
                                                 options=self.config.train.xla_options)
-            self._jitted = jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False)[0]),
+            self._jitted = jax.jit(lambda variables, x: task.predictions(model.apply(variables, x, train=False)[0]),
                                    compiler_options=options or None)
         return self._jitted
 
 
 def load_run(run_dir: str | Path, step: int | str = "latest", dataset: Dataset | None = None,
-             batch_size: int = 256) -> LoadedRun:
+             batch_size: int = 256, weights: str | None = None) -> LoadedRun:
     """One checkpoint of `run_dir`: "latest", "best" (by the validation metric) or a step number.
 
     Needs no data: the model is rebuilt from the config and data spec stored in the checkpoint.
     `dataset` (the arrays of a run trained in memory) is accepted for symmetry with `evaluate` and
-    checked against the stored spec."""
+    checked against the stored spec. A run with a moving average of its weights (train.ema) predicts
+    with it, unless `weights` is 'raw'."""
     with _absl_warnings_muted():
         restored = restore_lib.restore(run_dir, step)
     if dataset is not None and tuple(dataset.spec.input_shape) != tuple(restored.spec.input_shape):
         raise DataError(f"the dataset's examples have shape {tuple(dataset.spec.input_shape)}, the run "
                         f"'{run_dir}' was trained on {tuple(restored.spec.input_shape)}")
-    state = jax.device_get(restored.state)
-    variables = {"params": state.params, **state.model_state}
+    params, model_state = state_lib.weights(jax.device_get(restored.state), weights)
+    variables = {"params": params, **model_state}
     return LoadedRun(Path(run_dir), restored.step, restored.setup.model, variables, restored.config,
                      restored.spec, restored.meta, batch_size)
 

@@ -120,13 +120,16 @@ def takes(header: dict) -> dict | None:
 
 
 def check_inputs(header: dict, x: np.ndarray, where: str) -> np.ndarray:
-    """`x` as one batch of the export's input: a single example gains a batch axis; image values are
-    brought to the raw range the exported preprocessing takes, or refused (see `takes`)."""
+    """`x` as one batch of the export's input: a single example gains a batch axis, one-channel inputs
+    without their channel axis gain it (as `LoadedRun.preprocess`); image values are brought to the raw
+    range the exported preprocessing takes, or refused (see `takes`)."""
     from zoo.inference.inputs import conform
 
     shape, dtype = tuple(header["input_shape"]), np.dtype(header["dtype"])
     if tuple(x.shape) == shape:
         x = x[None]
+    elif tuple(x.shape[1:]) == shape[:-1] and shape[-1:] == (1,) and not np.issubdtype(dtype, np.integer):
+        x = x[..., None]  # one-channel images, signals and CSV vectors given without their channel axis
     if tuple(x.shape[1:]) != shape:
         raise ExportError(f"{where} has shape {tuple(x.shape)}; the model takes {shape} or a batch "
                           f"(N, {', '.join(map(str, shape))})")

@@ -1,4 +1,6 @@
-"""Export a run's model as "preprocess -> model -> softmax": a jax.export file (.zoo) or ONNX."""
+"""Export a run's model as "preprocess -> model -> the task's predictions" (softmax probabilities for a
+classification; values in the targets' original units for a regression, the standardisation undone):
+a jax.export file (.zoo) or ONNX."""
 
 from __future__ import annotations
 
@@ -23,27 +25,35 @@ def preprocess_fn(spec):
     return preprocessor(spec.normalization, spec.dtype, xp=jnp)
 
 
-def load_inference(run_dir: str | Path, step: int | str = "latest"):
-    """(probabilities of a batch of raw inputs, the LoadedRun) for one checkpoint of a run."""
+def load_inference(run_dir: str | Path, step: int | str = "latest", weights: str | None = None):
+    """(the task's predictions of a batch of raw inputs: class probabilities, or a regression's values
+    in original units; the LoadedRun) for one checkpoint of a run. A language model is refused."""
     from zoo.inference.loaded import load_run
 
-    run = load_run(run_dir, step)
-    model, variables, preprocess = run.model, run.variables, preprocess_fn(run.spec)
+    run = load_run(run_dir, step, weights=weights)
+    if run.config.task == "lm":
+        raise ZooError(f"'{run_dir}' is a language model (task: lm), which zoo does not export: generate text "
+                       f"with `zoo sample {run_dir} --prompt TEXT`")
+    model, variables, preprocess, task = run.model, run.variables, preprocess_fn(run.spec), run.task
 
-    def probabilities(x):
+    def predictions(x):
         logits, _ = model.apply(variables, preprocess(x), train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return task.predictions(logits)
 
-    return probabilities, run
+    return predictions, run
 
 
 def _header(run, fmt: str, platforms, batch) -> dict:
     import zoo as zoo_package
 
     spec = run.spec
+    # what the function returns: "probabilities" with the class names, or a regression's "values" with
+    # its targets (names, and the standardisation the export undoes inside)
+    outputs = ({"class_names": run.class_names} if run.task.outputs == "probabilities" else
+               {"targets": dict(spec.targets)})
     return {"format": fmt, "model": run.config.model.name, "run_step": run.step,
             "input_shape": list(spec.input_shape), "dtype": spec.dtype, "batch": batch,
-            "class_names": run.class_names, "platforms": list(platforms), "outputs": "probabilities",
+            **outputs, "platforms": list(platforms), "outputs": run.task.outputs,
             # the run's preprocessing is inside: inputs are raw, as the training source gave them
             "preprocess": "normalization" if spec.normalization else "identity",
             "raw_uint8": run.takes_raw_uint8,
@@ -54,8 +64,9 @@ def _header(run, fmt: str, platforms, batch) -> dict:
 
 
 def export_run(run_dir: str | Path, out: str | Path, step: int | str = "latest", platforms=("cpu",),
-               fmt: str = "zoo") -> dict:
-    """Writes `out`: a .zoo file (jax.export, symbolic batch) or an ONNX model of the run's checkpoint."""
+               fmt: str = "zoo", weights: str | None = None) -> dict:
+    """Writes `out`: a .zoo file (jax.export, symbolic batch) or an ONNX model of the run's checkpoint
+    (its moving average of the weights where it keeps one, unless `weights` is 'raw')."""
     if fmt not in FORMATS:
         raise ZooError(f"unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
     bad = [p for p in platforms if p not in PLATFORMS]
@@ -64,7 +75,7 @@ def export_run(run_dir: str | Path, out: str | Path, step: int | str = "latest",
     out = Path(out)
     if not out.parent.is_dir():
         raise ZooError(f"cannot write '{out}': directory '{out.parent}' does not exist")
-    probabilities, run = load_inference(run_dir, step)
+    probabilities, run = load_inference(run_dir, step, weights)
     spec = run.spec
     if fmt == "onnx":
         from zoo.interop import onnx_export

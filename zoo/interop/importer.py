@@ -343,7 +343,8 @@ def import_weights(model_name: str, path: str | Path, num_classes: int | None = 
         raise WeightsError(f"'{path}' has no classifier head ('fc' or 'head'): pass --num-classes")
     shape = tuple(input_shape or implied_shape or ())
     if not shape:
-        raise WeightsError(f"cannot tell the input shape of '{path}' for {model_name}: pass --dataset")
+        raise WeightsError(f"cannot tell the input shape of '{path}' for {model_name}: pass --input-shape "
+                           "(one example, e.g. 28,28 for 28 steps of 28 features) or --dataset")
     model = models.build(model_name, classes, **hp)
     targets = _targets(model, model_name, shape, seed)
     rules = rules_for({**models.get_entry(model_name).defaults, **valid, **hp}, set(targets), list(tensors))
@@ -433,14 +434,28 @@ def _get(tree, target: str):
 
 # A run directory from imported weights -------------------------------------------------------------
 
+# The preprocessing the weights were trained with, recorded in a run imported without a dataset:
+# pixels 0-255 scaled to [0, 1], then per channel (x - mean) / std. torchvision's ResNets use ImageNet's
+# statistics; timm's ViTs (vision_transformer.py's `_cfg`, vit_tiny_patch16_224 included) use 0.5/0.5,
+# "inception"; DeiT's ImageNet's. `none`: inputs as given (signals, token ids, models of your own).
+PREPROCESSING = {
+    "imagenet": {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "inception": {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "none": None,
+}
+DEFAULT_PREPROCESSING = {resnet.FAMILY: "imagenet", transformer.FAMILY: "inception", rnn.FAMILY: "none"}
+
+
 def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str | None = None,
                num_classes: int | None = None, config_path: str | Path | None = None,
-               overrides: list[str] = (), seed: int = 0) -> dict:
+               overrides: list[str] = (), seed: int = 0, input_shape: tuple | None = None,
+               preprocess: str | None = None) -> dict:
     """Imports `path` into a new run directory `out`: config.json, metrics.jsonl and an Orbax checkpoint
     at step 0 in the layout `zoo train` writes. `zoo eval OUT` evaluates it and
     `zoo train OUT/config.json --workdir OUT` fine-tunes from it (it resumes from step 0).
 
-    The config is `config_path` (or the defaults) with `overrides`, the model and `dataset` set."""
+    The config is `config_path` (or the defaults) with `overrides`, the model and `dataset` set. With
+    no dataset (none given, none in the config) the run is for prediction alone (`import_for_prediction`)."""
     from zoo import config as config_lib
     from zoo.training import step as step_lib
     from zoo.training.setup import Evaluator, build_setup
@@ -449,6 +464,11 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WeightsError(f"'{out}' already exists: give a new --out directory (nothing was written)")
     raw, data = _import_config(model_name, dataset, config_path, overrides, seed)
+    if data is None:
+        return import_for_prediction(model_name, path, out, raw, num_classes, input_shape, preprocess)
+    if preprocess is not None or input_shape is not None:
+        raise WeightsError(f"--preprocess and --input-shape are for imports without a dataset; dataset "
+                           f"'{data.spec.name}' brings its own: drop them, or drop --dataset")
     spec = data.spec
     if num_classes is not None and num_classes != spec.num_classes:
         raise WeightsError(f"--num-classes {num_classes} differs from the {spec.num_classes} classes of "
@@ -462,12 +482,7 @@ def import_run(model_name: str, path: str | Path, out: str | Path, dataset: str 
     raw["model"] = {"name": model_name, **imported.hparams, **given}
     config = config_lib.from_dict(raw)
     run = build_setup(config, data, training=False)  # holds the validation split the config asks for
-    state = run.init_state()
-    replicated = step_lib.replicated(run.mesh)
-    params = _fill(state.params, imported.variables["params"], replicated)
-    model_state = _fill(state.model_state, {k: v for k, v in imported.variables.items() if k != "params"},
-                        replicated)
-    state = state.replace(params=params, model_state=model_state, opt_state=run.tx.init(params))
+    state = _filled_state(run, imported, step_lib.replicated(run.mesh))
     metrics = Evaluator(run).splits(state)  # val_* and test_*, as `zoo train` records
     _write_run(out, run, state, metrics, {"path": str(Path(path).absolute()),
                                           "reinitialised": imported.reinitialised})
@@ -485,13 +500,71 @@ def _import_config(model_name: str, dataset, config_path, overrides, seed: int):
     raw = config_lib.load_yaml(config_path) if config_path else {
         "name": f"import_{model_name}", "seed": seed, "train": {"steps": 1000}}
     raw = config_lib.apply_overrides(raw, list(overrides))
+    if raw.get("task", "classify") != "classify":  # imported heads are class logits (issue 24)
+        raise WeightsError(f"zoo import makes classification runs, and the config is task '{raw['task']}': "
+                           "import without it, then fine-tune with init_from (docs/checkpoints.md)")
     raw.setdefault("data", {})
     if dataset:
         raw["data"]["name"] = dataset
     if "name" not in raw["data"]:
-        raise WeightsError("the run needs a dataset to evaluate on: pass --dataset NAME "
-                           "(or a --config naming data.name)")
+        return raw, None  # for prediction alone
     return raw, load_dataset(raw["data"]["name"])
+
+
+PREDICTION_ONLY = "weights only"  # the dataset name a run imported without a dataset records
+
+
+def import_for_prediction(model_name: str, path: str | Path, out: Path, raw: dict, num_classes: int | None,
+                          input_shape: tuple | None, preprocess: str | None) -> dict:
+    """A run directory `out` for prediction alone: the weights at step 0, the input shape the file
+    implies (or `input_shape`), and the weights' own preprocessing (`preprocess`, else the family's
+    DEFAULT_PREPROCESSING) recorded in its data spec, which `zoo predict`, `load_run` and export apply.
+    No data is read and nothing is evaluated: `zoo eval` refuses such a run in one line."""
+    from zoo import config as config_lib
+    from zoo.data import DataSpec
+    from zoo.training import step as step_lib
+    from zoo.training.setup import assemble_setup
+
+    family = _family(model_name)
+    preprocess = preprocess or DEFAULT_PREPROCESSING[family]
+    if preprocess not in PREPROCESSING:
+        raise WeightsError(f"--preprocess '{preprocess}' is not one zoo knows: choose {', '.join(PREPROCESSING)}")
+    if family == rnn.FAMILY and input_shape is None:
+        raise WeightsError(f"a recurrent net takes any number of steps: pass --input-shape STEPS,FEATURES for "
+                           f"{model_name} (the run predicts on inputs of that shape)")
+    given = {k: v for k, v in (raw.get("model") or {}).items() if k != "name"}
+    imported = import_weights(model_name, path, num_classes=num_classes, hparams=given, input_shape=input_shape,
+                              seed=raw.get("seed", 0))
+    shape = tuple(imported.input_shape)
+    normalization = PREPROCESSING[preprocess]
+    if normalization is not None:
+        if len(shape) != 3 or shape[-1] != len(normalization["mean"]):
+            raise WeightsError(f"--preprocess {preprocess} is for RGB images, and {model_name} takes inputs of "
+                               f"shape {shape}: pass --preprocess none")
+        normalization = {**normalization, "shape": [shape[-1]], "range": [0, 255]}
+    spec = DataSpec(PREDICTION_ONLY, shape, "image" if len(shape) == 3 else "signal", imported.num_classes,
+                    source={"kind": "import", "path": str(Path(path).absolute()), "preprocess": preprocess},
+                    normalization=normalization)
+    raw["model"], raw["data"] = {"name": model_name, **imported.hparams, **given}, {"name": PREDICTION_ONLY}
+    run = assemble_setup(config_lib.from_dict(raw), spec)
+    # every variable comes from the file (or import_weights' fresh head): no initialisation to compile
+    state = _filled_state(run, imported, step_lib.replicated(run.mesh))
+    _write_run(out, run, state, {}, {"path": str(Path(path).absolute()), "reinitialised": imported.reinitialised,
+                                     "preprocess": preprocess, "prediction_only": True})
+    return {"run_dir": str(out), "model": model_name, "dataset": None, "hparams": imported.hparams,
+            "reinitialised": imported.reinitialised, "input_shape": list(shape), "preprocess": preprocess,
+            "test": None, "val": None}
+
+
+def _filled_state(run, imported: Imported, sharding):
+    """A fresh train state of `run` holding the imported variables (and the optimizer state for them;
+    the moving average of a config with train.ema starts from them too)."""
+    from zoo.training import state as state_lib
+
+    template = run.abstract_state()
+    variables = {"params": _fill(template.params, imported.variables["params"], None),
+                 **_fill(template.model_state, {k: v for k, v in imported.variables.items() if k != "params"}, None)}
+    return jax.device_put(state_lib.from_variables(variables, run.tx, run.config.seed, run.ema), sharding)
 
 
 def _write_run(out: Path, run, state, metrics: dict, imported_from: dict) -> None:
@@ -509,7 +582,8 @@ def _write_run(out: Path, run, state, metrics: dict, imported_from: dict) -> Non
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        checkpoints = checkpoints_for(staging, config, has_validation=run.dataset.has_validation)
+        checkpoints = checkpoints_for(staging, config, has_validation=run.dataset is not None
+                                      and run.dataset.has_validation)
         meta = {"config": config.to_dict(), "spec": run.spec.to_json(), "model": config.model.name,
                 "family": run.model.info.family, "param_count": models.count_params(state.params),
                 "devices": jax.device_count(), "position": dataclasses.asdict(Position()),
@@ -532,6 +606,6 @@ def _write_run(out: Path, run, state, metrics: dict, imported_from: dict) -> Non
 def _fill(template, values: dict, sharding):
     """`template`'s tree with each leaf replaced by the array at the same path in `values`."""
     def leaf(path, old):
-        array = _get(values, _key(path))
-        return jax.device_put(np.asarray(array, old.dtype), sharding)
+        array = np.asarray(_get(values, _key(path)), old.dtype)
+        return array if sharding is None else jax.device_put(array, sharding)
     return jax.tree_util.tree_map_with_path(leaf, template)

@@ -81,6 +81,9 @@ class Entry:
     defaults: dict
     input_kinds: tuple = ("image", "signal", "tokens")
     test: TestSettings = dataclasses.field(default_factory=TestSettings)  # how the registry-wide tests run it
+    # The tasks (zoo/tasks.py) it can be trained for: classify and regress take (B, num_classes) outputs;
+    # lm takes next-token logits (B, T, num_classes) at every position of a token window.
+    tasks: tuple = ("classify", "regress")
 
 
 def describe(x) -> str:
@@ -99,14 +102,26 @@ def input_kind(x, model: str) -> str:
     )
 
 
+def check_token_ids(x, model: str) -> None:
+    """Refuses anything but token ids (B, T) int: what a language model takes."""
+    if input_kind(x, model) != "tokens":
+        raise ModelError(f"model '{model}' is a language model: it takes token ids (B, T) int, got {describe(x)}")
+
+
 def embed_tokens(x, vocab_size: int | None, features: int, model: str, dtype=jnp.float32):
     """Token ids (B, L) -> embeddings (B, L, features); call inside a compact method."""
+    return token_embedding(x, vocab_size, features, model, dtype)(x)
+
+
+def token_embedding(x, vocab_size: int | None, features: int, model: str, dtype=jnp.float32, **kwargs) -> nn.Embed:
+    """The `nn.Embed` named "embed" for token ids `x` (a language model ties its output layer to it);
+    call inside a compact method. Refuses token ids without a vocab_size."""
     if vocab_size is None:
         raise ModelError(
             f"model '{model}' got token ids {describe(x)} but no vocab_size; "
             "pass vocab_size to build() (the dataset spec holds it)"
         )
-    return nn.Embed(vocab_size, features, dtype=dtype, name="embed")(x)
+    return nn.Embed(vocab_size, features, dtype=dtype, name="embed", **kwargs)
 
 
 def as_features(x, vocab_size: int | None, embed_dim: int, model: str, dtype=jnp.float32):

@@ -183,6 +183,84 @@ class ConvMaxPool(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Dense
+
+
+def _plain_matmul(x, kernel):
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _materialize_transposed(rows):
+    """rows.T, read from a buffer (the output of a conditional): see `_matmul_jvp`."""
+    with jax.named_scope(CPU_ONLY_SCOPE):
+        keep = jnp.logical_not(jnp.isnan(rows.reshape(-1)[0]))  # always true, but unknown at compile time
+        return jax.lax.cond(keep, lambda r: r.T, lambda r: r.T + 0, rows)
+
+
+def _kernel_tangent(rows, d_kernel):
+    """rows (M, n) @ d_kernel (n, m), written so that its transpose, the kernel's gradient rows^T @ dy,
+    is a plain product on rows^T read from a buffer on CPU (see `_matmul_jvp`)."""
+    if not _MATERIALIZE_TRANSPOSED:
+        return rows @ d_kernel
+    rows_t = jax.lax.platform_dependent(rows, cpu=_materialize_transposed, default=lambda r: r.T)
+    return rows_t.T @ d_kernel
+
+
+_MATERIALIZE_TRANSPOSED = True
+
+
+@jax.custom_jvp
+def matmul(x, kernel):
+    """x (..., n) @ kernel (n, m), with a faster kernel gradient on CPU (see `_matmul_jvp`)."""
+    return _plain_matmul(x, kernel)
+
+
+def _matmul_jvp(primals, tangents):
+    """The product's tangent map, linear in (d_x, d_kernel); reverse mode is its transpose.
+
+    XLA's CPU backend computes the kernel's gradient x^T dy of an (M, n) x (n, m) product by copying
+    dy into a transposed layout and running a transposed-operand product outside its YNNPACK path: in
+    a Transformer's MLP block (M = 4096 rows, n, m = 256, 1024) that cost ~15% of the block's forward
+    and backward. Written as rows_t.T @ d_kernel with rows_t = x^T read from a buffer, the transpose
+    is the plain product rows_t @ dy, which XLA runs in YNNPACK: the block 0.84x (benchmarks/NOTES.md).
+    Other backends keep XLA's own choice (the conditional would cost a device-to-host sync).
+    """
+    x, kernel = primals
+    d_x, d_kernel = tangents
+    y = _plain_matmul(x, kernel)
+    terms = []
+    if not _is_zero(d_x):
+        terms.append(_plain_matmul(d_x, kernel))
+    if not _is_zero(d_kernel):
+        terms.append(_kernel_tangent(x.reshape(-1, x.shape[-1]), d_kernel).reshape(y.shape))
+    if not terms:
+        return y, jnp.zeros_like(y)
+    return y, sum(terms[1:], terms[0])
+
+
+matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+    """`jax.lax.dot_general` with a faster kernel gradient on CPU; for `nn.Dense(dot_general=...)`.
+
+    The product nn.Dense builds (the inputs' last axis against a 2-D kernel's first) takes the fast
+    path (`matmul`); anything else goes to lax unchanged."""
+    (contract_lhs, contract_rhs), (batch_lhs, batch_rhs) = dimension_numbers
+    plain = (rhs.ndim == 2 and tuple(contract_lhs) == (lhs.ndim - 1,) and tuple(contract_rhs) == (0,)
+             and not batch_lhs and not batch_rhs and precision is None and preferred_element_type is None
+             and not kwargs)
+    if not plain:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                                   preferred_element_type=preferred_element_type, **kwargs)
+    return matmul(lhs, rhs)
+
+
+# nn.Dense with the faster kernel gradient: same variables, same names (Dense_0, ...), same forward.
+Dense = functools.partial(nn.Dense, dot_general=dense_dot_general)
+
+
+# ---------------------------------------------------------------------------------------------------
 # BatchNorm
 
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from zoo import config
 from zoo.errors import ConfigError, ModelError, did_you_mean
-from zoo.models import cnn, mlp, resnet, rnn, transformer
+from zoo.models import cnn, mlp, resnet, rnn, transformer, transformer_lm
 from zoo.models.common import Entry, check_hparam_range
 
-FAMILIES = (mlp, cnn, rnn, resnet, transformer)
+FAMILIES = (mlp, cnn, rnn, resnet, transformer, transformer_lm)  # modules declaring ENTRIES (a family may span two)
 
 # Module fields that are not hyperparameters: flax's own, and what build() passes itself.
 _NOT_HPARAMS = ("parent", "name", "num_classes", "vocab_size", "model_name")
@@ -46,6 +46,7 @@ class Model(NamedTuple):
     init: Callable
     apply: Callable
     info: ModelInfo
+    module: nn.Module | None = None  # the flax module behind apply (language models decode through it)
 
 
 def from_module(module: nn.Module, info: ModelInfo) -> Model:
@@ -64,7 +65,7 @@ def from_module(module: nn.Module, info: ModelInfo) -> Model:
             return out, dict(new_state)
         return module.apply(variables, x, train=train, rngs=rngs), state
 
-    return Model(init, apply, info)
+    return Model(init, apply, info, module)
 
 
 def _table() -> dict[str, Entry]:

@@ -1,16 +1,17 @@
 """ResNet family: CIFAR-style resnet20..110 and ImageNet-style resnet18..152 (torchvision v1.5 layout).
 
-Both are rank-generic: 1-D convs for signals (and embedded tokens), 2-D for images. Every shortcut
-that changes shape is a 1x1 conv + BatchNorm projection (option B of He et al. 2016), also in the
-CIFAR nets, where the paper used zero-padding (option A): it costs ~2.8k parameters in resnet20 and
-keeps one block type for both styles. Blocks take their conv and BatchNorm as attributes (Flax's
-`examples/imagenet` pattern); `fast_layers` picks zoo's fast ones (layers.Conv, layers.BatchNorm)
-or `nn.Conv` and `nn.BatchNorm`.
+Both are rank-generic: 1-D convs for signals (and embedded tokens), 2-D for images. A shortcut that
+changes shape is, by default, a 1x1 conv + BatchNorm projection (option B of He et al. 2016), also in
+the CIFAR nets; `shortcut: identity_pad` gives the paper's parameter-free option A of its CIFAR nets
+(stride-2 subsampling, channels zero-padded): resnet20 has 272,474 parameters with projections and
+269,722 with option A (the paper's "0.27M"), at 32x32x3 and 10 classes. Blocks take their conv and
+BatchNorm as attributes (Flax's `examples/imagenet` pattern); `fast_layers` picks zoo's fast ones
+(layers.Conv, layers.BatchNorm) or `nn.Conv` and `nn.BatchNorm`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -41,11 +42,26 @@ def conv_bn(conv: ModuleDef, norm: ModuleDef, x, features: int, kernel: int, tra
     return norm(use_running_average=not train, momentum=0.9, scale_init=scale_init, dtype=dtype)(x)
 
 
-def shortcut(conv: ModuleDef, norm: ModuleDef, x, features: int, strides: int, train: bool, dtype=jnp.float32):
-    """Identity, or a 1x1 conv + BN projection when the block changes channels or resolution."""
+Shortcut = Literal["projection", "identity_pad"]  # option B / option A of He et al. 2016
+
+
+def shortcut(conv: ModuleDef, norm: ModuleDef, x, features: int, strides: int, train: bool, dtype=jnp.float32,
+             kind: Shortcut = "projection"):
+    """Identity, or, when the block changes channels or resolution, a 1x1 conv + BN projection
+    ("projection") or the parameter-free `identity_pad`."""
     if strides == 1 and x.shape[-1] == features:
         return x
+    if kind == "identity_pad":
+        return identity_pad(x, features, strides)
     return conv_bn(conv, norm, x, features, 1, train, strides, dtype=dtype)
+
+
+def identity_pad(x, features: int, strides: int):
+    """Option A: every `strides`-th position along each spatial axis, its channels zero-padded to
+    `features`, half before and half after (as the common PyTorch reproduction, akamaster's, does)."""
+    x = x[(slice(None), *[slice(None, None, strides)] * (x.ndim - 2), slice(None))]
+    extra = features - x.shape[-1]
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(extra // 2, extra - extra // 2)])
 
 
 class Block(nn.Module):
@@ -57,6 +73,7 @@ class Block(nn.Module):
     conv: ModuleDef = nn.Conv
     dtype: Any = jnp.float32
     norm: ModuleDef = nn.BatchNorm
+    shortcut: Shortcut = "projection"
 
 
 class BasicBlock(Block):
@@ -68,7 +85,7 @@ class BasicBlock(Block):
         conv, norm = self.conv, self.norm
         y = nn.relu(conv_bn(conv, norm, x, self.features, 3, train, self.strides, dtype=dtype))
         y = conv_bn(conv, norm, y, self.features, 3, train, zero_scale=True, dtype=dtype)
-        return nn.relu(y + shortcut(conv, norm, x, self.features, self.strides, train, dtype))
+        return nn.relu(y + shortcut(conv, norm, x, self.features, self.strides, train, dtype, self.shortcut))
 
 
 class BottleneckBlock(Block):
@@ -81,16 +98,16 @@ class BottleneckBlock(Block):
         y = nn.relu(conv_bn(conv, norm, x, self.features, 1, train, dtype=dtype))
         y = nn.relu(conv_bn(conv, norm, y, self.features, 3, train, self.strides, dtype=dtype))
         y = conv_bn(conv, norm, y, out, 1, train, zero_scale=True, dtype=dtype)
-        return nn.relu(y + shortcut(conv, norm, x, out, self.strides, train, dtype))
+        return nn.relu(y + shortcut(conv, norm, x, out, self.strides, train, dtype, self.shortcut))
 
 
 def stages(x, stage_sizes, width: int, block_cls, conv: ModuleDef, norm: ModuleDef, train: bool,
-           dtype=jnp.float32):
+           dtype=jnp.float32, shortcut_kind: Shortcut = "projection"):
     """Stage i has width * 2**i channels; every stage but the first halves the resolution."""
     for i, size in enumerate(stage_sizes):
         for j in range(size):
             strides = 2 if i > 0 and j == 0 else 1
-            x = block_cls(width * 2**i, strides, conv, dtype, norm)(x, train)
+            x = block_cls(width * 2**i, strides, conv, dtype, norm, shortcut_kind)(x, train)
     return x.mean(axis=tuple(range(1, x.ndim - 1)))  # global average pooling
 
 
@@ -105,6 +122,9 @@ class CifarResNet(nn.Module):
     embed_dim: int = 64
     fast_layers: bool = True
     precision: Precision = "float32"
+    # projection: 1x1 conv + BN where a block changes shape (option B); identity_pad: the paper's
+    # parameter-free option A for its CIFAR nets (subsampling, zero-padded channels)
+    shortcut: Shortcut = "projection"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -112,7 +132,7 @@ class CifarResNet(nn.Module):
         dtype = compute_dtype(self.precision)
         x = as_features(x, self.vocab_size, self.embed_dim, self.model_name, dtype)
         x = self._stem(conv, norm, x, train, dtype)
-        x = stages(x, self.stage_sizes, self.width, self._block(), conv, norm, train, dtype)
+        x = stages(x, self.stage_sizes, self.width, self._block(), conv, norm, train, dtype, self.shortcut)
         return nn.Dense(self.num_classes, dtype=dtype)(x)
 
     def _stem(self, conv: ModuleDef, norm: ModuleDef, x, train: bool, dtype):
@@ -164,7 +184,7 @@ def _imagenet(depth: int, stage_sizes: tuple, bottleneck: bool, test: TestSettin
 # resnet20, resnet18 and resnet50 are computed in the tests; the others are more of their blocks.
 ENTRIES = [
     _cifar(20, _tested(representative=True)),
-    _cifar(32, _tested(traced_only=True)),
+    _cifar(32, TestSettings({"width": 4, "shortcut": "identity_pad"}, traced_only=True)),  # option A traced
     _cifar(44, _tested(traced_only=True)),
     _cifar(56, _tested(traced_only=True, deep=True)),
     _cifar(110, _tested(traced_only=True, deep=True)),

@@ -27,6 +27,7 @@ from zoo.errors import RunError
 from zoo.training import optim
 
 REPEAT_SECONDS = 1.0
+SPLITS = ("val", "test", "raw_val", "raw_test")  # the evaluated splits, as metrics.jsonl names them
 
 
 @dataclasses.dataclass
@@ -62,12 +63,15 @@ class Hook:
 
 
 class TrainLogger(Hook):
-    """Train loss and accuracy (means over the steps since the last sync), learning rate and
-    throughput to the metrics log and the progress display; refuses a non-finite loss."""
+    """The task's train metrics (loss and accuracy for classify; means over the steps since the last
+    sync), learning rate and throughput to the metrics log and the progress display; refuses a
+    non-finite loss."""
 
-    def __init__(self, every: int, metrics_log, progress, schedule, batch_size: int, checkpoints):
+    def __init__(self, every: int, metrics_log, progress, schedule, batch_size: int, checkpoints,
+                 names: tuple = ("loss", "accuracy")):
         self.every, self.metrics_log, self.progress = every, metrics_log, progress
         self.schedule, self.batch_size, self.checkpoints = schedule, batch_size, checkpoints
+        self.names = names  # the task's train metrics, in the order they are logged
         self.pending = []  # (first step, steps, device metrics) of the calls since the last sync
         self.timed_steps, self.train_seconds = 0, 0.0
         self.last_sync = time.perf_counter()
@@ -96,7 +100,7 @@ class TrainLogger(Hook):
                              eta_seconds=(end.total - end.step) * seconds / max(done, 1))
 
     def __call__(self, end: StepEnd) -> None:
-        metrics = drain(self.pending)
+        metrics = drain(self.pending, self.names)
         now = time.perf_counter()
         self.train_seconds += now - self.last_sync
         self.timed_steps += metrics.pop("steps")
@@ -115,8 +119,9 @@ class TrainLogger(Hook):
 
 
 class Evaluation(Hook):
-    """Validation and test metrics of the current state (`setup.Evaluator`), to the metrics log and
-    the progress display; owns early stopping. Runs at its own steps and at every checkpoint."""
+    """Validation and test metrics of the current state (`setup.Evaluator`: the task's metrics), to the
+    metrics log and the progress display (the task's main metric); owns early stopping. Runs at its
+    own steps and at every checkpoint."""
 
     def __init__(self, every: int, checkpoint_every: int, evaluator, metrics_log, progress, checkpoints,
                  early_stopping: EarlyStopping | None):
@@ -132,12 +137,14 @@ class Evaluation(Hook):
         metrics = self.evaluator.splits(end.state)
         if not math.isfinite(metrics["test_loss"]):  # finite losses, but the last update was not
             raise diverged("evaluation loss", end.step, self.checkpoints)
-        for split in ("val", "test"):
+        task = self.evaluator.task
+        for split in SPLITS:  # raw_*: the raw weights of a run that evaluates its moving average (train.ema)
             if f"{split}_loss" in metrics:
-                self.metrics_log.write({"step": end.step, "split": split, "loss": metrics[f"{split}_loss"],
-                                        "accuracy": metrics[f"{split}_accuracy"]})
-        shown = "  ".join(f"{split} accuracy {metrics[f'{split}_accuracy']:.4f}"
-                          for split in ("val", "test") if f"{split}_accuracy" in metrics)
+                self.metrics_log.write({"step": end.step, "split": split,
+                                        **{name: metrics[f"{split}_{name}"] for name in task.metrics}})
+        main = task.main().name
+        shown = "  ".join(f"{split} {main} {metrics[f'{split}_{main}']:.4f}"
+                          for split in SPLITS if f"{split}_{main}" in metrics)
         self.progress.log(f"step {end.step}/{end.total}  {shown}  test loss {metrics['test_loss']:.4f}")
         self.last = end.eval_metrics = metrics
         if self.early_stopping and self.early_stopping.observe(end.step, metrics):
@@ -169,7 +176,7 @@ class EarlyStopping:
 
     def __init__(self, cfg):
         self.metric, self.patience, self.min_delta = f"val_{cfg.metric}", cfg.patience, cfg.min_delta
-        self.sign = 1.0 if cfg.metric == "accuracy" else -1.0  # higher is better for accuracy
+        self.sign = 1.0 if cfg.metric == "accuracy" else -1.0  # higher is better for accuracy; loss: lower
         self.best, self.best_step, self.bad_evals, self.stopped_at = None, None, 0, None
 
     def load(self, saved: dict | None) -> None:
@@ -203,7 +210,7 @@ def make_hooks(setup, evaluator, checkpoints, metrics_log, progress, meta: dict,
     every_checkpoint = config.checkpoint.every
     logger = TrainLogger(config.train.log_every, metrics_log, progress,
                          optim.make_schedule(config.optimizer, setup.total_steps), config.data.batch_size,
-                         checkpoints)
+                         checkpoints, evaluator.task.train_metrics)
     evaluation = Evaluation(config.train.eval_every or every_checkpoint, every_checkpoint, evaluator,
                             metrics_log, progress, checkpoints, early_stopping)
     return logger, [logger, evaluation, Checkpointer(every_checkpoint, checkpoints, meta, position, evaluation)]
@@ -266,17 +273,17 @@ def diverged(what: str, step: int, checkpoints: ckpt.Checkpoints) -> RunError:
                     "Lower optimizer.learning_rate or set optimizer.clip_norm")
 
 
-def drain(pending: list) -> dict:
-    """Mean train metrics over the steps since the last sync, and the first non-finite step."""
-    losses, accuracies, first_bad, steps = [], [], None, 0
+def drain(pending: list, names: tuple = ("loss", "accuracy")) -> dict:
+    """Mean train metrics (`names`, in that order) over the steps since the last sync, and the first
+    non-finite step."""
+    values, first_bad, steps = {name: [] for name in names}, None, 0
     for start, count, metrics in jax.device_get(pending):
-        loss, accuracy = np.atleast_1d(metrics["loss"]), np.atleast_1d(metrics["accuracy"])
-        bad = np.flatnonzero(~np.isfinite(loss))
+        bad = np.flatnonzero(~np.isfinite(np.atleast_1d(metrics["loss"])))
         if first_bad is None and bad.size:
             first_bad = start + int(bad[0]) + 1
-        losses.append(loss), accuracies.append(accuracy)
+        for name in names:
+            values[name].append(np.atleast_1d(metrics[name]))
         steps += count
     pending.clear()
-    return {"loss": float(np.mean(np.concatenate(losses))),
-            "accuracy": float(np.mean(np.concatenate(accuracies))), "steps": steps,
+    return {**{name: float(np.mean(np.concatenate(parts))) for name, parts in values.items()}, "steps": steps,
             "first_bad_step": first_bad}

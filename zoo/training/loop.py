@@ -81,9 +81,8 @@ class CompiledSteps:
     def get(self, count: int, state, x, y):
         if count not in self._compiled:
             c = self.run.config
-            jitted = step_lib.jit_train_step(self.run.model, self.run.tx, self.run.spec.num_classes,
-                                             c.train.label_smoothing, self.run.mesh, count,
-                                             c.train.deterministic, c.train.xla_options)
+            jitted = step_lib.jit_train_step(self.run.model, self.run.tx, self.run.task, 0.0, self.run.mesh, count,
+                                             c.train.deterministic, c.train.xla_options, c.data.augment, c.train.ema)
             start = time.perf_counter()
             self._compiled[count] = jitted.lower(state, x, y).compile()
             self.compile_seconds += time.perf_counter() - start
@@ -126,7 +125,9 @@ class _Start:
     early_stopping: hooks_lib.EarlyStopping | None
 
 
-def _start(setup: RunSetup, checkpoints, run_dir: Path, progress, stored: Config | None, initial) -> _Start:
+def _start(setup: RunSetup, checkpoints, run_dir: Path, progress, stored: Config | None, initial,
+           fresh=None) -> _Start:
+    """`fresh()` makes the state of a run that starts from nothing (default: `setup.init_state`)."""
     config = setup.config
     step, state, meta = restore_latest_good(checkpoints, setup, progress)
     if state is not None and step > setup.total_steps:
@@ -134,7 +135,7 @@ def _start(setup: RunSetup, checkpoints, run_dir: Path, progress, stored: Config
                        f"asked for: give train.steps above {step} to continue it")
     watch = hooks_lib.EarlyStopping(config.train.early_stopping) if config.train.early_stopping.patience else None
     if state is None:
-        state = setup.init_state()
+        state = fresh() if fresh is not None else setup.init_state()
         if initial is not None:
             state = initial(state)
             progress.log(f"initialised from {config.init_from.run} (step {config.init_from.step})")
@@ -172,7 +173,8 @@ def _metrics_log(setup: RunSetup, run_dir: Path, start_step: int, stored: Config
     config = setup.config
     if not distributed.is_primary():
         return Discard()
-    tensorboard = TensorBoardWriter(run_dir, config.to_dict()) if config.logging.tensorboard else None
+    tensorboard = (TensorBoardWriter(run_dir, config.to_dict(), setup.task.main().name) if config.logging.tensorboard
+                   else None)
     replaced = rundir.write_json_once(run_dir / CONFIG_FILE, config.to_dict())
     if replaced and stored is None and start_step == 0:  # check_same_config let another config start over
         progress.log(f"run directory '{run_dir}' holds no checkpoint of its earlier config: starting over "
@@ -186,16 +188,11 @@ def _metrics_log(setup: RunSetup, run_dir: Path, start_step: int, stored: Config
 
 def _feed(setup: RunSetup, position: Position, hooks: list, steps: CompiledSteps) -> DevicePrefetch:
     """The training batches, put on the mesh one call ahead, K steps per call unless a hook is due first."""
-    config, spec, mesh = setup.config, setup.spec, setup.mesh
-    workers = (config.data.workers if config.data.workers is not None
-               else data_lib.default_workers(setup.dataset.x_train))
-    batches = BatchIterator(setup.dataset.x_train, setup.dataset.y_train, config.data.batch_size, config.seed,
-                            shift=config.data.shift, position=position, workers=workers,
-                            rows=Rows.of_jax_processes())
+    spec, mesh = setup.spec, setup.mesh
+    batches = train_batches(setup, position)
 
     def call_size(step: int) -> int:
-        next_event = min(setup.total_steps, *(hooks_lib.next_multiple(step, hook.every) for hook in hooks))
-        return steps.k if next_event - step >= steps.k else 1
+        return steps_in_call(step, setup.total_steps, hooks, steps.k)
 
     def put(x, y, count: int):
         check_inputs(spec, x[0] if count > 1 else x)
@@ -203,6 +200,21 @@ def _feed(setup: RunSetup, position: Position, hooks: list, steps: CompiledSteps
         return _put_rows(mesh, x, leading), _put_rows(mesh, y, leading)
 
     return DevicePrefetch(batches, call_size, put)
+
+
+def train_batches(setup: RunSetup, position: Position) -> BatchIterator:
+    """The run's training batches in the order its seed fixes, from `position` on (this process's rows)."""
+    config = setup.config
+    workers = (config.data.workers if config.data.workers is not None
+               else data_lib.default_workers(setup.dataset.x_train))
+    return BatchIterator(setup.dataset.x_train, setup.dataset.y_train, config.data.batch_size, config.seed,
+                         position=position, workers=workers, rows=Rows.of_jax_processes())
+
+
+def steps_in_call(step: int, total: int, hooks: list, k: int) -> int:
+    """K steps in the call starting at `step`, unless a hook is due (or the run ends) sooner: then 1."""
+    next_event = min(total, *(hooks_lib.next_multiple(step, hook.every) for hook in hooks))
+    return k if next_event - step >= k else 1
 
 
 def _train_steps(state, start_step: int, total: int, feed: DevicePrefetch, steps: CompiledSteps, logger,
@@ -229,9 +241,7 @@ def _train(setup: RunSetup, run_dir: Path, progress: Progress, stored: Config | 
     metrics_log = _metrics_log(setup, run_dir, start.step, stored, progress)
     steps = CompiledSteps(setup)
     param_count = models.count_params(start.state.params)
-    meta = {"config": config.to_dict(), "spec": setup.spec.to_json(), "model": config.model.name,
-            "family": setup.model.info.family, "param_count": param_count, "devices": jax.device_count(),
-            "in_memory": in_memory, "platform": jax.default_backend(), "xla_options": xla_options_of(setup)}
+    meta = run_meta(setup, param_count, in_memory)
     feed = None
     logger, hooks = hooks_lib.make_hooks(setup, Evaluator(setup), checkpoints, metrics_log, progress, meta,
                                          lambda: dataclasses.asdict(feed.position), start.early_stopping)
@@ -255,8 +265,18 @@ def _train(setup: RunSetup, run_dir: Path, progress: Progress, stored: Config | 
     return _finish(setup, run_dir, checkpoints, param_count, steps, logger, start.step, watch, in_memory)
 
 
-def _finish(setup, run_dir, checkpoints, param_count, steps, logger, start_step, watch, in_memory) -> dict:
-    """Writes result.json (process 0) once every process's last save is on disk; the summary."""
+def run_meta(setup: RunSetup, param_count: int, in_memory: bool) -> dict:
+    """What every checkpoint of the run records besides its state, position and metrics."""
+    config = setup.config
+    return {"config": config.to_dict(), "spec": setup.spec.to_json(), "model": config.model.name,
+            "family": setup.model.info.family, "param_count": param_count, "devices": jax.device_count(),
+            "in_memory": in_memory, "platform": jax.default_backend(), "xla_options": xla_options_of(setup)}
+
+
+def _finish(setup, run_dir, checkpoints, param_count, steps, logger, start_step, watch, in_memory,
+            extra: dict | None = None) -> dict:
+    """Writes result.json (process 0) once every process's last save is on disk; the summary (with
+    `extra`'s keys: a population member's)."""
     primary = distributed.is_primary()
     distributed.barrier("fit:saved")  # process 0's last commit is on disk for every process
     if primary:
@@ -265,6 +285,7 @@ def _finish(setup, run_dir, checkpoints, param_count, steps, logger, start_step,
         result["early_stopped"] = ({"step": watch.stopped_at, "best_step": watch.best_step,
                                     "reason": watch.reason()} if watch and watch.stopped_at is not None else None)
         result["in_memory"] = in_memory
+        result.update(extra or {})
     checkpoints.close()
     if primary:
         atomic_write(run_dir / RESULT_FILE, json.dumps(result, indent=2))
@@ -282,7 +303,7 @@ def _put_rows(mesh, rows: np.ndarray, leading: int):
 
 
 def _summary(setup, run_dir, checkpoints, param_count, steps, train_seconds, timed_steps, start_step):
-    config = setup.config
+    config, main = setup.config, setup.task.main().name  # best_accuracy for classify
     final_step = checkpoints.latest_step()
     best_step = checkpoints.best_step()
     final_meta = checkpoints.read_meta(final_step)
@@ -301,7 +322,7 @@ def _summary(setup, run_dir, checkpoints, param_count, steps, train_seconds, tim
         "final": final_meta["metrics"],
         # The validation-best step (None without a validation split): test there is reported, not chosen on.
         "best_checkpoint": {"step": best_step, **best_meta["metrics"]} if best_meta else None,
-        "best_accuracy": best_meta["metrics"]["test_accuracy"] if best_meta else None,
+        f"best_{main}": best_meta["metrics"][f"test_{main}"] if best_meta else None,
         "validation_size": setup.spec.val_size,
         "compile_seconds": steps.compile_seconds,
         "train_seconds": train_seconds,

@@ -25,11 +25,16 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     return optax.piecewise_constant_schedule(lr, boundaries)
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optimizer chain: clipping, then the update rule with its schedule and weight decay."""
-    schedule = make_schedule(cfg, total_steps)
+def make_optimizer(cfg: OptimizerConfig, total_steps: int, schedule: optax.Schedule | None = None,
+                   weight_decay=None) -> optax.GradientTransformation:
+    """The optimizer chain: clipping, then the update rule with its schedule and weight decay.
+
+    `schedule` and `weight_decay` (traced values allowed) replace the config's: a population member's
+    own (zoo/training/population_step.py). The chain's structure follows `cfg` alone."""
+    schedule = schedule or make_schedule(cfg, total_steps)
+    decay = cfg.weight_decay if weight_decay is None else weight_decay
     if cfg.name == "adamw":
-        rule = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+        rule = optax.adamw(schedule, weight_decay=decay)
     else:
         base = {
             "sgd": lambda: optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
@@ -37,10 +42,16 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
             "rmsprop": lambda: optax.rmsprop(schedule, momentum=cfg.momentum),
         }[cfg.name]()
         # Coupled (L2) weight decay: added to the gradient before the update rule.
-        rule = optax.chain(optax.add_decayed_weights(cfg.weight_decay), base) if cfg.weight_decay else base
+        rule = optax.chain(optax.add_decayed_weights(decay), base) if cfg.weight_decay else base
     if cfg.clip_norm:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), rule)
     return rule
+
+
+def build(config, total_steps: int, **overrides) -> optax.GradientTransformation:
+    """A run's whole optimizer: `make_optimizer` (with `overrides`), frozen parameters, accumulation."""
+    tx = with_frozen(make_optimizer(config.optimizer, total_steps, **overrides), config.freeze)
+    return accumulate(tx, config.train.accumulate)
 
 
 class Accumulating(NamedTuple):

@@ -12,11 +12,12 @@ import numpy as np
 from zoo import checkpoint as ckpt
 from zoo.config import Config, InitFromConfig, from_dict
 from zoo.data import DataSpec
+from zoo.data.text import check_same_vocabulary
 from zoo.errors import CheckpointError, ConfigError, ZooError
 from zoo import distributed
 from zoo.errors import DamagedCheckpointError
 from zoo.rundir import CHECKPOINTS
-from zoo.training import optim, step as step_lib
+from zoo.training import optim, state as state_lib, step as step_lib
 from zoo.training.setup import RunSetup, assemble_setup, selection_metric
 
 
@@ -123,6 +124,10 @@ def init_from(run: RunSetup, source: InitFromConfig):
     restored = restore(source.run, source.step)
     target = run.abstract_state()
     optim.check_patterns(target.params, source.skip, "init_from.skip")
+    if not optim.matches("embed/embedding", source.skip):  # token ids must mean the same text in both runs
+        check_same_vocabulary(restored.spec.vocabulary, run.spec.vocabulary, f"init_from: '{source.run}'",
+                              "use the same data.vocabulary and text, or add embed and head to init_from.skip "
+                              "to learn new token embeddings")
     params = _merge(target.params, restored.state.params, source, "parameter")
     model_state = _merge(target.model_state, restored.state.model_state, source, "model state")
     sharding = step_lib.replicated(run.mesh)
@@ -135,7 +140,11 @@ def init_from(run: RunSetup, source: InitFromConfig):
             lambda path, fresh: fresh if model_state[optim.param_path(path)] is None
             else jax.device_put(model_state[optim.param_path(path)], sharding), state.model_state)
         opt_state = jax.jit(run.tx.init, out_shardings=sharding)(new_params)
-        return state.replace(params=new_params, model_state=new_model_state, opt_state=opt_state)
+        state = state.replace(params=new_params, model_state=new_model_state, opt_state=opt_state)
+        if state_lib.has_ema(state):  # the moving average starts from the weights training starts from
+            start = {"params": new_params, "model_state": new_model_state}
+            state = state.replace(ema=jax.tree.map(jax.numpy.copy, start))
+        return state
 
     return apply
 

@@ -10,9 +10,10 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from zoo import tasks
 from zoo.config import KNOWN_XLA_OPTIONS, check_xla_options  # noqa: F401 - the allowlist, checked here too
 from zoo.models import cnn, resnet
-from zoo.training import optim
+from zoo.training import augment as augment_lib, optim, state as state_lib
 from zoo.training.state import TrainState
 
 
@@ -55,20 +56,29 @@ def put_local_rows(mesh: Mesh, rows: np.ndarray, leading_axes: int = 0) -> jax.A
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    """Per-example softmax cross-entropy (the classify task's) against class ids or distributions."""
+    return tasks.Classify(num_classes).cross_entropy(logits, labels, label_smoothing)
 
 
-def train_step_fn(model, tx, num_classes: int, label_smoothing: float = 0.0):
+def train_step_fn(model, tx, task, label_smoothing: float = 0.0, augment=None, ema=None):
     """One step: forward, backward, optimizer update. Pure; returns (state, metrics).
+
+    `augment` (a config.AugmentConfig) augments the batch first, on the device, keyed by the step
+    (zoo.training.augment); `ema` (a config.EmaConfig with a decay) updates the moving average an
+    EmaTrainState keeps. Neither given (or both off): the step of a run without them, unchanged.
+
+    `task` (zoo.tasks) gives the loss and the batch metrics; a class count stands for classification
+    with `label_smoothing` (the older call).
 
     With an accumulating `tx` (optim.accumulate: K micro-batches) the batch is split into K
     micro-batches, run one after another; the K-th applies the optimizer to their mean gradient, so
     one step is still one optimizer step on the whole batch."""
 
+    task = tasks.as_task(task, label_smoothing)
+
     def loss_fn(params, model_state, rng, x, y):
         logits, model_state = model.apply({"params": params, **model_state}, x, train=True, rng=rng)
-        loss = cross_entropy(logits, y, num_classes, label_smoothing).mean()
+        loss = task.loss(logits, y).mean()
         return loss, (logits, model_state)
 
     def update(carry, rng, x, y):
@@ -78,13 +88,17 @@ def train_step_fn(model, tx, num_classes: int, label_smoothing: float = 0.0):
         (loss, (logits, model_state)), grads = grad_fn(params, model_state, rng, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        metrics = task.batch_metrics(logits, y, loss)
         return (params, model_state, opt_state), metrics
 
     micro_batches = optim.micro_batches(tx)
+    augmenting = augment is not None and augment != type(augment)()
+    averaging = ema is not None and ema.decay > 0
 
     def step(state: TrainState, x, y):
         rng = jax.random.fold_in(state.rng, state.step)
+        if augmenting:
+            x, y = augment_lib.augment(augment_lib.augment_key(rng), x, y, augment, getattr(task, "num_classes", 0))
         carry = (state.params, state.model_state, state.opt_state)
         if micro_batches == 1:
             carry, metrics = update(carry, rng, x, y)
@@ -93,6 +107,8 @@ def train_step_fn(model, tx, num_classes: int, label_smoothing: float = 0.0):
         params, model_state, opt_state = carry
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                                   opt_state=opt_state)
+        if averaging:
+            new_state = state_lib.update_ema(new_state, ema.decay, ema.every)
         return new_state, metrics
 
     return step
@@ -188,11 +204,12 @@ def _options_for(model, deterministic: bool, xla_options: dict | None) -> dict |
     return compiler_options(deterministic, family=family_of(model), options=xla_options) or None
 
 
-def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_per_call: int = 1,
-                   deterministic: bool = True, xla_options: dict | None = None):
+def jit_train_step(model, tx, task, label_smoothing, mesh: Mesh, steps_per_call: int = 1,
+                   deterministic: bool = True, xla_options: dict | None = None, augment=None, ema=None):
     """The jitted step (K > 1: K steps per call); the state is donated and stays replicated.
-    `xla_options`: see `compiler_options` (None: the family's defaults)."""
-    step = train_step_fn(model, tx, num_classes, label_smoothing)
+    `task`, `augment`, `ema`: see `train_step_fn`; `xla_options`: see `compiler_options` (None: the
+    family's defaults)."""
+    step = train_step_fn(model, tx, task, label_smoothing, augment, ema)
     fn, leading = (step, 0) if steps_per_call == 1 else (multi_step_fn(step), 1)
     data = batch_sharding(mesh, leading)
     return jax.jit(fn, in_shardings=(replicated(mesh), data, data),
@@ -200,21 +217,21 @@ def jit_train_step(model, tx, num_classes, label_smoothing, mesh: Mesh, steps_pe
                    compiler_options=_options_for(model, deterministic, xla_options))
 
 
-def eval_step_fn(model, num_classes: int):
-    """Sums of loss and correct predictions over the real (mask 1) rows of a padded batch."""
+def eval_step_fn(model, task):
+    """The task's sums (`eval_sums`: loss, correct predictions, errors...) over the real (mask 1) rows
+    of a padded batch; `task` may be a class count (classification)."""
+    task = tasks.as_task(task)
 
     def step(params, model_state, x, y, mask):
         logits, _ = model.apply({"params": params, **model_state}, x, train=False)
-        loss = cross_entropy(logits, y, num_classes)
-        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-        return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+        return task.eval_sums(logits, y, mask)
 
     return step
 
 
-def jit_eval_step(model, num_classes, mesh: Mesh, deterministic: bool = True, xla_options: dict | None = None):
+def jit_eval_step(model, task, mesh: Mesh, deterministic: bool = True, xla_options: dict | None = None):
     data = batch_sharding(mesh)
-    return jax.jit(eval_step_fn(model, num_classes),
+    return jax.jit(eval_step_fn(model, task),
                    in_shardings=(replicated(mesh), replicated(mesh), data, data, data),
                    out_shardings=replicated(mesh), compiler_options=_options_for(model, deterministic, xla_options))
 
@@ -224,9 +241,10 @@ def _accumulate(totals, sums):
     return jax.tree.map(jnp.add, totals, sums)
 
 
-def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int) -> dict:
-    """Loss and accuracy over all of (x, y), batch by batch, split across processes. The sums stay
-    on the devices and are fetched once; each batch is put on the devices while the one before it is evaluated."""
+def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int, task=None) -> dict:
+    """The task's metrics (`finish`; None: classification's loss and accuracy) over all of (x, y), batch
+    by batch, split across processes. The sums stay on the devices and are fetched once; each batch is
+    put on the devices while the one before it is evaluated."""
     from zoo.data import eval_batches
 
     # Each process reads only its rows of every batch; the jitted step's sums are global (replicated).
@@ -237,5 +255,6 @@ def evaluate_arrays(eval_step, mesh, params, model_state, x, y, batch_size: int)
         sums = eval_step(params, model_state, *upcoming)
         upcoming = next(batches, None)  # put on the devices while `sums` is computed
         totals = sums if totals is None else _accumulate(totals, sums)
-    totals = {key: float(value) for key, value in jax.device_get(totals).items()}
-    return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+    totals = {key: float(value) if np.ndim(value) == 0 else np.asarray(value, np.float64)
+              for key, value in jax.device_get(totals).items()}
+    return (task if task is not None else tasks.Classify(num_classes=0)).finish(totals)
