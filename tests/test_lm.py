@@ -277,3 +277,23 @@ def test_sampling_a_classifier_run_is_one_line(finished_run, zoo_main, one_line_
     status, out, err = zoo_main("sample", finished_run, "--prompt", "hello", "--step", "latest")
     assert status == 2 and out == ""
     one_line_error(err, "model 'mlp'", "not a language model")
+
+
+@pytest.mark.slow
+def test_a_language_model_compare_writes_a_report_ranked_by_bpc(tmp_path, zoo_main):
+    """Issue 24, compare: a compare of `task: lm` runs trains, selects on validation and writes its
+    report with the bpc column (it once crashed after training, fitting the regression baseline)."""
+    import yaml
+
+    model = {"name": "tiny_lm", "task": "lm", "seed": 0,
+             "data": {"name": "pydoc", "vocabulary": "byte", "seq_len": 8, "batch_size": 8},
+             "model": {"name": "lstm_lm", "embed_dim": 8, "hidden_size": 8},
+             "train": {"steps": 4, "log_every": 2}, "checkpoint": {"every": 2, "keep": 1}}
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(model))
+    compare = {"name": "tiny_text", "dataset": "pydoc", "seeds": [0], "budget": {"steps": 4},
+               "models": [str(tmp_path / "lm.yaml")]}
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(compare))
+    status, _, err = zoo_main("compare", tmp_path / "compare.yaml", "--workdir", tmp_path / "work")
+    assert status == 0, err
+    report = (tmp_path / "work" / "report" / "report.md").read_text()
+    assert "test bpc" in report and "least squares" not in report

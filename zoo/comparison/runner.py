@@ -330,7 +330,7 @@ def compare(config: CompareConfig | str | Path | dict, workdir: str | Path, prog
             "reused": runner.reused, "skipped": runner.skipped, "budget_s": budget_s, "sweeps": sweeps,
             "reference": config.reference, "machine": _machine()}
     if config.task != "classify":  # a classification's report stays as it was before tasks
-        meta.update(task=config.task, baselines=_baselines(config, datasets))
+        meta.update(task=config.task, baselines=_baselines(config, datasets) if config.task == "regress" else {})
     written = (report.write_report(workdir / "report", rows, meta, workdir, trials=trials) if distributed.is_primary()
                else {"table": "", "models": []})  # process 0 writes the report
     progress.log(f"compare '{config.name}' done in {clock(wall)}: report in {workdir / 'report'}"
