@@ -2,7 +2,7 @@
 after another, the same steps, compile included; compile seconds and memory per member.
 
     python benchmarks/population.py [--members 8] [--rounds 3] [--workloads mlp,cnn,gru,resnet20,transformer]
-                                    [--datasets digits,mnist1d] [--steps 100] [--no-cache] [--out DIR]
+                                    [--datasets digits,mnist1d] [--steps 200] [--no-cache] [--out DIR]
 
 Each workload is the committed compare config of its dataset (configs/<dataset>/<model>.yaml) with
 `--steps` steps, evaluated and checkpointed once, at the end. A round trains the N seeds both ways in
@@ -12,7 +12,9 @@ the load average seen around each. Like `zoo train` and `zoo compare`, both side
 persistent compilation cache (a fresh, empty one per round: the sequential runs 2..N find the train
 step the first compiled; the population compiles once); `--no-cache` compiles everything afresh.
 
-Memory per member: XLA's memory analysis of the compiled 1-step train program (arguments,
+The "training steps alone" ratio is that of the seconds spent in the train steps only (the runs'
+`train_seconds`: no compilation, evaluation or checkpoint), the population's against the sum of the
+runs'. Memory per member: XLA's memory analysis of the compiled 1-step train program (arguments,
 temporaries and outputs not written over donated arguments), the population's divided by N, beside
 a run alone's.
 """
@@ -26,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,18 +53,21 @@ def workload_config(dataset: str, workload: str, steps: int):
     return config_lib.load(REPO / "configs" / dataset / f"{name}.yaml", overrides)
 
 
+CACHE = Path(tempfile.mkdtemp(prefix="zoo_population_cache_"))  # JAX reads its cache directory once
+
+
 @contextlib.contextmanager
 def compile_cache(enabled: bool):
-    """A fresh, empty persistent compilation cache for one side of a round (or none)."""
+    """An empty persistent compilation cache for one side of a round (or none): JAX keeps the directory
+    it first read for the whole process, so its entries are removed before each side."""
     import jax
 
-    with tempfile.TemporaryDirectory(prefix="zoo_population_cache_") as directory:
-        jax.config.update("jax_compilation_cache_dir", directory if enabled else None)
+    for entry in CACHE.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if enabled:
+        jax.config.update("jax_compilation_cache_dir", str(CACHE))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        try:
-            yield
-        finally:
-            jax.config.update("jax_compilation_cache_dir", None)
+    yield
 
 
 def sequential(configs, dataset, root: Path) -> dict:
@@ -70,7 +76,7 @@ def sequential(configs, dataset, root: Path) -> dict:
     start = time.perf_counter()
     results = [fit(config, root / f"seed{config.seed}", dataset=dataset) for config in configs]
     return {"seconds": time.perf_counter() - start, "compile": sum(r["compile_seconds"] for r in results),
-            "loss": [r["final"]["test_loss"] for r in results]}
+            "train": sum(r["train_seconds"] for r in results), "loss": [r["final"]["test_loss"] for r in results]}
 
 
 def population(configs, dataset, root: Path) -> dict:
@@ -80,7 +86,7 @@ def population(configs, dataset, root: Path) -> dict:
     results = fit_population(configs, [root / f"seed{config.seed}" for config in configs], dataset=dataset,
                              max_mib=None)
     info = results[0]["population"]
-    return {"seconds": time.perf_counter() - start, "compile": info["compile_seconds"],
+    return {"seconds": time.perf_counter() - start, "compile": info["compile_seconds"], "train": info["train_seconds"],
             "memory_per_member": info["memory_bytes_per_member"], "loss": [r["final"]["test_loss"] for r in results]}
 
 
@@ -132,6 +138,7 @@ def measure(dataset_name: str, workload: str, args) -> dict:
             "ratio": median([r["ratio"] for r in rounds]),
             "sequential_compile_s": median([r["sequential"]["compile"] for r in rounds]),
             "population_compile_s": median([r["population"]["compile"] for r in rounds]),
+            "train_ratio": median([r["sequential"]["train"] / r["population"]["train"] for r in rounds]),
             "memory_per_member": rounds[0]["population"]["memory_per_member"],
             "memory_alone": memory_alone(base, dataset),
             "max_loss_difference": max(abs(a - b) / abs(b) for r in rounds
@@ -142,11 +149,13 @@ def measure(dataset_name: str, workload: str, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     mib = lambda b: "-" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
-    lines = ["| dataset | workload | sequential s | population s | ratio | compile s (seq / pop) | MiB per member "
-             "(pop / alone) | max rel. test-loss diff | load |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| dataset | workload | sequential s | population s | ratio | compile s (seq / pop) | training steps "
+             "alone: ratio | MiB per member (pop / alone) | max rel. test-loss diff | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['workload']} | {r['sequential_s']:.1f} | {r['population_s']:.1f} | "
                      f"{r['ratio']:.2f} | {r['sequential_compile_s']:.1f} / {r['population_compile_s']:.1f} | "
+                     f"{r['train_ratio']:.2f} | "
                      f"{mib(r['memory_per_member'])} / {mib(r['memory_alone'])} | {r['max_loss_difference']:.1e} | "
                      f"{' '.join(map(str, r['load']))} |")
     return "\n".join(lines)
@@ -156,7 +165,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--workloads", default="mlp,cnn,gru,resnet20,transformer")
     parser.add_argument("--datasets", default="digits,mnist1d")
     parser.add_argument("--no-cache", action="store_true", help="no persistent compilation cache")
@@ -166,8 +175,6 @@ def main(argv=None) -> int:
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)
-    rows = [measure(dataset, workload, args) for dataset in args.datasets.split(",")
-            for workload in args.workloads.split(",")]
     import jax
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -175,12 +182,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = (f"{args.members} seeds, {args.steps} steps each, {args.rounds} interleaved rounds (medians); "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-              f"{'no compilation cache' if args.no_cache else 'a fresh persistent compilation cache per side'}; "
+              f"{'no compilation cache' if args.no_cache else 'an empty persistent compilation cache per side'}; "
               f"command: python benchmarks/population.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    text = f"{header}\n\n{table(rows)}\n"
-    (out / "POPULATION.md").write_text(text)
-    (out / "population.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    rows = []
+    for dataset in args.datasets.split(","):
+        for workload in args.workloads.split(","):
+            rows.append(measure(dataset, workload, args))
+            text = f"{header}\n\n{table(rows)}\n"  # rewritten after each workload: a stopped run keeps its rows
+            (out / "POPULATION.md").write_text(text)
+            (out / "population.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     print(text)
+    shutil.rmtree(CACHE, ignore_errors=True)
     return 0
 
 

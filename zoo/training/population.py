@@ -160,15 +160,18 @@ def fit_population(configs: list, workdirs: list, progress: Progress | None = No
     progress = progress if progress is not None and distributed.is_primary() else Silent()
     first = distributed.agreed(lambda: build_setup(configs[0], dataset))
     setups = [member_setup(first, config) for config in configs]
-    size = chunk_size(first, len(setups), max_mib)
+    # Every member's directory and fine-tuning source checked before any chunk writes anything.
+    stored = [distributed.agreed(lambda: rundir.check_same_config(w, s.config)) for s, w in zip(setups, workdirs)]
+    initial = [distributed.agreed(lambda: init_from(s, s.config.init_from))
+               if s.config.init_from.run and not rundir.has_started(w) else None for s, w in zip(setups, workdirs)]
     in_memory = [loop._in_memory(config, dataset) for config in configs]
-    results = []
+    size, results = chunk_size(first, len(setups), max_mib), []
     for begin in range(0, len(setups), size):
         part = slice(begin, begin + size)
         if results and results[-1].get("stopped"):  # a stop request ended the chunk before: not started
             results += [{"run_dir": str(w), "stopped": results[-1]["stopped"], "step": None} for w in workdirs[part]]
             continue
-        results += _fit_chunk(setups[part], workdirs[part], progress, in_memory[part])
+        results += _fit_chunk(setups[part], workdirs[part], progress, stored[part], initial[part], in_memory[part])
     return results
 
 
@@ -179,10 +182,9 @@ def member_setup(first: RunSetup, config: Config) -> RunSetup:
     return dataclasses.replace(first, config=config, tx=optim.build(config, first.total_steps))
 
 
-def _fit_chunk(setups: list[RunSetup], workdirs: list[Path], progress: Progress, in_memory: list) -> list[dict]:
-    stored = [distributed.agreed(lambda: rundir.check_same_config(w, s.config)) for s, w in zip(setups, workdirs)]
-    initial = [distributed.agreed(lambda: init_from(s, s.config.init_from))
-               if s.config.init_from.run and not rundir.has_started(w) else None for s, w in zip(setups, workdirs)]
+def _fit_chunk(setups: list[RunSetup], workdirs: list[Path], progress: Progress, stored: list, initial: list,
+               in_memory: list) -> list[dict]:
+    """One chunk's members claimed, started (restored or fresh) and trained together."""
     with contextlib.ExitStack() as claims:
         for workdir in workdirs:
             claims.enter_context(rundir.claim_run_dir(workdir))
