@@ -5,6 +5,7 @@ directory alone; eval bpc equal to the recorded one. One tiny LSTM LM is trained
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import jax
@@ -18,6 +19,8 @@ from zoo import models
 from zoo.data import DataSpec
 from zoo.inference import sample as sample_lib
 from zoo.inference.loaded import LoadedRun
+from zoo.errors import ConfigError
+from zoo.util import printable
 
 SENTENCE = "the quick brown fox jumps over the lazy dog; "
 VOCAB = 11
@@ -280,20 +283,41 @@ def test_sampling_a_classifier_run_is_one_line(finished_run, zoo_main, one_line_
 
 
 @pytest.mark.slow
-def test_a_language_model_compare_writes_a_report_ranked_by_bpc(tmp_path, zoo_main):
+def test_a_language_model_compare_writes_a_report_ranked_by_bpc_with_samples(tmp_path, zoo_main):
     """Issue 24, compare: a compare of `task: lm` runs trains, selects on validation and writes its
-    report with the bpc column (it once crashed after training, fitting the regression baseline)."""
+    report with the bpc column (it once crashed after training, fitting the regression baseline), and
+    a few sampled lines per model: exactly what `zoo sample` of that run prints with those seeds."""
     import yaml
+
+    from zoo.inference.loaded import load_run
 
     model = {"name": "tiny_lm", "task": "lm", "seed": 0,
              "data": {"name": "pydoc", "vocabulary": "byte", "seq_len": 8, "batch_size": 8},
              "model": {"name": "lstm_lm", "embed_dim": 8, "hidden_size": 8},
              "train": {"steps": 4, "log_every": 2}, "checkpoint": {"every": 2, "keep": 1}}
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(model))
-    compare = {"name": "tiny_text", "dataset": "pydoc", "seeds": [0], "budget": {"steps": 4},
-               "models": [str(tmp_path / "lm.yaml")]}
+    compare = {"name": "tiny_text", "dataset": "pydoc", "seeds": [0, 1], "budget": {"steps": 4},
+               "models": [str(tmp_path / "lm.yaml")],
+               "samples": {"prompt": "The ", "max_tokens": 12, "temperature": 1.5, "count": 2, "seed": 5}}
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump(compare))
     status, _, err = zoo_main("compare", tmp_path / "compare.yaml", "--workdir", tmp_path / "work")
     assert status == 0, err
     report = (tmp_path / "work" / "report" / "report.md").read_text()
     assert "test bpc" in report and "least squares" not in report
+    run = load_run(tmp_path / "work" / "runs" / "tiny_lm" / "seed0")  # the compare's first seed
+    texts = [run.sample("The ", 12, 1.5, seed=seed) for seed in (5, 6)]
+    assert texts[0] != texts[1]
+    section = report[report.index("### Samples"):]
+    assert "**tiny_lm** (`runs/tiny_lm/seed0`)" in section
+    blocks = [m.group(2) for m in re.finditer(r"^(`{3,})\n(.*?)\n\1$", section, flags=re.M | re.S)]
+    assert [printable("The " + t) for t in texts] == blocks[1:]  # blocks[0]: the command
+
+
+def test_samples_in_a_compare_that_is_not_a_language_model_is_refused():
+    """Issue 24: `samples:` means text sampled from language models; a classification compare that
+    sets it is refused in one line, not silently ignored."""
+    from zoo.comparison.schema import parse_compare
+
+    with pytest.raises(ConfigError, match="samples: only a language-model compare"):
+        parse_compare({"name": "c", "dataset": "digits", "budget": {"steps": 2},
+                       "models": ["configs/digits/mlp.yaml"], "samples": {"count": 1}})

@@ -146,7 +146,7 @@ def test_runs_keeps_a_line_cut_short_at_the_end_unremarked(tmp_path):
 
 def test_printable_escapes_control_and_bidi_characters():
     """Issue 26.11: one helper for every table: control characters and U+202E in repr style."""
-    from zoo.cli import printable
+    from zoo.util import printable
 
     assert printable("a\x1b[31mb\u202ec\td\x7f") == "a\\x1b[31mb\\u202ec\\td\\x7f"
     assert printable("chat ünïcodé 猫 C:\\dir") == "chat ünïcodé 猫 C:\\dir"

@@ -8,6 +8,7 @@ import os
 import sys
 
 from zoo.errors import ZooError
+from zoo.util import printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,15 +79,6 @@ def cmd_info(args) -> int:
 
 def _mib(count: int) -> str:
     return f"{count / 2**20:.2f} MiB"
-
-
-def printable(text) -> str:
-    """`text` safe to print on a terminal: control, bidi and other invisible characters (a colour
-    escape, U+202E) written as Python writes them in a repr (\\x1b, \\u202e), all else as it is. Every
-    table and CSV printed for people goes through it; --json and files written with --out keep the
-    exact values."""
-    text = str(text)
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _table(header, rows, right=()) -> str:

@@ -106,3 +106,12 @@ def enable_compile_cache(warn) -> Path | None:
 
     warnings.showwarning = show
     return path
+
+
+def printable(text) -> str:
+    """`text` safe to print on a terminal: control, bidi and other invisible characters (a colour
+    escape, U+202E) written as Python writes them in a repr (\\x1b, \\u202e), all else as it is. Every
+    table and CSV printed for people goes through it; --json and files written with --out keep the
+    exact values."""
+    text = str(text)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

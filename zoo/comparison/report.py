@@ -13,13 +13,14 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
 from zoo import tasks
 from zoo.metrics import read_jsonl
-from zoo.util import atomic_write, clock
+from zoo.util import atomic_write, clock, printable
 
 # One row per run in results.csv / results.json, in this order.
 COLUMNS = (
@@ -359,7 +360,43 @@ def _dataset_section(models: list[dict], rows: list[dict], meta: dict, dataset: 
     lines += [f"![validation and test {main}, train loss]({names['curves']})", "",
               f"![{main} against size and time]({names['tradeoff']})", "",
               f"![{main} against training FLOPs]({names['flops']})", ""]
+    lines += _samples_section(meta.get("samples") or {}, dataset)
     lines += _sweep_section(meta.get("sweeps") or [], trials, dataset, meta.get("task"))
+    return lines
+
+
+def _fenced(text: str) -> list[str]:
+    """`text` as a fenced block whose fence is longer than any run of backticks in it (a sample may
+    contain ```), so that no generated text can end the block or be read as markdown."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
+
+
+def _samples_section(samples: dict, dataset: str) -> list[str]:
+    """A language-model compare's sampled text (`runner.samples`): per model, the prompt followed by
+    each continuation, and the `zoo sample` command that prints it again."""
+    models = [m for m in samples.get("models") or [] if m["dataset"] == dataset]
+    if not models:
+        return []
+    spec = samples["settings"]
+    options = "".join(f" --{key.replace('_', '-')} {spec[key]}" for key in ("top_k", "top_p") if spec.get(key) is not None)
+    seeds = ", ".join(str(spec["seed"] + i) for i in range(spec["count"]))
+    lines = ["### Samples", "",
+             f"{spec['count']} continuation(s) of the prompt {json.dumps(spec['prompt'])} per model, from its first "
+             f"seed's run (final checkpoint), sampling seed S = {seeds}; each is what",
+             "", "```", f"zoo sample RUN_DIR --prompt {json.dumps(spec['prompt'])} --max-tokens {spec['max_tokens']} "
+             f"--temperature {spec['temperature']}{options} --seed S", "```", "",
+             "prints (the prompt, then the continuation; control characters escaped as `zoo sample` escapes them); "
+             "RUN_DIR below, in the compare's workdir.", ""]
+    for m in models:
+        lines += [f"**{m['label']}** (`{m['run_dir']}`):", ""]
+        if m.get("error"):
+            lines += [f"not sampled: {m['error']}", ""]
+            continue
+        for i, text in enumerate(m["texts"]):
+            shown = "\n".join(printable(line) for line in (spec["prompt"] + text).split("\n"))  # as zoo sample
+            lines += [f"seed {spec['seed'] + i}:", ""] + _fenced(shown) + [""]
     return lines
 
 

@@ -10,6 +10,7 @@ trains the other seeds at that setting. The report goes to `<workdir>/report/`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from zoo.comparison.cost import PROBE_STEPS, CALIBRATION_STEPS, forward_flops, m
 from zoo.comparison.schema import (Arm, CompareConfig, SweepConfig, describe_setting, short_key, load_compare,
                                      setting_tag)
 from zoo.config import Config, from_dict
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ZooError
 from zoo.data import Dataset
 from zoo.metrics import Progress, Silent
 from zoo.rundir import CONFIG_FILE, RESULT_FILE
@@ -331,6 +332,8 @@ def compare(config: CompareConfig | str | Path | dict, workdir: str | Path, prog
             "reference": config.reference, "machine": _machine()}
     if config.task != "classify":  # a classification's report stays as it was before tasks
         meta.update(task=config.task, baselines=_baselines(config, datasets) if config.task == "regress" else {})
+    if config.task == "lm" and config.samples.count and distributed.is_primary():
+        meta["samples"] = samples(config.samples, rows, workdir, config.seeds)
     written = (report.write_report(workdir / "report", rows, meta, workdir, trials=trials) if distributed.is_primary()
                else {"table": "", "models": []})  # process 0 writes the report
     progress.log(f"compare '{config.name}' done in {clock(wall)}: report in {workdir / 'report'}"
@@ -450,6 +453,31 @@ def _metric_cells(result: dict, task) -> dict:
         cells[f"final_val_{metric}"] = result["final"].get(f"val_{metric}")
         cells[f"best_{metric}"] = result.get(f"best_{metric}", best.get(f"test_{metric}"))
     return cells
+
+
+def samples(spec, rows: list[dict], workdir: Path, seeds) -> dict:
+    """{"settings": spec's keys, "models": [{dataset, label, run_dir, seed, texts | error}]}: `spec.count`
+    continuations of `spec.prompt` from each model's run of its first seed (final checkpoint), sampling
+    seeds spec.seed, spec.seed + 1, ...; what `zoo sample RUN_DIR --seed S` prints for each."""
+    from zoo.inference.loaded import load_run
+
+    first = {}  # (dataset, label) -> the row of its first seed, in the order of the report's rows
+    for row in rows:
+        order = lambda r: (list(seeds).index(r["seed"]) if r["seed"] in seeds else len(seeds), r["seed"])  # noqa: E731
+        key = (row["dataset"], row["label"])
+        if key not in first or order(row) < order(first[key]):
+            first[key] = row
+    out = []
+    for (dataset, label), row in first.items():
+        entry = {"dataset": dataset, "label": label, "run_dir": row["run_dir"], "seed": row["seed"]}
+        try:
+            run = load_run(workdir / row["run_dir"])
+            entry["texts"] = [run.sample(spec.prompt, spec.max_tokens, spec.temperature, spec.top_k, spec.top_p,
+                                         spec.seed + i) for i in range(spec.count)]
+        except ZooError as error:  # e.g. a prompt character outside a character-level vocabulary
+            entry["error"] = str(error)
+        out.append(entry)
+    return {"settings": dataclasses.asdict(spec), "models": out}
 
 
 def _baselines(config: CompareConfig, datasets: dict) -> dict:

@@ -11,6 +11,8 @@ A compare config names the data, a list of model configs, the seeds and one budg
     population: auto          # auto (default): a model's seeds (and learning-rate or weight-decay settings)
                               # train as one vmapped population (docs/population.md); off: one run at a time
     population_memory_mib: 4096  # a population estimated above this trains in chunks
+    samples: {prompt: "The ", max_tokens: 160, temperature: 0.8, count: 3}  # task lm only: text sampled
+                              # from each model's first seed (final checkpoint) into the report
     models: [configs/digits/mlp.yaml, {config: configs/digits/cnn.yaml, sweep: {...}}]
     sweep:                    # optional, per model overridable: dotted keys -> lists (a grid)
       optimizer.learning_rate: [1.0e-3, 3.0e-3]
@@ -98,6 +100,23 @@ class SelectConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplesConfig:
+    """What a language-model compare samples into its report: `count` continuations of `prompt` from
+    each model's first-seed run (final checkpoint), sampling seeds seed, seed+1, ... (`zoo sample`)."""
+
+    prompt: str = dataclasses.field(default="The ", metadata=_rule(lambda v: 0 < len(v) <= 1000,
+                                                                   "1 to 1000 characters"))
+    max_tokens: int = dataclasses.field(default=160, metadata=_rule(lambda v: 1 <= v <= 4096, "from 1 to 4096"))
+    temperature: float = dataclasses.field(default=0.8, metadata=_rule(lambda v: 0 <= v < float("inf"),
+                                                                       "a finite number >= 0 (0: greedy)"))
+    top_k: int | None = dataclasses.field(default=None, metadata=_rule(lambda v: v is None or v >= 1, "at least 1"))
+    top_p: float | None = dataclasses.field(default=None, metadata=_rule(lambda v: v is None or 0 < v <= 1,
+                                                                         "in (0, 1]"))
+    seed: int = dataclasses.field(default=0, metadata=_rule(lambda v: 0 <= v < 2**31, "from 0 to 2**31 - 1"))
+    count: int = dataclasses.field(default=3, metadata=_rule(lambda v: 0 <= v <= 16, "from 0 (none) to 16"))
+
+
+@dataclasses.dataclass(frozen=True)
 class _SweepOptions:
     random: int | None = dataclasses.field(default=None, metadata=_rule(lambda v: v is None or v >= 1,
                                                                         "at least 1 (or null: the whole grid)"))
@@ -156,6 +175,7 @@ class _CompareSchema:
     tensorboard: bool = False  # logging.tensorboard in every run
     population: Literal["auto", "off"] = "auto"
     population_memory_mib: int = dataclasses.field(default=4096, metadata=_rule(lambda v: v >= 1, "at least 1"))
+    samples: SamplesConfig = dataclasses.field(default_factory=SamplesConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +206,7 @@ class CompareConfig:
     tensorboard: bool = False
     population: str = "auto"  # auto: runs that can share a vmapped step train as one population; off
     population_memory_mib: int = 4096  # a population estimated above this trains in chunks
+    samples: SamplesConfig = SamplesConfig()  # task lm: text sampled into the report
 
     @property
     def dataset(self) -> str:
@@ -392,7 +413,11 @@ def parse_compare(raw: dict, path: str | Path | None = None) -> CompareConfig:
     reference = _reference(schema, raw, names, where)
     compare = CompareConfig(schema.name, tuple(label for label, _ in datasets), tuple(arms), tuple(paths),
                             schema.seeds, schema.budget, schema.eval_every, reference, str(path) if path else None,
-                            schema.seed, schema.tensorboard, schema.population, schema.population_memory_mib)
+                            schema.seed, schema.tensorboard, schema.population, schema.population_memory_mib,
+                            schema.samples)
+    if "samples" in raw and compare.task != "lm":
+        raise ConfigError(f"{where}samples: only a language-model compare (task: lm) samples text into its report; "
+                          f"this one's task is {compare.task}: remove the key")
     for arm in arms:  # the budget and every sweep setting must give a valid config and model for every arm
         for setting in (arm.sweep.settings(schema.seed) if arm.sweep else [{}]):
             try:
