@@ -138,6 +138,24 @@ def test_final_state_is_bit_equal_to_one_process_with_the_same_device_count(tmp_
 
 
 @pytest.mark.slow
+def test_a_regression_on_two_processes_records_the_metrics_of_one_process_with_two_devices(tmp_path, compile_cache):
+    """Issue 24: the regression task's eval sums (squared and absolute errors, target moments) reduce
+    across processes: 2 processes record the RMSE, MAE and R² (and train to the state) of 1 process
+    with the same 2 devices. The eval batch (64) divides neither the 35 validation nor the 88 test rows."""
+    config = tmp_path / "regress.yaml"
+    config.write_text(yaml.safe_dump(merged(TINY, {
+        "name": "tiny_regress", "task": "regress", "data": {"name": "diabetes", "batch_size": 32, "eval_batch_size": 64},
+        "optimizer": {"learning_rate": 1e-2}, "checkpoint": {"every": 20, "keep": 1}})))
+    pair = launch(config, tmp_path / "pair", compile_cache)
+    single = zoo("train", config, "--workdir", tmp_path / "single", environment=env(compile_cache, devices=2))
+    assert pair.returncode == 0 and single.returncode == 0, pair.stderr + single.stderr
+    results = [json.loads((tmp_path / name / "result.json").read_text())["final"] for name in ("pair", "single")]
+    assert {"test_rmse", "test_mae", "test_r2", "val_r2"} <= set(results[0])
+    assert results[0] == pytest.approx(results[1], rel=1e-6)
+    assert soak.max_abs_difference(soak.final_state(tmp_path / "pair"), soak.final_state(tmp_path / "single")) == 0.0
+
+
+@pytest.mark.slow
 def test_killing_both_mid_run_then_rerunning_is_bit_identical_to_an_uninterrupted_run(
         tmp_path, reference, config_path, compile_cache):
     run_dir = tmp_path / "run"

@@ -35,7 +35,7 @@ def regression_config(csv_path, **overrides) -> dict:
             "model": {"name": "mlp", "hidden_sizes": [8]},
             "optimizer": {"name": "adam", "learning_rate": 1e-2},
             "train": {"steps": 30, "log_every": 10}, "checkpoint": {"every": 15, "keep": 2, "keep_best": 1},
-            **overrides}
+            "logging": {"tensorboard": True}, **overrides}
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +119,40 @@ def test_zoo_predict_writes_one_value_per_target_and_export_predicts_the_same(re
     assert status == 0, err
     exported = [[row[name] for name in TARGETS] for row in json.loads(out)]
     np.testing.assert_allclose(exported, expected[:7], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tensorboard_events_of_a_regression_hold_its_metrics_and_no_accuracy(regression_run):
+    """TensorBoard goes through the task: each evaluated split's loss, RMSE, MAE and R² (as in
+    metrics.jsonl) are scalars of the event file, and no accuracy is made up for a regression."""
+    from test_logs_and_runs import _events
+
+    run_dir, _, _ = regression_run
+    events = _events(run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in records if r["split"] in ("val", "test")]
+    assert evaluated
+    for record in evaluated:
+        for key in ("loss", "rmse", "mae", "r2"):
+            assert events[(f"{record['split']}/{key}", record["step"])] == pytest.approx(record[key], rel=1e-6)
+    assert not any("accuracy" in tag for tag, _ in events)
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_regression_gives_the_runs_values_in_onnxruntime(regression_run, tmp_path):
+    """`--format onnx` of a regression exports the values in the targets' original units (the scaling
+    inside the graph): onnxruntime gives what the run predicts."""
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+    import zoo
+    from zoo.interop.export import export_run
+    from zoo.interop.onnx_export import run_onnx
+
+    run_dir, _, config = regression_run
+    export_run(run_dir, tmp_path / "model.onnx", step="best", fmt="onnx")
+    x = _test_split(config)[0][:5].astype(np.float32)
+    np.testing.assert_allclose(run_onnx((tmp_path / "model.onnx").read_bytes(), x),
+                               zoo.load_run(run_dir, step="best").predict(x), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.slow  # trains the session's regression run when first
