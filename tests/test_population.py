@@ -355,6 +355,21 @@ def test_a_member_of_each_family_equals_its_run_alone(family, family_run, tmp_pa
         assert _relative(member["final"][key], expected[key]) <= FINAL, (key, member["final"][key], expected[key])
 
 
+@pytest.mark.slow
+def test_a_member_with_a_moving_average_records_what_its_run_alone_records(tmp_path):
+    """A member keeping a moving average of its weights (train.ema) is evaluated with it, and with its
+    raw weights too (raw_*), as the same seed trained alone is: the same metric keys, values within the
+    equivalence tolerance (once, the population evaluated every member on its raw weights)."""
+    raw = merged(TINY, {"train": {"steps": 6, "log_every": 3, "ema": {"decay": 0.5}}, "checkpoint": {"every": 6}})
+    alone = loop.fit(from_dict(raw), tmp_path / "alone")["final"]
+    member = fit_population([from_dict(raw), from_dict({**raw, "seed": 1})],
+                            [tmp_path / "seed0", tmp_path / "seed1"])[0]["final"]
+    assert set(member) == set(alone) and {"test_loss", "raw_test_loss"} <= set(alone)
+    assert alone["test_loss"] != alone["raw_test_loss"]
+    for key in alone:
+        assert _relative(member[key], alone[key]) <= FINAL, (key, member[key], alone[key])
+
+
 def _killed_population(config_path: Path, workdir: Path, env: dict) -> bool:
     """Starts `zoo train CONFIG --seeds 0-1` and SIGKILLs it once seed0 has committed a step seed1 has
     not (the members then stand at different steps), or once seed0 has step 9; True when it was killed."""
