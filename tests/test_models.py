@@ -40,7 +40,12 @@ def numeric_kinds(name: str) -> list[str]:
     return list(dict.fromkeys((entry(name).input_kinds[0], next(iter(entry(name).test.shapes)))))
 
 
-CASES = [(name, kind) for name in NAMES for kind in entry(name).input_kinds]
+# A `traced_only` entry (below) is traced on its first kind in `make test`, on the others in `make
+# test-all`: the other kinds change only the input adapter, traced on every kind of the entries
+# whose blocks it repeats (a deep ResNet's trace takes 1-4 s per kind).
+CASES = [(name, kind) if not entry(name).test.traced_only or kind == entry(name).input_kinds[0]
+         else pytest.param(name, kind, marks=pytest.mark.exhaustive)
+         for name in NAMES for kind in entry(name).input_kinds]
 # Running a model costs a compile (one jitted call: 1-13 s on 2 cores); tracing it, almost nothing.
 # So every kind of every name is traced (shapes, collections), and numbers (finite logits, finite
 # non-zero gradients) are computed on its numeric kinds, except for names whose test settings say

@@ -7,6 +7,8 @@ every registered name is covered in well under a second each. A few families are
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +43,18 @@ def abstract_variables(model, x):
     return jax.eval_shape(model.init, jax.random.key(0), x)
 
 
+@functools.cache
+def traced(name: str, **hparams) -> tuple:
+    """(model, abstract variables, jaxpr of a training apply, its (logits, state) shapes) of the
+    bfloat16 model: traced once per model for the registry-wide tests below (the deep ResNets take
+    seconds per trace)."""
+    model, x, _ = build(name, **hparams)
+    variables = abstract_variables(model, x)
+    jaxpr, out = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(1)),
+                                return_shape=True)(variables, x)
+    return model, variables, jaxpr, out
+
+
 def dtypes(tree) -> set:
     return {leaf.dtype for leaf in jax.tree.leaves(tree)}
 
@@ -64,16 +78,14 @@ def products(jaxpr) -> list[tuple]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_models_keep_float32_parameters(name):
-    model, x, _ = build(name)
-    assert dtypes(abstract_variables(model, x)["params"]) == {F32}
+    _, variables, _, _ = traced(name)
+    assert dtypes(variables["params"]) == {F32}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_models_return_bfloat16_logits(name):
-    model, x, _ = build(name)
-    variables = abstract_variables(model, x)
-    logits, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(1)), variables, x)
+    _, _, _, (logits, _) = traced(name)
     assert logits.dtype == BF16
 
 
@@ -81,9 +93,7 @@ def test_bfloat16_models_return_bfloat16_logits(name):
 def test_every_matmul_and_convolution_of_a_bfloat16_model_multiplies_bfloat16(name):
     """All but attention's probabilities x values, one per encoder block (the softmax stays float32),
     and the two statistics matmuls of each fast BatchNorm (layers.BatchNorm: statistics stay float32)."""
-    model, x, _ = build(name)
-    variables = abstract_variables(model, x)
-    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(1)))(variables, x)
+    model, variables, jaxpr, _ = traced(name)
     found = products(jaxpr.jaxpr)
     in_float32 = [pair for pair in found if pair != (BF16, BF16)]
     expected = model.info.hparams["depth"] if model.info.family == "transformer" else 0
@@ -98,9 +108,7 @@ def test_every_matmul_and_convolution_of_a_bfloat16_model_multiplies_bfloat16(na
                                   or models.get_entry(getattr(n, "values", [n])[0]).family == "resnet"])
 def test_bfloat16_batchnorm_statistics_stay_float32_after_a_training_step(name):
     hparams = {"norm": "batch"} if "norm" in models.hparam_fields(name) else {}
-    model, x, _ = build(name, **hparams)
-    variables = abstract_variables(model, x)
-    _, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(1)), variables, x)
+    _, variables, _, (_, state) = traced(name, **hparams)
     assert state["batch_stats"] and dtypes(state["batch_stats"]) == {F32}
     assert dtypes(variables["batch_stats"]) == {F32}
 
