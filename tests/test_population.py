@@ -273,6 +273,18 @@ def test_bad_seeds_are_refused_in_one_line_writing_nothing(text, tmp_path, write
     assert snapshot(tmp_path) == before
 
 
+def test_population_off_written_bare_in_a_yaml_file_or_with_set_means_off(tmp_path, zoo_main):
+    """`population: off`, as docs/population.md writes it, is YAML 1.1's false to yaml.safe_load; the
+    compare takes it as "off" (it was refused: "population: 'False' is not valid")."""
+    from zoo.comparison.schema import load_compare
+
+    (tmp_path / "member.yaml").write_text(yaml.safe_dump(MEMBER))
+    path = tmp_path / "compare.yaml"
+    path.write_text(f"name: c\ndataset: digits\nbudget: {{steps: 2}}\npopulation: off\nmodels: [{tmp_path / 'member.yaml'}]\n")
+    assert load_compare(path).population == "off"
+    assert load_compare(path, ["population=off"]).population == "off"
+
+
 def test_members_that_differ_in_more_than_seed_and_hyperparameters_are_refused_naming_the_key(tiny_config):
     """Members of one population may differ only in seed, learning rate and weight decay: anything else
     is a one-line ConfigError naming the key (issue 27)."""

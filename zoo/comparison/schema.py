@@ -440,6 +440,8 @@ def _read_schema(raw, where: str) -> _CompareSchema:
         raise ConfigError(f"{where}missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}: a compare "
                           "config needs name, dataset (or datasets), budget and models "
                           "(see configs/compare/digits.yaml)")
+    if raw.get("population") is False:  # YAML 1.1 reads a bare `off` as false: `population: off` means "off"
+        raw = {**raw, "population": "off"}
     try:
         schema = build_section(_CompareSchema, raw, "")
     except ConfigError as error:
