@@ -101,6 +101,14 @@ def test_compare_trains_a_sweep_and_its_seeds_as_one_population(trained):
     assert {r["population"]["size"] for r in results} == {4}
 
 
+def test_the_report_says_its_runs_trained_as_population_members_and_how_their_times_are_counted(trained):
+    """A member's time columns are its population's divided among the members; the report says so,
+    with the population's size, rather than passing them off as a run alone's."""
+    report = (Path(trained["compare"]["report_dir"]) / "report.md").read_text()
+    assert ("- 2 of the 2 runs trained as members of vmapped populations (of 4 runs; docs/population.md): a "
+            "member's compile (s), ms/step, examples/s and train time are its population's divided") in report
+
+
 def test_each_member_takes_the_first_step_its_run_alone_takes(trained):
     """Each member's first train loss equals its run alone's to 1e-6 relative (issue 27, equivalence)."""
     for member, alone in trained["members"]:

@@ -500,6 +500,12 @@ def _setting_lines(rows: list[dict], meta: dict, trials: list[dict], datasets: l
                      f"{machine.get('cpu_count', '?')} CPUs; timings rise with other jobs on the machine.")
     if meta.get("models"):
         lines.append(f"- Model configs: {', '.join(f'`{path}`' for path in meta['models'])}.")
+    members = [r for r in rows if r.get("population")]
+    if members:
+        sizes = sorted({r["population"] for r in members})
+        lines.append(f"- {len(members)} of the {len(rows)} runs trained as members of vmapped populations (of "
+                     f"{', '.join(map(str, sizes))} runs; docs/population.md): a member's compile (s), ms/step, "
+                     "examples/s and train time are its population's divided by the population's size.")
     skipped = meta.get("skipped") or []
     if skipped:
         lines.append(f"- **Incomplete**: --budget-s {meta.get('budget_s'):g} ran out; {len(skipped)} runs were not "

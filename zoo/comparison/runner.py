@@ -440,6 +440,7 @@ def _row(config: CompareConfig, arm: Arm, record: dict, flops: float | None, ste
         "final_step": result["final_step"],
         "resumed_from": result.get("resumed_from", 0),
         "run_dir": run_dir,
+        "population": (result.get("population") or {}).get("size"),  # trained as a member of N (report only)
     }
 
 
