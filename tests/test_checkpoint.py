@@ -72,3 +72,52 @@ def test_init_from_a_batchnorm_run_starts_from_its_running_statistics(tmp_path, 
     for got, want in zip(jax.tree.leaves(started.model_state), jax.tree.leaves(source.model_state), strict=True):
         np.testing.assert_array_equal(got, want)
     assert not np.allclose(jax.tree.leaves(source.model_state)[0], 0.0)  # the statistics did move
+
+
+def test_checkpoints_keep_the_one_best_step_besides_the_latest_by_default(tmp_path):
+    """zoo.checkpoint.xǁCheckpointsǁ__init____mutmut_2 (the default kept the two best steps)."""
+    from zoo import checkpoint as ckpt
+
+    checkpoints = ckpt.Checkpoints(tmp_path / "checkpoints", keep=1, async_save=False)
+    for step, accuracy in ((1, 0.9), (2, 0.8), (3, 0.7)):
+        checkpoints.save(step, {"w": np.full(2, step, np.float32)}, {}, {"accuracy": accuracy})
+    checkpoints.close()
+    assert ckpt.Checkpoints(tmp_path / "checkpoints", read_only=True).steps() == [1, 3]
+
+
+def test_the_best_step_of_a_run_without_validation_is_refused_saying_why(tmp_path):
+    """zoo.training.restore.x_resolve_step__mutmut_32 (the error lost its message: 'None')."""
+    from zoo.errors import CheckpointError
+    from zoo.training.restore import resolve_step
+
+    class NoValidation:  # a run's checkpoints, none of which recorded a validation metric
+        directory = tmp_path / "checkpoints"
+
+        def latest_step(self):
+            return 20
+
+        def read_meta(self, step):
+            return {"config": {"data": {"name": "digits"}, "model": {"name": "mlp"}, "train": {"steps": 20}}}
+
+        def best_step(self, metric, mode):
+            return None
+
+    with pytest.raises(CheckpointError) as error:
+        resolve_step(NoValidation(), "best")
+    assert str(error.value) == (f"no checkpoint in '{tmp_path / 'checkpoints'}' recorded val_accuracy: the run has "
+                                "no validation split (data.validation: 0), so no step is 'best'; use --step N or "
+                                "the latest")
+
+
+def test_the_runs_table_leaves_the_total_steps_blank_when_config_json_holds_no_step_count(tmp_path):
+    """zoo.rundir.x__config_fields__mutmut_19 (a hand-edited "steps": "100" was shown as the total)."""
+    import json
+
+    from zoo import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"name": "mlp"}, "data": {"name": "digits"},
+                                                 "train": {"steps": "100"}}))
+    row = rundir.describe_run(run, tmp_path)
+    assert (row["model"], row["dataset"], row["steps_total"]) == ("mlp", "digits", None)

@@ -285,3 +285,135 @@ def test_idx_files_load_as_grey_images_with_one_label_each_in_both_splits(tmp_pa
     assert np.asarray(dataset.x_train).shape[0] == 30 and np.asarray(dataset.x_test).shape[0] == 10
     assert np.asarray(dataset.x_train).ndim == 4 and np.asarray(dataset.x_train).shape[-1] == 1
     assert len(dataset.y_train) == 30 and len(dataset.y_test) == 10
+
+
+def test_data_changed_since_training_is_refused_naming_both_fingerprints_with_12_hash_digits():
+    """zoo.data.source.x_check_unchanged__mutmut_86 (the current hash was shown with 13 digits)."""
+    before = {"kind": "npz", "path": "/d.npz", "fingerprint": {"files": 1, "bytes": 10, "hash": "a" * 32}}
+    now = {"kind": "npz", "path": "/d.npz", "fingerprint": {"files": 1, "bytes": 12, "hash": "b" * 32}}
+    with pytest.raises(DataError) as error:
+        source.check_unchanged(before, now)
+    assert str(error.value) == (
+        "the data at /d.npz changed since training (1 files, 10 bytes, hash aaaaaaaaaaaa then; 1 files, 12 bytes, "
+        "hash bbbbbbbbbbbb now): restore the data, or pass --allow-changed-data to evaluate on it anyway")
+
+
+def test_the_source_record_of_files_names_their_kind_path_and_fingerprint(tmp_path):
+    """zoo.data.source.x_record__mutmut_1 (the "kind" key was misspelt: a changed kind went unnoticed)."""
+    (tmp_path / "d.npz").write_bytes(b"12345")
+    recorded = source.record("npz", tmp_path / "d.npz", [tmp_path / "d.npz"])
+    assert recorded["kind"] == "npz" and recorded["path"] == str(tmp_path / "d.npz")
+    assert recorded["fingerprint"]["files"] == 1 and recorded["fingerprint"]["bytes"] == 5
+
+
+def test_a_negative_label_is_refused_naming_its_row():
+    """zoo.data.source.x_check_labels__mutmut_58 (the message named row 0 whatever the row)."""
+    with pytest.raises(DataError) as error:
+        source.check_labels(np.array([0, 2, 1, -1, 0]), None, "d.npz y_train")
+    assert str(error.value) == ("d.npz y_train: label -1 is negative (row 3): class ids run from 0 to the class "
+                                "count - 1")
+
+
+def test_the_class_names_stored_in_an_npz_name_the_classes(tmp_path):
+    """zoo.data.npz.x_load__mutmut_39 (every class was named 'None')."""
+    from zoo.config import from_dict
+
+    x, y = np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y, class_names=np.array(["cat", "dog"]))
+    config = from_dict({"data": {"name": "npz", "path": str(tmp_path / "d.npz")}, "train": {"steps": 1}})
+    assert data.load(config.data).spec.class_names == ("cat", "dog")
+
+
+def csv_config(tmp_path, **section):
+    from zoo.config import from_dict
+
+    return from_dict({"data": {"name": "csv", "path": str(tmp_path / "train.csv"), "label": "label", **section},
+                      "train": {"steps": 1}}).data
+
+
+def test_csv_labels_that_look_like_a_regression_target_are_refused_naming_the_training_file(tmp_path):
+    """zoo.data.csv.x_load__mutmut_37 (with a test file the message began 'None:' instead of the file)."""
+    (tmp_path / "train.csv").write_text("f,label\n" + "".join(f"{i},{i}\n" for i in range(30)))
+    (tmp_path / "test.csv").write_text("f,label\n0,0\n1,1\n")
+    with pytest.raises(DataError) as error:
+        data.load(csv_config(tmp_path, test_path=str(tmp_path / "test.csv")))
+    assert str(error.value).startswith(f"{tmp_path / 'train.csv'}: the labels take 30 distinct values in 32 rows, "
+                                       "which looks like a regression target")
+
+
+def test_a_negative_csv_label_is_refused_naming_the_file(tmp_path):
+    """zoo.data.csv.x_load__mutmut_75 (the message began 'None:' instead of the file)."""
+    (tmp_path / "train.csv").write_text("f,label\n" + "".join(f"{i},{i % 3 - 1}\n" for i in range(12)))
+    with pytest.raises(DataError) as error:
+        data.load(csv_config(tmp_path, test=0.25))
+    assert str(error.value).startswith(f"{tmp_path / 'train.csv'}: label -1 is negative (row 0)")
+
+
+def test_the_memory_limit_counts_every_block_of_csv_values(tmp_path, monkeypatch):
+    """zoo.data.csv.x__rows__mutmut_33 (each new block of values took bytes off the count: never refused)."""
+    from zoo.data import csv as csv_lib, limits
+
+    (tmp_path / "train.csv").write_text("f,label\n" + "1,0\n" * 4097)  # 16 KB on disk; two blocks of 4096 rows
+    monkeypatch.setenv(limits.MAX_BYTES_ENV, "20000")  # one block of 4096 float32 values is 16,384 bytes
+    with pytest.raises(DataError, match=r"^the values of CSV file .*train\.csv takes 32,768 bytes in memory, over "
+                                        r"zoo's limit of 20,000"):
+        csv_lib._read(tmp_path / "train.csv", ("label",))
+
+
+def test_an_idx_source_without_a_path_is_refused_naming_the_idx_source():
+    """zoo.data.idx.x_load__mutmut_5 (the message said data.name 'None')."""
+    from zoo.config import from_dict
+    from zoo.data import idx
+
+    with pytest.raises(DataError) as error:
+        idx.load(from_dict({"data": {"name": "idx"}, "train": {"steps": 1}}).data)
+    assert str(error.value) == "data.name 'idx' reads files: set data.path to the file or folder holding them"
+
+
+def test_a_wrong_idx_magic_number_is_refused_saying_what_the_magic_number_holds(tmp_path):
+    """zoo.data.idx.x__header__mutmut_22 (the description of the magic number was shouted in capitals)."""
+    from zoo.data import idx
+
+    (tmp_path / "x.idx").write_bytes(b"\x01\x00\x08\x01")
+    with pytest.raises(DataError) as error:
+        idx.read(tmp_path / "x.idx")
+    assert str(error.value) == (f"{tmp_path / 'x.idx'} is not an IDX file: wrong magic number 01000801 (expected "
+                                "00 00, a type code such as 08, and the number of dimensions)")
+
+
+def test_a_truncated_idx_file_is_refused_saying_how_many_bytes_it_holds(tmp_path):
+    """zoo.data.idx.x_read__mutmut_40 (the message said the file holds 'None' bytes)."""
+    from zoo.data import idx
+
+    (tmp_path / "x.idx").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x08" + b"\x01" * 5)
+    with pytest.raises(DataError) as error:
+        idx.read(tmp_path / "x.idx")
+    assert str(error.value) == (f"{tmp_path / 'x.idx'}: the header says shape (8,) (8 bytes of values) but the file "
+                                "holds 5: the file is truncated or not this dataset's")
+
+
+def test_a_test_class_folder_that_train_lacks_is_refused_naming_it_and_why(tmp_path):
+    """zoo.data.image_folder.x__labelled__mutmut_8 (the reason was garbled to 'XXtraining imagesXX')."""
+    import shutil
+
+    from data_files import write_png_folder
+
+    root = write_png_folder(tmp_path / "p", n_train=6, n_test=3)
+    (root / "test" / "class_9").mkdir()
+    shutil.copy(next((root / "test").rglob("*.png")), root / "test" / "class_9" / "a.png")
+    with pytest.raises(DataError) as error:
+        image_folder(root)
+    assert str(error.value) == (f"{root / 'test'} has class folder 'class_9', which train/ lacks: every class needs "
+                                "training images")
+
+
+def test_one_image_of_an_image_folder_decodes_to_height_width_channels(tmp_path):
+    """zoo.data.image_folder.xǁLazyImagesǁ__getitem____mutmut_6 (an integer index lost the channels: TypeError)
+    and zoo.data.image_folder.x_load__mutmut_188 (the source was recorded as kind 'XXimage_folderXX')."""
+    from data_files import write_png_folder
+
+    dataset = image_folder(write_png_folder(tmp_path / "p", n_train=6, n_test=3, size=(4, 6)))
+    image = dataset.x_test[1]
+    assert image.shape == (4, 6, 1) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, np.asarray(dataset.x_test[np.array([1])])[0])
+    assert dataset.spec.source["kind"] == "image_folder"

@@ -123,3 +123,47 @@ def test_the_imagenet_resnet_stem_halves_the_resolution_before_its_max_pool():
     _, state = jax.eval_shape(lambda v, x: module.apply(v, x, train=False, capture_intermediates=True,
                                                          mutable=["intermediates"]), variables, x)
     assert state["intermediates"]["BatchNorm_0"]["__call__"][0].shape == (1, 16, 16, 64)
+
+
+def test_a_resnet_conv_bn_in_bfloat16_hands_on_bfloat16_activations():
+    """zoo.models.resnet.x_conv_bn__mutmut_40 (its BatchNorm fell back to float32 outputs in a bfloat16 model)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from zoo.models import resnet
+
+    class ConvBN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return resnet.conv_bn(nn.Conv, nn.BatchNorm, x, 4, 3, train=False, dtype=jnp.bfloat16)
+
+    module = ConvBN()
+    x = np.ones((1, 6, 6, 2), np.float32)
+    assert module.apply(module.init(jax.random.key(0), x), x).dtype == jnp.bfloat16
+
+
+def test_token_ids_become_bfloat16_embeddings_in_a_bfloat16_model():
+    """zoo.models.common.x_as_features__mutmut_12 (the embedding lost the model's dtype: float32 outputs)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from zoo.models import common
+
+    class Features(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return common.as_features(x, 20, 8, "toy", jnp.bfloat16)
+
+    module = Features()
+    x = np.ones((2, 6), np.int32)
+    out = module.apply(module.init(jax.random.key(0), x), x)
+    assert (out.shape, out.dtype) == ((2, 6, 8), jnp.bfloat16)
+
+
+def test_float_batches_of_rank_3_are_signals_and_of_rank_4_images():
+    """zoo.models.common.x_input_kind__mutmut_18 (a signal (B, L, C) was taken for an image)."""
+    from zoo.models import common
+
+    assert common.input_kind(np.zeros((2, 40, 1), np.float32), "toy") == "signal"
+    assert common.input_kind(np.zeros((2, 8, 8, 1), np.float32), "toy") == "image"
+    assert common.input_kind(np.zeros((2, 6), np.int32), "toy") == "tokens"

@@ -117,3 +117,67 @@ def test_a_pattern_that_matches_no_parameter_is_refused_naming_the_models_module
     optim.check_patterns(params, ["Dense_0", "Conv_*/bias"], "train.freeze")
     with pytest.raises(ConfigError, match=r"train.freeze: pattern 'Dense_9' matches no parameter .* Conv_0, Dense_0"):
         optim.check_patterns(params, ["Dense_9"], "train.freeze")
+
+
+def test_the_compiled_train_step_takes_the_configs_deterministic_setting(monkeypatch):
+    """zoo.training.loop.xǁCompiledStepsǁget__mutmut_10 (train.deterministic was dropped: on a GPU the train
+    step compiled without deterministic ops)."""
+    import inspect
+    from types import SimpleNamespace as NS
+
+    from zoo.training import loop
+
+    real, asked = step_lib.jit_train_step, []
+
+    class Jitted:
+        def lower(self, *args):
+            return NS(compile=lambda: "compiled")
+
+    def jit_train_step(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()
+        asked.append(bound.arguments["deterministic"])
+        return Jitted()
+
+    monkeypatch.setattr(step_lib, "jit_train_step", jit_train_step)
+    for deterministic in (True, False):
+        config = NS(train=NS(steps_per_call=1, deterministic=deterministic, label_smoothing=0.0, xla_options=None,
+                             ema=None), data=NS(augment=None))
+        run = NS(config=config, model=NS(info=NS(family="dnn")), tx=None, spec=NS(num_classes=NUM_CLASSES),
+                 mesh=None, task=None)
+        assert loop.CompiledSteps(run).get(1, None, None, None) == "compiled"
+    assert asked == [True, False]
+    assert step_lib.compiler_options(asked[0], backend="gpu", options={}) == {"xla_gpu_deterministic_ops": True}
+
+
+def summary_of_run_without_validation(start_step: int) -> dict:
+    """The summary loop._summary writes for a run whose checkpoints recorded no validation metric."""
+    from types import SimpleNamespace as NS
+
+    from zoo import tasks
+    from zoo.training import loop
+
+    class Checkpoints:
+        def latest_step(self):
+            return 20
+
+        def best_step(self):
+            return None  # no validation split: no step is "best"
+
+        def read_meta(self, step):
+            assert step == 20
+            return {"metrics": {"test_accuracy": 0.75, "test_loss": 0.5}}
+
+    config = NS(name="tiny", model=NS(name="mlp"), seed=0, data=NS(batch_size=32),
+                train=NS(deterministic=True, xla_options=None))
+    setup = NS(config=config, model=NS(info=NS(family="dnn")), spec=NS(name="digits", val_size=0), total_steps=20,
+               task=tasks.describe("classify"))
+    return loop._summary(setup, "run", Checkpoints(), 100, NS(compile_seconds=1.0), 2.0, 10, start_step)
+
+
+def test_the_summary_of_a_run_without_validation_has_no_best_step_and_says_where_it_resumed():
+    """zoo.training.loop.x__summary__mutmut_47 (without a best step the summary crashed reading its metrics)
+    and zoo.training.loop.x__summary__mutmut_28 (the "resumed_from" key was misspelt)."""
+    summary = summary_of_run_without_validation(start_step=10)
+    assert (summary["best_checkpoint"], summary["best_accuracy"], summary["resumed_from"]) == (None, None, 10)
+    assert (summary["final_step"], summary["final"]) == (20, {"test_accuracy": 0.75, "test_loss": 0.5})

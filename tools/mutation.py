@@ -103,9 +103,9 @@ TRIAGE: dict[str, str] = {
     "zoo.checkpoint.xǁCheckpointsǁ__init____mutmut_79": "equivalent with Orbax 0.12.8: without item_names "
     "the manager takes the items from the Composite arguments of each save and restore, and every call "
     "passes both (state, meta)",
-    "zoo.report.x_write_report__mutmut_137": "not killed: the report name only reaches the figures' titles "
+    "zoo.comparison.report.x_write_report__mutmut_137": "not killed: the report name only reaches the figures' titles "
     "(pixels); the markdown report takes it elsewhere",
-    "zoo.report.x_plot_tradeoff__mutmut_69": "not killed: where a point's label sits in a figure (pixels)",
+    "zoo.comparison.report.x_plot_tradeoff__mutmut_69": "not killed: where a point's label sits in a figure (pixels)",
     "zoo.data.pipeline.xǁGatherBatchǁmap__mutmut_15": "equivalent: NumPy takes any negative size in reshape "
     "as the rest of the array (reshape(-2) is reshape(-1); NumPy 2.4.6)",
     "zoo.data.pipeline.xǁBatchIteratorǁ_element__mutmut_12": "equivalent: Grain's MapDataset.range hands a "
@@ -114,6 +114,13 @@ TRIAGE: dict[str, str] = {
     "imported, before a mutant can be switched on",
     "zoo.models.resnet.x__imagenet__mutmut_*": "import-time: the registry's ENTRIES are built when zoo.models "
     "is imported, before a mutant can be switched on",
+    "zoo.models.resnet.x__tested__mutmut_1": "import-time: _tested builds the TestSettings of the registry's "
+    "ENTRIES when zoo.models is imported, before a mutant can be switched on",
+    "zoo.data.x__check_finite_inputs__mutmut_1": "equivalent: the key only lets a second load of a file source "
+    "already found finite in this process skip checking it again (speed); without it every load checks, with "
+    "the same verdict",
+    "zoo.data.batching.x_eval_batches__mutmut_35": "equivalent: a full batch (real == local) gets zero padding "
+    "rows and its mask zeroed from row `real` on: the same rows, dtype and mask (one copy more)",
 }
 
 STATUSES = ("killed", "timeout", "survived", "no tests", "error")
@@ -394,7 +401,7 @@ def write_report(results: dict) -> None:
              + (f"; the last invocation took {meta['seconds']} s." if meta.get("seconds") else "."), "",
              "| module | mutants | run | killed | survived | left out | score | 90% CI |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    total_k = total_n = 0
+    total_k = total_n = total_run = total_out = 0
     for module in MODULES:
         r = results.get(module)
         if not r:
@@ -406,13 +413,15 @@ def write_report(results: dict) -> None:
         eq = sum(1 for n in alive if equivalent(n))
         n = len(statuses) - eq
         total_k, total_n = total_k + killed, total_n + n
+        total_run, total_out = total_run + len(statuses), total_out + eq
         lo, hi = wilson(killed, n)
         lines.append(f"| `{module}` | {r['total']} | {len(statuses)} | {killed} | {len(alive) - eq} | {eq} | "
                      f"{100 * killed / n:.0f}% | {100 * lo:.0f}-{100 * hi:.0f}% |" if n else
                      f"| `{module}` | {r['total']} | 0 | | | | - | |")
     if total_n:
         lo, hi = wilson(total_k, total_n)
-        lines.append(f"| all | | {total_n} | {total_k} | | | {100 * total_k / total_n:.0f}% | {100 * lo:.0f}-{100 * hi:.0f}% |")
+        lines.append(f"| all | | {total_run} | {total_k} | {total_n - total_k} | {total_out} | {100 * total_k / total_n:.0f}% "
+                     f"| {100 * lo:.0f}-{100 * hi:.0f}% |")
     if meta.get("retest"):
         lines += ["", f"Survivors were run again on {meta['retest']} against the tests then in the repository "
                   f"(the tests that reached them, up to the budget, the tests of {', '.join(EDGE_TESTS)} naming their function, and "
