@@ -137,20 +137,33 @@ def test_final_state_is_bit_equal_to_one_process_with_the_same_device_count(tmp_
     assert soak.max_abs_difference(soak.final_state(run_dir), soak.final_state(tmp_path / "single")) == 0.0
 
 
+TASK_RUNS = {  # a tiny run of each task beyond classification, its eval batch dividing no split
+    "regress": (merged(TINY, {"name": "tiny_regress", "task": "regress", "optimizer": {"learning_rate": 1e-2},
+                              "data": {"name": "diabetes", "batch_size": 32, "eval_batch_size": 64},
+                              "checkpoint": {"every": 20, "keep": 1}}),
+                {"test_rmse", "test_mae", "test_r2", "val_r2"}),
+    "lm": ({"name": "tiny_lm", "seed": 0, "task": "lm", "model": {"name": "lstm_lm", "embed_dim": 8, "hidden_size": 8},
+            "data": {"name": "pydoc", "vocabulary": "byte", "seq_len": 16, "batch_size": 8, "eval_batch_size": 250},
+            "train": {"steps": 10, "log_every": 5}, "checkpoint": {"every": 10, "keep": 1}},
+           {"test_bpc", "test_loss", "val_bpc"}),
+}
+
+
 @pytest.mark.slow
-def test_a_regression_on_two_processes_records_the_metrics_of_one_process_with_two_devices(tmp_path, compile_cache):
-    """Issue 24: the regression task's eval sums (squared and absolute errors, target moments) reduce
-    across processes: 2 processes record the RMSE, MAE and R² (and train to the state) of 1 process
-    with the same 2 devices. The eval batch (64) divides neither the 35 validation nor the 88 test rows."""
-    config = tmp_path / "regress.yaml"
-    config.write_text(yaml.safe_dump(merged(TINY, {
-        "name": "tiny_regress", "task": "regress", "data": {"name": "diabetes", "batch_size": 32, "eval_batch_size": 64},
-        "optimizer": {"learning_rate": 1e-2}, "checkpoint": {"every": 20, "keep": 1}})))
+@pytest.mark.parametrize("task", list(TASK_RUNS))
+def test_a_task_on_two_processes_records_the_metrics_of_one_process_with_two_devices(task, tmp_path, compile_cache):
+    """Issue 24: each task's eval sums (a regression's squared and absolute errors and target moments;
+    a language model's nats and token counts) reduce across processes: 2 processes record the metrics
+    (and train to the state) of 1 process with the same 2 devices. No eval batch divides its splits
+    (diabetes: 35 validation and 88 test rows for 64; pydoc at 16 bytes: 2,913 and 1,456 windows for 250)."""
+    raw, keys = TASK_RUNS[task]
+    config = tmp_path / f"{task}.yaml"
+    config.write_text(yaml.safe_dump(raw))
     pair = launch(config, tmp_path / "pair", compile_cache)
     single = zoo("train", config, "--workdir", tmp_path / "single", environment=env(compile_cache, devices=2))
     assert pair.returncode == 0 and single.returncode == 0, pair.stderr + single.stderr
     results = [json.loads((tmp_path / name / "result.json").read_text())["final"] for name in ("pair", "single")]
-    assert {"test_rmse", "test_mae", "test_r2", "val_r2"} <= set(results[0])
+    assert keys <= set(results[0])
     assert results[0] == pytest.approx(results[1], rel=1e-6)
     assert soak.max_abs_difference(soak.final_state(tmp_path / "pair"), soak.final_state(tmp_path / "single")) == 0.0
 
