@@ -462,9 +462,10 @@ def samples(spec, rows: list[dict], workdir: Path, seeds) -> dict:
     seeds spec.seed, spec.seed + 1, ...; what `zoo sample RUN_DIR --seed S` prints for each."""
     from zoo.inference.loaded import load_run
 
+    seeds = list(seeds)
+    order = lambda r: (seeds.index(r["seed"]) if r["seed"] in seeds else len(seeds), r["seed"])  # noqa: E731
     first = {}  # (dataset, label) -> the row of its first seed, in the order of the report's rows
     for row in rows:
-        order = lambda r: (list(seeds).index(r["seed"]) if r["seed"] in seeds else len(seeds), r["seed"])  # noqa: E731
         key = (row["dataset"], row["label"])
         if key not in first or order(row) < order(first[key]):
             first[key] = row
