@@ -83,3 +83,26 @@ def test_the_tradeoff_figure_labels_its_training_time_axis(tmp_path, monkeypatch
     params_ax, time_ax = figures[0].axes
     assert (params_ax.get_xlabel(), time_ax.get_xlabel()) == ("parameters", "training time (s, excluding compile)")
     assert time_ax.get_ylabel() == "final test accuracy (95% CI)"
+
+
+def test_sampled_text_and_a_hostile_prompt_stay_inside_their_fenced_blocks():
+    """A language-model compare's samples come from a model and its prompt from a config file (both
+    untrusted): backtick runs in either cannot close their block, and nothing of them (a markdown image
+    fetching a remote address, a terminal escape) reaches the report outside a fenced block."""
+    import re
+
+    from zoo.comparison import report
+
+    prompt = "```\n![x](http://example.invalid/t.png) \x1b[31m"
+    samples = {"settings": {"prompt": prompt, "max_tokens": 8, "temperature": 1.0, "top_k": None, "top_p": None,
+                            "seed": 0, "count": 2},
+               "models": [{"dataset": "pydoc", "label": "lm", "run_dir": "runs/lm/seed0",
+                           "texts": ["a````b\n```", "plain"]}]}
+    text = "\n".join(report._samples_section(samples, "pydoc"))
+    blocks = list(re.finditer(r"^(`{3,})\n(.*?)\n\1$", text, flags=re.M | re.S))
+    assert len(blocks) == 3  # the command, then one per sample
+    outside = re.sub(r"^(`{3,})\n.*?\n\1$", "", text, flags=re.M | re.S)
+    assert "![" not in outside and "example.invalid" not in outside and "\x1b" not in text
+    assert blocks[1].group(2).startswith("```\n![x]") and blocks[1].group(2).endswith("a````b\n```")
+    assert blocks[2].group(2).endswith("plain")
+

@@ -383,11 +383,11 @@ def _samples_section(samples: dict, dataset: str) -> list[str]:
     options = "".join(f" --{key.replace('_', '-')} {spec[key]}" for key in ("top_k", "top_p") if spec.get(key) is not None)
     seeds = ", ".join(str(spec["seed"] + i) for i in range(spec["count"]))
     lines = ["### Samples", "",
-             f"{spec['count']} continuation(s) of the prompt {json.dumps(spec['prompt'])} per model, from its first "
-             f"seed's run (final checkpoint), sampling seed S = {seeds}; each is what",
-             "", "```", f"zoo sample RUN_DIR --prompt {json.dumps(spec['prompt'])} --max-tokens {spec['max_tokens']} "
-             f"--temperature {spec['temperature']}{options} --seed S", "```", "",
-             "prints (the prompt, then the continuation; control characters escaped as `zoo sample` escapes them); "
+             f"{spec['count']} continuation(s) of the prompt per model (each block below starts with it), from its "
+             f"first seed's run (final checkpoint), sampling seed S = {seeds}; each is what",
+             ""] + _fenced(printable(f"zoo sample RUN_DIR --prompt {json.dumps(spec['prompt'])} --max-tokens "
+                                 f"{spec['max_tokens']} --temperature {spec['temperature']}{options} --seed S")) + [
+             "", "prints (the prompt, then the continuation; control characters escaped as `zoo sample` escapes them); "
              "RUN_DIR below, in the compare's workdir.", ""]
     for m in models:
         lines += [f"**{m['label']}** (`{m['run_dir']}`):", ""]
