@@ -147,6 +147,22 @@ def measure(dataset_name: str, workload: str, args) -> dict:
             "rounds": rounds}
 
 
+def cpu_name() -> str:
+    """The CPU's model name and ISA class from /proc/cpuinfo (ratios move between AVX2 and AVX-512 machines)."""
+    from bench import cpu_isa
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return f"{name} ({cpu_isa(flags) if flags else 'ISA unknown'})"
+
+
 def table(rows: list[dict]) -> str:
     mib = lambda b: "-" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     lines = ["| dataset | workload | sequential s | population s | ratio | compile s (seq / pop) | training steps "
@@ -181,7 +197,7 @@ def main(argv=None) -> int:
     out = Path(args.out or REPO / "runs" / "bench_population" / stamp)
     out.mkdir(parents=True, exist_ok=True)
     header = (f"{args.members} seeds, {args.steps} steps each, {args.rounds} interleaved rounds (medians); "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+              f"{cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__}, "
               f"{'no compilation cache' if args.no_cache else 'an empty persistent compilation cache per side'}; "
               f"command: python benchmarks/population.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     rows = []
