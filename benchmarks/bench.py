@@ -453,7 +453,8 @@ def cpu_isa(flags: set) -> str:
     return " + ".join(isa) if isa else "no AVX2"
 
 
-def machine() -> dict:
+def cpu_info() -> tuple[str, set]:
+    """(the first CPU's model name, its /proc/cpuinfo flags); the platform's name and no flags elsewhere."""
     cpu = platform.processor() or platform.machine()
     flags: set = set()
     try:
@@ -464,6 +465,11 @@ def machine() -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return cpu, flags
+
+
+def machine() -> dict:
+    cpu, flags = cpu_info()
     versions = {"python": platform.python_version(), "jax": jax.__version__}
     for package in ("jaxlib", "flax", "optax", "numpy", "torch"):
         try:

@@ -148,18 +148,10 @@ def measure(dataset_name: str, workload: str, args) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU's model name and ISA class from /proc/cpuinfo (ratios move between AVX2 and AVX-512 machines)."""
-    from bench import cpu_isa
+    """The CPU's model name and ISA class (ratios move between AVX2 and AVX-512 machines)."""
+    from bench import cpu_info, cpu_isa
 
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    name, flags = cpu_info()
     return f"{name} ({cpu_isa(flags) if flags else 'ISA unknown'})"
 
 
