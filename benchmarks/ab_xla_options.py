@@ -50,6 +50,7 @@ PARTS = {
     "nomatct": ({}, {}),
     "stockbn": ({}, {}),
     "nomattr": ({}, {}),
+    "stockdense": ({}, {}),
 }
 
 
@@ -97,6 +98,8 @@ def _layer_patches(parts):
         stack.enter_context(_patched(layers, "BatchNorm", nn.BatchNorm))
     if "nomattr" in parts:  # layers.matmul's kernel gradient without its materialized transposed input
         stack.enter_context(_patched(layers, "_MATERIALIZE_TRANSPOSED", False))
+    if "stockdense" in parts:  # nn.Dense where the fast layers have layers.Dense (the attention stays fast)
+        stack.enter_context(_patched(layers, "Dense", nn.Dense))
     if "nomatct" in parts:
         stack.enter_context(_patched(layers, "_MATERIALIZE_COTANGENT", False))
     if "stockconv" in parts:
@@ -119,15 +122,16 @@ def runner(workload, name, x, y, k):
     try:  # the variant's options replace the family's defaults
         patches = _layer_patches(name.split("+"))
         patches.__enter__()
-        from zoo import models
+        from zoo import models, tasks
         from zoo.config import OptimizerConfig
         from zoo.training import optim, state as state_lib
 
-        model = models.build(w.model, w.num_classes, **w.hparams)
+        model = models.build(w.model, w.num_classes, vocab_size=w.num_classes, **w.hparams)
         tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=1e-3, schedule="constant"), 1)
         mesh = step_lib.make_mesh()
         state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(x[:1])
-        jitted = step_lib.jit_train_step(model, tx, w.num_classes, 0.0, mesh, xla_options=options)
+        task = tasks.LanguageModel(w.num_classes) if w.task == "lm" else w.num_classes
+        jitted = step_lib.jit_train_step(model, tx, task, 0.0, mesh, xla_options=options)
         r = bench._jax_runner(jitted, state, step_lib.put_batch(mesh, x), step_lib.put_batch(mesh, y))
         r.run(1)  # traces and compiles under the patches
     finally:

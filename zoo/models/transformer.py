@@ -32,12 +32,50 @@ class _Projection(nn.Module):
         return kernel, self.param("bias", nn.initializers.zeros_init(), self.shape[self.in_dims:])
 
 
+def fused_heads(x, num_heads: int, dtype):
+    """Queries, keys and values (3, B, heads, L, depth) of x (B, L, width) from the variables of three
+    nn.DenseGeneral(features=(heads, depth)) named query, key and value: one (width, 3 width) product
+    (their kernels side by side, the kernel gradient through layers.matmul), each bias added in the
+    head-major layout, as nn.DenseGeneral adds it to its own product (added to the fused product
+    instead, the key bias's gradient, zero in exact arithmetic, came out with more rounding noise:
+    Hessian-vector products differed from flax's by 1e-5). Call it inside a compact method: the
+    projections' variables go to the calling module."""
+    batch, length, width = x.shape
+    heads, depth = num_heads, width // num_heads
+    qkv = [_Projection((width, heads, depth), 1, name=name)() for name in ("query", "key", "value")]
+    kernel = jnp.concatenate([k.reshape(width, width) for k, _ in qkv], axis=1)
+    bias = jnp.stack([b for _, b in qkv])[:, None, :, None, :]  # (3, 1, heads, 1, depth)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    return layers.matmul(x, kernel).reshape(batch, length, 3, heads, depth).transpose(2, 0, 3, 1, 4) + bias
+
+
+def merged_heads(y, dtype):
+    """The output projection of nn.MultiHeadDotProductAttention (the variables of an nn.DenseGeneral
+    named out) applied to head-major y (B, heads, L, depth): (B, L, heads * depth)."""
+    batch, heads, length, depth = y.shape
+    width = heads * depth
+    out_kernel, out_bias = _Projection((heads, depth, width), 2, name="out")()
+    y = y.transpose(0, 2, 1, 3).reshape(batch, length, width)
+    y, out_kernel, out_bias = nn.dtypes.promote_dtype(y, out_kernel, out_bias, dtype=dtype)
+    return layers.matmul(y, out_kernel.reshape(width, width)) + out_bias
+
+
+def attention_dropout(module: nn.Module, weights, rate: float, deterministic: bool):
+    """Flax's broadcast dropout of attention weights (B, heads, L, L): one (1, 1, L, L) draw from the
+    module's 'dropout' key, the same draws as nn.dot_product_attention's."""
+    if rate <= 0.0 or deterministic:
+        return weights
+    keep_prob = 1.0 - rate
+    keep = jax.random.bernoulli(module.make_rng("dropout"), keep_prob, (1, 1, *weights.shape[-2:]))
+    return weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, dtype=weights.dtype))
+
+
 class SelfAttention(nn.Module):
     """`nn.MultiHeadDotProductAttention(num_heads, force_fp32_for_softmax=True)(x, x)`: its variables
     (query, key, value, out; the same shapes and initial values), its maths and its dropout draws,
-    computed faster on CPU: one (width, 3 width) product for the queries, keys and values (their
-    kernels side by side, the kernel gradient through layers.matmul), the heads' products on
-    (B, heads, L, head width) arrays. Name it as the module it replaces (MultiHeadDotProductAttention_0).
+    computed faster on CPU: one (width, 3 width) product for the queries, keys and values
+    (`fused_heads`), the heads' products on (B, heads, L, head width) arrays. Name it as the module it
+    replaces (MultiHeadDotProductAttention_0).
     """
 
     num_heads: int
@@ -47,26 +85,11 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        batch, length, width = x.shape
-        heads, depth = self.num_heads, width // self.num_heads
-        qkv = [_Projection((width, heads, depth), 1, name=name)() for name in ("query", "key", "value")]
-        out_kernel, out_bias = _Projection((heads, depth, width), 2, name="out")()
-        kernel = jnp.concatenate([k.reshape(width, width) for k, _ in qkv], axis=1)
-        bias = jnp.stack([b for _, b in qkv])[:, None, :, None, :]  # (3, 1, heads, 1, depth)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        # (3, B, heads, L, depth); each bias added in that layout, as nn.DenseGeneral adds it to its own
-        # product (added to the fused product instead, the key bias's gradient, zero in exact arithmetic,
-        # came out with more rounding noise: Hessian-vector products differed from flax's by 1e-5)
-        y = layers.matmul(x, kernel).reshape(batch, length, 3, heads, depth).transpose(2, 0, 3, 1, 4) + bias
-        query, key, value = y[0] / jnp.sqrt(depth).astype(y.dtype), y[1], y[2]
+        y = fused_heads(x, self.num_heads, self.dtype)
+        query, key, value = y[0] / jnp.sqrt(y.shape[-1]).astype(y.dtype), y[1], y[2]
         weights = jax.nn.softmax((query @ key.swapaxes(-1, -2)).astype(jnp.float32))  # (B, heads, L, L)
-        if self.dropout_rate > 0.0 and not self.deterministic:  # flax's broadcast dropout, the same draws
-            keep_prob = 1.0 - self.dropout_rate
-            keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, (1, 1, length, length))
-            weights = weights * (keep.astype(x.dtype) / jnp.asarray(keep_prob, dtype=x.dtype))
-        y = (weights @ value).transpose(0, 2, 1, 3).reshape(batch, length, width)
-        y, out_kernel, out_bias = nn.dtypes.promote_dtype(y, out_kernel, out_bias, dtype=self.dtype)
-        return layers.matmul(y, out_kernel.reshape(width, width)) + out_bias
+        weights = attention_dropout(self, weights, self.dropout_rate, self.deterministic)
+        return merged_heads(weights @ value, self.dtype)
 
 
 class EncoderBlock(nn.Module):

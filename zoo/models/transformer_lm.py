@@ -20,36 +20,49 @@ import jax
 import jax.numpy as jnp
 
 from zoo.errors import ModelError
+from zoo.models import layers
 from zoo.models.common import (ACTIVATIONS, Entry, Precision, TestSettings, check_choice, check_token_ids,
                                compute_dtype, token_embedding)
+from zoo.models.transformer import attention_dropout, fused_heads, merged_heads
 
 FAMILY = "transformer"  # the family name every entry of this file carries
 ROTARY_BASE = 10_000.0
 
 
-def rotate(x, positions, base: float = ROTARY_BASE):
+def rotate(x, positions, base: float = ROTARY_BASE, heads_first: bool = False):
     """The rotary position embedding (Su et al. 2021, RoFormer) of queries or keys x (B, L, H, D) at
     `positions` (L,): the pair (x_i, x_{i + D/2}) is turned by the angle position * base^(-2i / D), so
-    the product of a query and a key depends on their positions only through their difference."""
+    the product of a query and a key depends on their positions only through their difference.
+    heads_first: x is (B, H, L, D)."""
     half = x.shape[-1] // 2
     frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[:, None] * frequencies
-    cos, sin = jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :]  # (L, 1, D/2): the same for every head
+    cos, sin = jnp.cos(angles), jnp.sin(angles)  # (L, D/2): the same for every head
+    if not heads_first:
+        cos, sin = cos[:, None, :], sin[:, None, :]
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees itself and the positions before it."""
+    """Multi-head self-attention where each position sees itself and the positions before it.
+
+    `fast_layers` (training and evaluation; decoding keeps the stock path and its cache): the same
+    variables and maths computed as transformer.SelfAttention computes them, one (width, 3 width)
+    product for the queries, keys and values and the heads' products on (B, heads, L, depth) arrays.
+    """
 
     num_heads: int
     max_len: int
     rotary: bool
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    fast_layers: bool = True
 
     @nn.compact
     def __call__(self, x, positions, train: bool, decode: bool):
+        if self.fast_layers and not decode:
+            return self._fast(x, positions, train)
         width = x.shape[-1]
         project = functools.partial(nn.DenseGeneral, (self.num_heads, width // self.num_heads), dtype=self.dtype)
         query, key, value = (project(name=name)(x) for name in ("query", "key", "value"))
@@ -65,6 +78,19 @@ class CausalSelfAttention(nn.Module):
                                      dropout_rate=self.dropout, deterministic=not train, dtype=self.dtype,
                                      force_fp32_for_softmax=True)
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out")(y)
+
+    def _fast(self, x, positions, train: bool):
+        y = fused_heads(x, self.num_heads, self.dtype)  # (3, B, heads, L, depth)
+        query, key, value = y[0], y[1], y[2]
+        if self.rotary:
+            query, key = rotate(query, positions, heads_first=True), rotate(key, positions, heads_first=True)
+        query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+        logits = query @ key.swapaxes(-1, -2)  # (B, heads, L, L), in dtype as nn.dot_product_attention has it
+        mask = positions[None, :] <= positions[:, None]
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits.astype(jnp.float32))  # stays float32, as flax's force_fp32_for_softmax has it
+        weights = attention_dropout(self, weights, self.dropout, not train)
+        return merged_heads(weights @ value, self.dtype)
 
     def _cached(self, new, start, name: str):
         """The cache of `name` (B, max_len, H, D) with `new` (B, L, H, D) written at `start`."""
@@ -83,14 +109,17 @@ class DecoderBlock(nn.Module):
     dropout: float = 0.0
     activation: str = "gelu"
     dtype: Any = jnp.float32
+    fast_layers: bool = True
 
     @nn.compact
     def __call__(self, x, positions, train: bool, decode: bool):
         drop = nn.Dropout(self.dropout, deterministic=not train)
-        attention = CausalSelfAttention(self.num_heads, self.max_len, self.rotary, self.dropout, self.dtype)
+        attention = CausalSelfAttention(self.num_heads, self.max_len, self.rotary, self.dropout, self.dtype,
+                                        self.fast_layers)
         x = x + drop(attention(nn.LayerNorm(dtype=self.dtype)(x), positions, train, decode))
-        y = nn.Dense(self.mlp_dim, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
-        y = nn.Dense(x.shape[-1], dtype=self.dtype)(drop(ACTIVATIONS[self.activation](y)))
+        dense = layers.Dense if self.fast_layers else nn.Dense
+        y = dense(self.mlp_dim, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
+        y = dense(x.shape[-1], dtype=self.dtype)(drop(ACTIVATIONS[self.activation](y)))
         return x + drop(y)
 
 
@@ -99,7 +128,9 @@ class TransformerLM(nn.Module):
 
     positions: "learned" (a (max_len, width) table added to the embeddings) or "rotary" (queries and
     keys rotated in every layer; no parameters). tie_embeddings: the output layer is the transposed
-    token embedding (`nn.Embed.attend`), as in GPT-2.
+    token embedding (`nn.Embed.attend`), as in GPT-2. `fast_layers` (default true): the blocks' attention
+    and dense layers and the output layer computed faster on CPU with the same variables (the
+    Transformer's fast layers); false, the stock Flax ones.
     """
 
     num_classes: int
@@ -115,6 +146,7 @@ class TransformerLM(nn.Module):
     tie_embeddings: bool = False
     activation: str = "gelu"
     precision: Precision = "float32"
+    fast_layers: bool = True
 
     def __post_init__(self):
         check_choice("positions", self.positions, ("learned", "rotary"))
@@ -149,12 +181,13 @@ class TransformerLM(nn.Module):
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         for _ in range(self.depth):
             h = DecoderBlock(self.num_heads, self.mlp_dim or 4 * self.width, self.max_len,
-                             self.positions == "rotary", self.dropout, self.activation, dtype)(h, positions, train,
-                                                                                             decode)
+                             self.positions == "rotary", self.dropout, self.activation, dtype,
+                             self.fast_layers)(h, positions, train, decode)
         h = nn.LayerNorm(dtype=dtype)(h)
         if self.tie_embeddings:
             return embed.attend(h)
-        return nn.Dense(self.num_classes, dtype=dtype, name="head")(h)
+        dense = layers.Dense if self.fast_layers else nn.Dense
+        return dense(self.num_classes, dtype=dtype, name="head")(h)
 
 
 ENTRIES = [
