@@ -34,6 +34,12 @@ PARTS = {
     "dot": ({}, {YNN: DOT}),
     "idot": ({}, {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}),
     "noynn": ({}, {YNN: "LIBRARY_FUSION_TYPE_INVALID"}),
+    "iconv": ({}, {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}),
+    "odot": ({}, {"xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}),
+    "oconv": ({}, {"xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}),
+    "ocall": ({}, {"xla_cpu_experimental_onednn_custom_call": True}),
+    "onednn": ({}, {"xla_cpu_use_onednn": True}),
+    "xdot": ({}, {"xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}),
     "fastminmax": ({}, {"xla_cpu_enable_fast_min_max": True}),
     "mof": ({}, {"xla_cpu_use_multi_output_fusion": True}),
     "noconc": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
@@ -51,6 +57,7 @@ PARTS = {
     "stockbn": ({}, {}),
     "nomattr": ({}, {}),
     "stockdense": ({}, {}),
+    "noshift": ({}, {}),
 }
 
 
@@ -98,6 +105,8 @@ def _layer_patches(parts):
         stack.enter_context(_patched(layers, "BatchNorm", nn.BatchNorm))
     if "nomattr" in parts:  # layers.matmul's kernel gradient without its materialized transposed input
         stack.enter_context(_patched(layers, "_MATERIALIZE_TRANSPOSED", False))
+    if "noshift" in parts:  # XLA's convolution for the first layers too (no layers._shifted_conv)
+        stack.enter_context(_patched(layers, "_SHIFTED_CONV", False))
     if "stockdense" in parts:  # nn.Dense where the fast layers have layers.Dense (the attention stays fast)
         stack.enter_context(_patched(layers, "Dense", nn.Dense))
     if "nomatct" in parts:
@@ -105,6 +114,12 @@ def _layer_patches(parts):
     if "stockconv" in parts:
         stack.enter_context(_patched(cnn, "pick_layers", lambda fast: (nn.Conv, layers.max_pool, layers.avg_pool)))
     return stack
+
+
+# Options measured here that a config may not name (zoo.config.KNOWN_XLA_OPTIONS): allowed in this
+# script only, to find out whether one deserves a place in that list.
+MEASURED_ONLY = {"xla_cpu_experimental_onednn_fusion_type", "xla_cpu_experimental_onednn_custom_call",
+                 "xla_cpu_use_onednn", "xla_cpu_experimental_xnn_fusion_type"}
 
 
 def variant(name: str):
@@ -121,6 +136,8 @@ def runner(workload, name, x, y, k):
     w = bench.Workload(**{**workload.__dict__, "hparams": {**workload.hparams, **hparams}})
     try:  # the variant's options replace the family's defaults
         patches = _layer_patches(name.split("+"))
+        from zoo import config
+        patches.enter_context(_patched(config, "KNOWN_XLA_OPTIONS", (*config.KNOWN_XLA_OPTIONS, *MEASURED_ONLY)))
         patches.__enter__()
         from zoo import models, tasks
         from zoo.config import OptimizerConfig

@@ -65,7 +65,8 @@ CONV_CASES = [
     ((2, 9, 8, 5), 7, (3, 3), (2, 2), ((1, 1), (1, 1))),
     ((2, 8, 8, 6), 4, (1, 1), (2, 2), "VALID"),
     ((2, 12, 4), 5, (3,), (1,), "SAME"),
-    ((2, 28, 28, 1), 4, (3, 3), (1, 1), "SAME"),
+    ((2, 28, 28, 1), 4, (3, 3), (1, 1), "SAME"),  # one input channel: layers._shifted_conv's forward
+    ((2, 40, 1), 3, (5,), (1,), ((1, 3),)),  # the same in 1-D, asymmetric padding
 ]
 
 
@@ -125,14 +126,15 @@ def test_fast_conv_inside_a_batchnorm_residual_block_matches_flax():
 
 
 class ConvReluPool(nn.Module):
-    """The reference for layers.ConvMaxPool: nn.Conv (bias), ReLU, then nn.max_pool."""
+    """The reference for layers.ConvMaxPool: the same convolution (layers.Conv, with its bias), ReLU,
+    then nn.max_pool; layers.Conv itself is checked against nn.Conv above."""
 
     features: int
 
     @nn.compact
     def __call__(self, x):
         window = tuple(2 if size > 1 else 1 for size in x.shape[1:-1])
-        y = nn.relu(nn.Conv(self.features, (3,) * (x.ndim - 2), padding="SAME", name="Conv_0")(x))
+        y = nn.relu(layers.Conv(self.features, (3,) * (x.ndim - 2), padding="SAME", name="Conv_0")(x))
         return nn.max_pool(y, window, window, padding="SAME")
 
 

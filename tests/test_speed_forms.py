@@ -206,3 +206,32 @@ def test_the_speed_doc_table_is_rewritten_between_its_markers(bench, tmp_path):
     assert text.startswith(f"before\n{start}\n") and text.endswith(f"{end}\nafter\n") and "old table" not in text
     assert "| torch.compile ms |" in text and "| 5.00 |" in text and "| 21.00 |" in text
     assert (REPO / "docs" / "speed.md").read_text().count(start) == 1  # the real page has its markers
+
+
+# --- the first layer's convolution ---------------------------------------------------------------
+
+
+def _primitives(jaxpr) -> list[str]:
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in (param if isinstance(param, (list, tuple)) else [param]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names += _primitives(inner)
+    return names
+
+
+@pytest.mark.parametrize("channels,convolutions", [(1, 0), (2, 1)])
+def test_a_one_channel_convolution_is_computed_as_shifted_products_and_its_gradient_by_xla(channels, convolutions):
+    """layers.Conv over one input channel (stride 1, 3x3: 9 products per output) computes its value
+    without a convolution op (layers._shifted_conv); over two channels, with XLA's. The kernel's
+    gradient is XLA's convolution either way."""
+    x = jnp.ones((2, 6, 6, channels))
+    conv = layers.Conv(4, (3, 3))
+    variables = jax.eval_shape(conv.init, jax.random.key(0), x)
+    forward = _primitives(jax.make_jaxpr(conv.apply)(variables, x).jaxpr)
+    assert forward.count("conv_general_dilated") == convolutions
+    gradient = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(conv.apply(v, x))))(variables)
+    assert "conv_general_dilated" in _primitives(gradient.jaxpr)

@@ -7,6 +7,8 @@ tests/test_fast_layers.py checks outputs and gradients against the Flax formulat
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -89,13 +91,51 @@ def _plain_conv(x, kernel, strides, padding):
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_channels_last(x.ndim))
 
 
+# A stride-1 convolution with at most this many products per output (input channels x kernel taps:
+# a 3x3 kernel over one channel, the first layer of a grayscale image or signal model) is computed as
+# a sum of shifted, broadcast products, one loop fusion (`_shifted_conv`): on this CPU XLA's
+# convolution spent ~7x longer on one input channel, and the CNN's train step took 0.74x the time.
+# Over 3 channels (27 products, ResNet-20's first layer) it measured no gain in the step
+# (benchmarks/NOTES.md, round five). Its gradients stay XLA's convolutions (`_conv_jvp`). On GPUs and
+# TPUs the same loop fusion is as good as a library convolution this thin, and it exports to ONNX
+# as pads, slices, products and sums.
+SHIFTED_MAX_PRODUCTS = 9
+_SHIFTED_CONV = True
+
+
+def _shifted_conv(x, kernel, padding):
+    """The stride-1, undilated convolution of channels-last x (N, *spatial, C) by kernel (*taps, C, F)
+    with explicit, non-negative `padding`: the sum over taps and input channels of x's shifted window
+    times that tap's (F,) weights, in taps-then-channels order."""
+    spatial = len(padding)
+    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    taps = kernel.shape[:spatial]
+    out_shape = [size - tap + 1 for size, tap in zip(x.shape[1:-1], taps)]
+    out = None
+    for tap in itertools.product(*(range(t) for t in taps)):
+        window = x[(slice(None), *(slice(t, t + size) for t, size in zip(tap, out_shape)))]
+        for channel in range(x.shape[-1]):
+            term = window[..., channel:channel + 1] * kernel[(*tap, channel)]
+            out = term if out is None else out + term
+    return out
+
+
+def _forward_conv(x, kernel, strides, padding):
+    """The convolution's value: `_shifted_conv` where it pays (see SHIFTED_MAX_PRODUCTS), else XLA's."""
+    products = x.shape[-1] * math.prod(kernel.shape[:-2])
+    if (_SHIFTED_CONV and products <= SHIFTED_MAX_PRODUCTS and all(s == 1 for s in strides)
+            and all(lo >= 0 and hi >= 0 for lo, hi in padding)):
+        return _shifted_conv(x, kernel, padding)
+    return _plain_conv(x, kernel, strides, padding)
+
+
 def _is_zero(tangent) -> bool:
     return isinstance(tangent, SymbolicZero)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x, kernel, strides, padding):
-    return _plain_conv(x, kernel, strides, padding)
+    return _forward_conv(x, kernel, strides, padding)
 
 
 def _conv_jvp(strides, padding, primals, tangents):
@@ -111,7 +151,7 @@ def _conv_jvp(strides, padding, primals, tangents):
     """
     x, kernel = primals
     d_x, d_kernel = tangents
-    y = _plain_conv(x, kernel, strides, padding)
+    y = _forward_conv(x, kernel, strides, padding)
     terms = []
     if not _is_zero(d_x):
         terms.append(_plain_conv(d_x, kernel, strides, padding))
@@ -136,7 +176,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     Forward mode (jvp, jacfwd, Hessian-vector products) works too: the fast path is a custom JVP.
 
     Channels-last, undilated, ungrouped convolutions (what nn.Conv builds) take the fast path (see
-    `_conv_jvp`); anything else goes to lax unchanged. The forward pass is XLA's own convolution.
+    `_conv_jvp`); anything else goes to lax unchanged. The forward pass is XLA's own convolution,
+    or for a stride-1 convolution over one input channel a sum of shifted products (`_shifted_conv`).
     """
     ndim = lhs.ndim
     plain = (
