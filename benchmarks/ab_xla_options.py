@@ -58,6 +58,7 @@ PARTS = {
     "nomattr": ({}, {}),
     "stockdense": ({}, {}),
     "noshift": ({}, {}),
+    "twoprod": ({}, {}),
 }
 
 
@@ -105,6 +106,8 @@ def _layer_patches(parts):
         stack.enter_context(_patched(layers, "BatchNorm", nn.BatchNorm))
     if "nomattr" in parts:  # layers.matmul's kernel gradient without its materialized transposed input
         stack.enter_context(_patched(layers, "_MATERIALIZE_TRANSPOSED", False))
+    if "twoprod" in parts:  # the LSTM step's x_t W_x + h W_h as two products, not one over [x_t, h]
+        stack.enter_context(_patched(layers, "_LSTM_ONE_PRODUCT", False))
     if "noshift" in parts:  # XLA's convolution for the first layers too (no layers._shifted_conv)
         stack.enter_context(_patched(layers, "_SHIFTED_CONV", False))
     if "stockdense" in parts:  # nn.Dense where the fast layers have layers.Dense (the attention stays fast)

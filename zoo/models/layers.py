@@ -388,19 +388,26 @@ def lstm_recurrence(x, w_x, w_h, bias, c0, h0, unroll: int = 1):
     then come from single (T*B)-row matmuls outside the scan, instead of T small products
     accumulated through the scan's carry. (Hoisting the forward's input projection out of the scan
     measured slower: XLA fuses x_t W_x + h W_h + b inside the loop better than it reads a slice of a
-    precomputed projection.)
+    precomputed projection.) The forward step computes it as one product, [x_t, h] @ [W_x; W_h]: the
+    LSTM workload's step 0.91-0.94x of two products (benchmarks/NOTES.md, round five).
     """
     (c, h), hs = _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll)
     return hs, c, h
+
+
+_LSTM_ONE_PRODUCT = True
 
 
 def _lstm_forward(x, w_x, w_h, bias, c0, h0, unroll, derivatives=False):
     """The forward scan: ((c_T, h_T), hs), or with `derivatives` ((c_T, h_T), (hs, dz_coef, f, dh_dc)),
     the cell's derivatives at each step: d_c_t = f_t d_c_{t-1} + the sum of the first three blocks
     of dz_coef_t * d_z_t, d_h_t = its last block + dh_dc_t * d_c_t."""
+    w = jnp.concatenate([w_x, w_h]) if _LSTM_ONE_PRODUCT else None
+
     def step(carry, x_t):
         c_prev, h = carry
-        c, h, gates = _lstm_cell(x_t @ w_x + h @ w_h + bias, c_prev)
+        z = jnp.concatenate([x_t, h], axis=-1) @ w + bias if _LSTM_ONE_PRODUCT else x_t @ w_x + h @ w_h + bias
+        c, h, gates = _lstm_cell(z, c_prev)
         if not derivatives:
             return (c, h), h
         i, f, g, o = jnp.split(gates, 4, axis=-1)
