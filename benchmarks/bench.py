@@ -635,9 +635,10 @@ def markdown(report: dict, command: str) -> str:
         "nn.MultiHeadDotProductAttention) with a plain optax step; **after**: the zoo's registry model "
         "and its own jitted train step (zoo.training.step). Ratios below 1 mean faster than PyTorch.",
         "- **torch.compile**: the PyTorch model under `torch.compile` (inductor's defaults, C++ kernels "
-        "built with the machine's compiler, a new empty cache for each workload: a first compile); loss, "
-        "backward and Adam as in the eager column. Its compile time is its first step's less a later "
-        "step's. Dynamo leaves `nn.LSTM` to eager by default (torch._dynamo.config.allow_rnn is off).",
+        "built with the machine's compiler, a new empty on-disk cache and emptied in-memory caches for "
+        "each workload: a first compile of that model); loss, backward and Adam as in the eager column. "
+        "Its compile time is its first step's less a later step's; inductor's start-up in the process "
+        "lands on run 1's first workload only. Dynamo leaves `nn.LSTM` to eager by default (torch._dynamo.config.allow_rnn is off).",
         "- FLOPs: XLA's cost analysis of the zoo's compiled step; for the LSTM (a scan, which hides "
         "them) 3x the forward matmul FLOPs. zoo and Flax compile: lower + compile of the first call.",
         "",
