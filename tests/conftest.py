@@ -69,6 +69,17 @@ TINY = {
 }
 
 
+def all_equations(jaxpr):
+    """Every equation of a jaxpr and, in order, of the jaxprs inside it (scan, cond, custom_jvp, pjit)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in (param if isinstance(param, (list, tuple)) else [param]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from all_equations(inner)
+
+
 def merged(base: dict, overrides: dict) -> dict:
     """`base` with `overrides` merged in, section by section."""
     out = copy.deepcopy(base)

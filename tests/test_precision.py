@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from test_models import HPARAM_OVERRIDES, NUM_CLASSES, SHAPE_OVERRIDES, SHAPES, TRACED_ONLY, VOCAB_SIZE, sample
-from conftest import CHEAP_COMPILE
+from conftest import CHEAP_COMPILE, all_equations
 from zoo import models
 from zoo.errors import ModelError
 from zoo.config import OptimizerConfig
@@ -62,16 +62,8 @@ def dtypes(tree) -> set:
 def products(jaxpr) -> list[tuple]:
     """Operand dtypes of every matmul and convolution in a jaxpr, sub-jaxprs (scan, custom_jvp,
     pjit) included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
-            found.append(tuple(var.aval.dtype for var in eqn.invars[:2]))
-        for param in eqn.params.values():
-            for sub in (param if isinstance(param, (list, tuple)) else [param]):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += products(inner)
-    return found
+    return [tuple(var.aval.dtype for var in eqn.invars[:2]) for eqn in all_equations(jaxpr)
+            if eqn.primitive.name in ("dot_general", "conv_general_dilated")]
 
 
 # Registry-wide (traced) ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CHEAP_COMPILE, tolerance
+from conftest import CHEAP_COMPILE, all_equations, tolerance
 from zoo.models import layers
 from zoo.models.transformer import SelfAttention
 
@@ -212,15 +212,7 @@ def test_the_speed_doc_table_is_rewritten_between_its_markers(bench, tmp_path):
 
 
 def _primitives(jaxpr) -> list[str]:
-    names = []
-    for eqn in jaxpr.eqns:
-        names.append(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in (param if isinstance(param, (list, tuple)) else [param]):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    names += _primitives(inner)
-    return names
+    return [eqn.primitive.name for eqn in all_equations(jaxpr)]
 
 
 @pytest.mark.parametrize("channels,convolutions", [(1, 0), (2, 1)])
