@@ -7,7 +7,8 @@ position its `index` holds, and the new tokens attend to everything cached befor
 any length up to `max_len` goes in at once (prefill), then one token per call (what `zoo sample`
 does). Flax's `MultiHeadDotProductAttention(decode=True)` takes one token per call and has no place
 for a rotary embedding between its projections and its cache, so the cache is kept here; the
-attention itself is flax's `nn.dot_product_attention`.
+attention itself is flax's `nn.dot_product_attention`. Training and evaluation (`fast_layers`, the
+default) compute the same attention with the Transformer's fast layers (transformer.fused_heads).
 """
 
 from __future__ import annotations
