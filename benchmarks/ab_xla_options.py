@@ -58,6 +58,7 @@ PARTS = {
     "nomattr": ({}, {}),
     "stockdense": ({}, {}),
     "noshift": ({}, {}),
+    "oneblock": ({}, {}),
     "twoprod": ({}, {}),
 }
 
@@ -108,6 +109,9 @@ def _layer_patches(parts):
         stack.enter_context(_patched(layers, "_MATERIALIZE_TRANSPOSED", False))
     if "twoprod" in parts:  # the LSTM step's x_t W_x + h W_h as two products, not one over [x_t, h]
         stack.enter_context(_patched(layers, "_LSTM_ONE_PRODUCT", False))
+    if "oneblock" in parts:  # the Transformer LM's causal attention over all keys for every query
+        from zoo.models import transformer_lm
+        stack.enter_context(_patched(transformer_lm, "CAUSAL_QUERY_BLOCKS", 1))
     if "noshift" in parts:  # XLA's convolution for the first layers too (no layers._shifted_conv)
         stack.enter_context(_patched(layers, "_SHIFTED_CONV", False))
     if "stockdense" in parts:  # nn.Dense where the fast layers have layers.Dense (the attention stays fast)

@@ -17,6 +17,8 @@ import pytest
 from test_models import HPARAM_OVERRIDES, NUM_CLASSES, SHAPE_OVERRIDES, SHAPES, TRACED_ONLY, VOCAB_SIZE, sample
 from conftest import CHEAP_COMPILE, all_equations
 from zoo import models
+from zoo.models import transformer_lm
+from zoo.models.transformer_lm import TransformerLM
 from zoo.errors import ModelError
 from zoo.config import OptimizerConfig
 from zoo.training import optim, state as state_lib, step as step_lib
@@ -83,12 +85,14 @@ def test_bfloat16_models_return_bfloat16_logits(name):
 
 @pytest.mark.parametrize("name", EVERY_NAME)
 def test_every_matmul_and_convolution_of_a_bfloat16_model_multiplies_bfloat16(name):
-    """All but attention's probabilities x values, one per encoder block (the softmax stays float32),
-    and the two statistics matmuls of each fast BatchNorm (layers.BatchNorm: statistics stay float32)."""
+    """All but attention's probabilities x values, one per encoder block (the softmax stays float32;
+    the language model's fast causal attention has one per block of queries), and the two statistics
+    matmuls of each fast BatchNorm (layers.BatchNorm: statistics stay float32)."""
     model, variables, jaxpr, _ = traced(name)
     found = products(jaxpr.jaxpr)
     in_float32 = [pair for pair in found if pair != (BF16, BF16)]
-    expected = model.info.hparams["depth"] if model.info.family == "transformer" else 0
+    query_blocks = transformer_lm.CAUSAL_QUERY_BLOCKS if models.get_entry(name).module_cls is TransformerLM else 1
+    expected = model.info.hparams["depth"] * query_blocks if model.info.family == "transformer" else 0
     if model.info.family == "resnet" and model.info.hparams["fast_layers"]:
         batchnorms = len(jax.tree.leaves(variables["batch_stats"])) // 2  # a mean and a var each
         expected += 2 * batchnorms

@@ -60,14 +60,24 @@ def merged_heads(y, dtype):
     return layers.matmul(y, out_kernel.reshape(width, width)) + out_bias
 
 
-def attention_dropout(module: nn.Module, weights, rate: float, deterministic: bool):
-    """Flax's broadcast dropout of attention weights (B, heads, L, L): one (1, 1, L, L) draw from the
-    module's 'dropout' key, the same draws as nn.dot_product_attention's."""
+def dropout_keep(module: nn.Module, length: int, rate: float, deterministic: bool):
+    """Flax's broadcast dropout mask of attention weights: one (1, 1, L, L) draw from the module's
+    'dropout' key (the same draws as nn.dot_product_attention's), or None without dropout."""
     if rate <= 0.0 or deterministic:
+        return None
+    return jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, (1, 1, length, length))
+
+
+def apply_keep(weights, keep, rate: float):
+    """weights * keep / (1 - rate), as flax's attention dropout has it; weights unchanged for keep None."""
+    if keep is None:
         return weights
-    keep_prob = 1.0 - rate
-    keep = jax.random.bernoulli(module.make_rng("dropout"), keep_prob, (1, 1, *weights.shape[-2:]))
-    return weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, dtype=weights.dtype))
+    return weights * (keep.astype(weights.dtype) / jnp.asarray(1.0 - rate, dtype=weights.dtype))
+
+
+def attention_dropout(module: nn.Module, weights, rate: float, deterministic: bool):
+    """Flax's broadcast dropout of attention weights (B, heads, L, L) (`dropout_keep`, `apply_keep`)."""
+    return apply_keep(weights, dropout_keep(module, weights.shape[-1], rate, deterministic), rate)
 
 
 class SelfAttention(nn.Module):

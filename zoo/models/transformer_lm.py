@@ -24,10 +24,15 @@ from zoo.errors import ModelError
 from zoo.models import layers
 from zoo.models.common import (ACTIVATIONS, Entry, Precision, TestSettings, check_choice, check_token_ids,
                                compute_dtype, token_embedding)
-from zoo.models.transformer import attention_dropout, fused_heads, merged_heads
+from zoo.models.transformer import apply_keep, dropout_keep, fused_heads, merged_heads
 
 FAMILY = "transformer"  # the family name every entry of this file carries
 ROTARY_BASE = 10_000.0
+# The fast causal attention splits the queries into this many blocks, each against the keys up to its
+# last position only: the masked corner is never computed (a quarter of the products with two blocks).
+# Causal attention alone (B 32, 4 heads, L 128, d 32), forward + backward: 16.0 ms in one block, 9.6
+# ms in two, 12.9 ms in four (benchmarks/NOTES.md, round five).
+CAUSAL_QUERY_BLOCKS = 2
 
 
 def rotate(x, positions, base: float = ROTARY_BASE, heads_first: bool = False):
@@ -86,12 +91,19 @@ class CausalSelfAttention(nn.Module):
         if self.rotary:
             query, key = rotate(query, positions, heads_first=True), rotate(key, positions, heads_first=True)
         query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-        logits = query @ key.swapaxes(-1, -2)  # (B, heads, L, L), in dtype as nn.dot_product_attention has it
-        mask = positions[None, :] <= positions[:, None]
-        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        weights = jax.nn.softmax(logits.astype(jnp.float32))  # stays float32, as flax's force_fp32_for_softmax has it
-        weights = attention_dropout(self, weights, self.dropout, not train)
-        return merged_heads(weights @ value, self.dtype)
+        length = query.shape[2]
+        keep = dropout_keep(self, length, self.dropout, not train)
+        blocks = CAUSAL_QUERY_BLOCKS if length % CAUSAL_QUERY_BLOCKS == 0 else 1
+        size, outputs = length // blocks, []
+        for block in range(blocks):  # queries [start, end) see keys [0, end)
+            start, end = block * size, (block + 1) * size
+            logits = query[:, :, start:end] @ key[:, :, :end].swapaxes(-1, -2)  # in dtype, as flax has it
+            mask = positions[None, :end] <= positions[start:end, None]
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+            weights = jax.nn.softmax(logits.astype(jnp.float32))  # stays float32, as flax's force_fp32_for_softmax has it
+            weights = apply_keep(weights, None if keep is None else keep[..., start:end, :end], self.dropout)
+            outputs.append(weights @ value[:, :, :end])
+        return merged_heads(jnp.concatenate(outputs, axis=2) if blocks > 1 else outputs[0], self.dtype)
 
     def _cached(self, new, start, name: str):
         """The cache of `name` (B, max_len, H, D) with `new` (B, L, H, D) written at `start`."""
