@@ -75,11 +75,6 @@ def apply_keep(weights, keep, rate: float):
     return weights * (keep.astype(weights.dtype) / jnp.asarray(1.0 - rate, dtype=weights.dtype))
 
 
-def attention_dropout(module: nn.Module, weights, rate: float, deterministic: bool):
-    """Flax's broadcast dropout of attention weights (B, heads, L, L) (`dropout_keep`, `apply_keep`)."""
-    return apply_keep(weights, dropout_keep(module, weights.shape[-1], rate, deterministic), rate)
-
-
 class SelfAttention(nn.Module):
     """`nn.MultiHeadDotProductAttention(num_heads, force_fp32_for_softmax=True)(x, x)`: its variables
     (query, key, value, out; the same shapes and initial values), its maths and its dropout draws,
@@ -98,7 +93,8 @@ class SelfAttention(nn.Module):
         y = fused_heads(x, self.num_heads, self.dtype)
         query, key, value = y[0] / jnp.sqrt(y.shape[-1]).astype(y.dtype), y[1], y[2]
         weights = jax.nn.softmax((query @ key.swapaxes(-1, -2)).astype(jnp.float32))  # (B, heads, L, L)
-        weights = attention_dropout(self, weights, self.dropout_rate, self.deterministic)
+        keep = dropout_keep(self, weights.shape[-1], self.dropout_rate, self.deterministic)
+        weights = apply_keep(weights, keep, self.dropout_rate)
         return merged_heads(weights @ value, self.dtype)
 
 
