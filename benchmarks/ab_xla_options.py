@@ -49,6 +49,10 @@ PARTS = {
     "noeigen": ({}, {"xla_cpu_multi_thread_eigen": False}),
     "onethread": ({}, {"xla_cpu_parallel_codegen_split_count": 1}),
     "vw512": ({}, {"xla_cpu_prefer_vector_width": 512}),
+    "fastmath": ({}, {"xla_cpu_enable_fast_math": True}),
+    "o0": ({}, {"xla_backend_optimization_level": 0}),
+    "o1": ({}, {"xla_backend_optimization_level": 1}),
+    "o2": ({}, {"xla_backend_optimization_level": 2}),
     "nomat": ({}, {}),
     "flaxpool": ({}, {}),
     "stockconv": ({}, {}),
@@ -126,7 +130,8 @@ def _layer_patches(parts):
 # Options measured here that a config may not name (zoo.config.KNOWN_XLA_OPTIONS): allowed in this
 # script only, to find out whether one deserves a place in that list.
 MEASURED_ONLY = {"xla_cpu_experimental_onednn_fusion_type", "xla_cpu_experimental_onednn_custom_call",
-                 "xla_cpu_use_onednn", "xla_cpu_experimental_xnn_fusion_type"}
+                 "xla_cpu_use_onednn", "xla_cpu_experimental_xnn_fusion_type",
+                 "xla_backend_optimization_level", "xla_cpu_enable_fast_math"}
 
 
 def variant(name: str):

@@ -35,8 +35,12 @@ for _path in (ROOT, ROOT / "benchmarks"):  # the zoo of this checkout and baseli
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-import flax.linen as nn
-import jax
+from zoo import host  # noqa: E402 - before JAX and PyTorch start their threads
+
+host.tune_allocator()  # every column runs with it, as `zoo` commands do (zoo/host.py)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -528,6 +532,7 @@ def run_benchmark(names, rounds: int, round_seconds: float, dispatch: bool = Tru
         "xla_options": {name: workload_xla_options(WORKLOADS[name]) for name in names},
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "host_allocator": host.describe(),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "other_cpu_share": other,
         "rounds": rounds,
@@ -608,6 +613,8 @@ def _setup_lines(report: dict) -> list[str]:
         f"OMP_WAIT_POLICY={report['omp_wait_policy']} (PASSIVE unless set: OpenMP's default spinning "
         "collapses under other load); XLA uses every core by default." if report["torch_threads"]
         else "- PyTorch: not installed.",
+        f"- Host memory allocator, for every column (one process): {report.get('host_allocator', 'not recorded')}; "
+        "what a step frees is reused by the next without page faults (zoo/host.py).",
         f"- Machine load: {conditions(report)}. Other processes slow every column (PyTorch's OpenMP "
         "threads most); the committed record is written only when the machine was quiet (bench.py's QUIET_*).",
         f"- float32 matmul ceiling (2048x2048 jnp.dot, median of {len(report['matmul_samples_gflops'])} "

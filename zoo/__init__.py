@@ -25,6 +25,7 @@ _PUBLIC = {  # name -> (module, attribute)
     "import_weights": ("zoo.interop.importer", "import_weights"),
     "import_run": ("zoo.interop.importer", "import_run"),
     "export_run": ("zoo.interop.export", "export_run"),
+    "tune_host_allocator": ("zoo.host", "tune_allocator"),
 }
 
 __all__ = sorted(_PUBLIC)

@@ -675,8 +675,9 @@ def _drop_late_loop_wakeups() -> None:
 def console_main() -> None:
     """The console script. After a refusal, exit at once: Orbax's background threads may still be
     unwinding a failed read, and interpreter teardown would wait for them."""
-    from zoo import launch
+    from zoo import host, launch
 
+    host.tune_allocator()  # before JAX starts its threads: see zoo/host.py
     if launch.wants_supervisor(sys.argv[1:]):  # one process of a multi-process run: see launch.supervise
         sys.exit(launch.supervise(sys.argv[1:]))
     _own_stderr()
