@@ -20,12 +20,12 @@ applied = host.tune_allocator()
 import jax, jax.numpy as jnp
 x = jnp.ones((4096, 4096), jnp.float32)
 f = jax.jit(lambda x: x * 2.0)
-for _ in range(3):
-    f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     f(x).block_until_ready()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
 print(json.dumps({"applied": applied, "faults_per_call": faults, "describe": host.describe()}))
 """
 
@@ -43,10 +43,11 @@ def _child(**env) -> dict:
 def test_tuned_allocator_reuses_a_freed_64_mib_buffer_without_page_faults():
     default, tuned = _child(ZOO_HOST_ALLOCATOR="default"), _child()
     assert not default["applied"] and tuned["applied"]
-    # 64 MiB of fresh pages is 16,384 faults of 4 KiB; the default allocator pays them at every call
+    # 64 MiB of fresh pages is 16,384 faults of 4 KiB: the default allocator pays them at every call;
+    # tuned, the heap may still grow once or twice in the 10 calls (another thread's block in the way)
     assert default["faults_per_call"] > 8000, default
-    assert tuned["faults_per_call"] < 800, tuned
-    assert tuned["describe"].startswith("glibc malloc, one arena")
+    assert tuned["faults_per_call"] < 4000, tuned
+    assert tuned["describe"].startswith("glibc malloc with no mmap or trim below 2 GiB")
 
 
 @glibc_only
@@ -77,3 +78,13 @@ def test_hosts_with_an_accelerator_plugin_keep_the_default_unless_jax_is_pinned_
     assert "jax_cuda12_plugin" in host.why_not()
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert host.why_not() is None
+
+
+@glibc_only
+def test_a_cpu_client_made_before_keeps_asynchronous_executions_and_says_so():
+    code = ("import jax, jax.numpy as jnp; jnp.ones(2).block_until_ready()\n"
+            "from zoo import host; print(host.tune_allocator()); print(host.describe())")
+    clean = {k: v for k, v in os.environ.items() if k not in (host.OPT_OUT, *host.GLIBC_ENV)}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+    assert out[0] == "True" and "asynchronous (JAX's CPU client was made before)" in out[1]

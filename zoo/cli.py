@@ -575,11 +575,17 @@ def _refuse(message: str) -> None:
     print(f"zoo: error: {message}", file=err(), flush=True)
 
 
-def main(argv=None, mute_on_refusal: bool = False) -> int:
-    """Runs one command; `mute_on_refusal` (the console script) mutes fd 2 before a refusal is printed."""
+def main(argv=None, mute_on_refusal: bool = False, tune_host: bool = False) -> int:
+    """Runs one command; `mute_on_refusal` (the console script) mutes fd 2 before a refusal is printed;
+    `tune_host` (the console script: a process of its own) sets the host allocator up for the
+    commands that compute (zoo/host.py)."""
     _quiet_libraries()
     try:
         args = make_parser().parse_args(argv)
+        if tune_host and hasattr(args, "no_compile_cache"):  # the COMPILING commands, before any computation
+            from zoo import host
+
+            host.tune_allocator()
         _compile_cache(args)
         code = args.func(args)
         sys.stdout.flush()  # a reader of stdout that has gone shows here, not at exit
@@ -675,14 +681,13 @@ def _drop_late_loop_wakeups() -> None:
 def console_main() -> None:
     """The console script. After a refusal, exit at once: Orbax's background threads may still be
     unwinding a failed read, and interpreter teardown would wait for them."""
-    from zoo import host, launch
+    from zoo import launch
 
-    host.tune_allocator()  # before JAX starts its threads: see zoo/host.py
     if launch.wants_supervisor(sys.argv[1:]):  # one process of a multi-process run: see launch.supervise
         sys.exit(launch.supervise(sys.argv[1:]))
     _own_stderr()
     _drop_late_loop_wakeups()
-    code = main(mute_on_refusal=True)
+    code = main(mute_on_refusal=True, tune_host=True)
     if code:
         try:
             sys.stdout.flush()
