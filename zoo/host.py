@@ -10,10 +10,11 @@ on the calling thread instead (jax_cpu_enable_async_dispatch false), whose arena
 grows as needed, and stops glibc from serving blocks below 2 GiB with mmap and from trimming its
 heap below 2 GiB free: the steps then fault ~0 times and take 0.60-0.81x as long for the
 Transformers, 0.79-0.95x for the LSTMs and 0.85-0.90x for ResNet-20 (the CNN and the MLP had no
-faults to save), with no change in compile time (benchmarks/NOTES.md, round six; `python benchmarks/page_faults.py`). The
-peak memory is the same; what a step frees stays with the process for the next step instead of
-going back to the system. (One arena for all threads, MALLOC_ARENA_MAX=1, did the same for the
-steps but made compiles 20-35% and dispatch-bound calls 1.5-2x slower.)
+faults to save), with no change in compile time (benchmarks/NOTES.md, round six;
+`python benchmarks/page_faults.py`). The peak memory is the same; what a step frees stays with
+the process for the next step instead of going back to the system. (One arena for all threads,
+MALLOC_ARENA_MAX=1, did the same for the steps but made compiles 20-35% and dispatch-bound calls
+1.5-2x slower.)
 
 The console script runs it for the commands that compute (cli.main), benchmarks/bench.py for all of
 its columns, PyTorch's too; a script calling zoo.fit itself can call `zoo.tune_host_allocator()` as
@@ -84,7 +85,8 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    if not (mallopt(M_MMAP_THRESHOLD, SETTINGS["mmap_threshold"]) and mallopt(M_TRIM_THRESHOLD, SETTINGS["trim_threshold"])):
+    if not (mallopt(M_MMAP_THRESHOLD, SETTINGS["mmap_threshold"])
+            and mallopt(M_TRIM_THRESHOLD, SETTINGS["trim_threshold"])):
         return False
     import jax
 
