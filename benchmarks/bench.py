@@ -246,7 +246,7 @@ def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, precision: str
     tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
     mesh = mesh or step_lib.make_mesh()
     sample = x[0, :1] if steps_per_call > 1 else x[:1]
-    state = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh))(sample)
+    state = step_lib.jit_init(lambda x: state_lib.create(model, tx, 0, x), mesh)(sample)
     jitted = step_lib.jit_train_step(model, tx, task, 0.0, mesh, steps_per_call)
     leading = 1 if steps_per_call > 1 else 0
     return _jax_runner(jitted, state, step_lib.put_batch(mesh, x, leading), step_lib.put_batch(mesh, y, leading))

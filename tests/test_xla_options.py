@@ -16,9 +16,10 @@ import pytest
 from conftest import TINY, merged, tolerance
 from test_models import CHEAP_COMPILE
 from zoo import config as config_lib, models
+from zoo.models import registry, resnet
 from zoo.metrics import Progress
 from zoo.inference.loaded import LoadedRun
-from zoo.training import build_setup, fit, step as step_lib
+from zoo.training import build_setup, fit, state as state_lib, step as step_lib
 
 RTOL, ATOL = tolerance(1e-5, 1e-5).values()
 YNN = step_lib.YNN_DOT
@@ -93,6 +94,42 @@ def test_a_familys_default_options_agree_with_xlas_default_path(family, options)
     assert jax.tree.structure(chosen) == jax.tree.structure(plain)
     for a, b in zip(jax.tree.leaves(chosen), jax.tree.leaves(plain)):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+# XLA's own CPU defaults, spelled out: this session's XLA_FLAGS (conftest) compile cheaply.
+XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
+
+
+def _init_check_model(family):
+    """The family's representative at its test settings; for the ResNets a one-block-per-stage
+    resnet20 (the same initializers as its 21 convolutions, at a quarter of the compile time)."""
+    name = FAMILY_MODELS[family]
+    test = models.get_entry(name).test
+    if family == "resnet":
+        module = resnet.CifarResNet(10, stage_sizes=(1, 1, 1), **test.hparams)
+        model = registry.from_module(module, registry.ModelInfo(name, family, "", {}))
+    else:
+        model = models.build(name, 10, vocab_size=10, **test.hparams)
+    kind, shape = next(iter(test.shapes.items()))
+    return model, np.zeros((1, *shape), np.int32 if kind == "tokens" else np.float32)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the init options are for the CPU backend")
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_a_train_state_made_under_the_init_options_is_bit_identical_to_xlas_default_compile(family):
+    model, sample = _init_check_model(family)
+    lowered = jax.jit(lambda x: state_lib.create(model, optax.adam(1e-3), 7, x)).lower(sample)
+    default = jax.device_get(lowered.compile(compiler_options=XLA_DEFAULTS)(sample))
+    options = {**XLA_DEFAULTS, **step_lib.init_compiler_options("cpu")}
+    chosen = jax.device_get(lowered.compile(compiler_options=options)(sample))
+    assert jax.tree.structure(chosen) == jax.tree.structure(default)
+    for a, b in zip(jax.tree.leaves(chosen), jax.tree.leaves(default)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_init_options_are_the_cpu_backends_alone():
+    assert step_lib.init_compiler_options("cpu") == step_lib.INIT_CPU_OPTIONS
+    assert step_lib.init_compiler_options("gpu") is None and step_lib.init_compiler_options("tpu") is None
 
 
 def _config(**train):

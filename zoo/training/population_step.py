@@ -97,7 +97,7 @@ class Program:
             index, seed = member
             return state_lib.create(self.first.model, self.member_tx(index), seed, sample, self.first.ema)
 
-        make = jax.jit(lambda members: jax.lax.map(create, members), out_shardings=self.replicated)
+        make = step_lib.jit_init(lambda members: jax.lax.map(create, members), self.mesh)
         return make((jnp.arange(self.size), seeds))
 
     def fresh(self, index: int):

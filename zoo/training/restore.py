@@ -139,7 +139,7 @@ def init_from(run: RunSetup, source: InitFromConfig):
         new_model_state = jax.tree_util.tree_map_with_path(
             lambda path, fresh: fresh if model_state[optim.param_path(path)] is None
             else jax.device_put(model_state[optim.param_path(path)], sharding), state.model_state)
-        opt_state = jax.jit(run.tx.init, out_shardings=sharding)(new_params)
+        opt_state = step_lib.jit_init(run.tx.init, run.mesh)(new_params)
         state = state.replace(params=new_params, model_state=new_model_state, opt_state=opt_state)
         if state_lib.has_ema(state):  # the moving average starts from the weights training starts from
             start = {"params": new_params, "model_state": new_model_state}

@@ -66,8 +66,8 @@ class RunSetup:
 
     def init_state(self):
         sample = np.zeros((1, *self.spec.input_shape), self.spec.dtype)
-        create = jax.jit(lambda x: state_lib.create(self.model, self.tx, self.config.seed, x, self.ema),
-                         out_shardings=step_lib.replicated(self.mesh))
+        create = step_lib.jit_init(lambda x: state_lib.create(self.model, self.tx, self.config.seed, x, self.ema),
+                                   self.mesh)
         return create(sample)
 
 
