@@ -41,7 +41,6 @@ PARTS = {
     "onednn": ({}, {"xla_cpu_use_onednn": True}),
     "xdot": ({}, {"xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}),
     "fastminmax": ({}, {"xla_cpu_enable_fast_min_max": True}),
-    "mof": ({}, {"xla_cpu_use_multi_output_fusion": True}),
     "noconc": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
     "oldemit": ({}, {"xla_cpu_use_fusion_emitters": False}),
     "all": ({}, {YNN: f"{DOT},LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}),

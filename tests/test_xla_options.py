@@ -120,16 +120,19 @@ def test_a_train_state_made_under_the_init_options_is_bit_identical_to_xlas_defa
     model, sample = _init_check_model(family)
     lowered = jax.jit(lambda x: state_lib.create(model, optax.adam(1e-3), 7, x)).lower(sample)
     default = jax.device_get(lowered.compile(compiler_options=XLA_DEFAULTS)(sample))
-    options = {**XLA_DEFAULTS, **step_lib.init_compiler_options("cpu")}
+    options = {**XLA_DEFAULTS, **step_lib.INIT_CPU_OPTIONS}
     chosen = jax.device_get(lowered.compile(compiler_options=options)(sample))
     assert jax.tree.structure(chosen) == jax.tree.structure(default)
     for a, b in zip(jax.tree.leaves(chosen), jax.tree.leaves(default)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_init_options_are_the_cpu_backends_alone():
+def test_the_init_options_are_the_cpu_backends_unless_xla_flags_set_the_level(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     assert step_lib.init_compiler_options("cpu") == step_lib.INIT_CPU_OPTIONS
     assert step_lib.init_compiler_options("gpu") is None and step_lib.init_compiler_options("tpu") is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")  # the user's (here: the tests') own level
+    assert step_lib.init_compiler_options("cpu") is None
 
 
 def _config(**train):
@@ -151,8 +154,20 @@ def test_a_configs_xla_options_reach_the_train_step(tmp_path, monkeypatch):
     from zoo import config as zoo_config
 
     monkeypatch.setattr(zoo_config, "KNOWN_XLA_OPTIONS", (*zoo_config.KNOWN_XLA_OPTIONS, "xla_zoo_no_such_option"))
+    monkeypatch.setattr(step_lib, "_check_with_xla", lambda options: None)  # past the up-front check
     with pytest.raises(Exception, match="xla_zoo_no_such_option"):
         fit(_config(xla_options={"xla_zoo_no_such_option": True}), tmp_path / "run")
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_BOGUS"}, "LIBRARY_FUSION_TYPE_BOGUS"),
+    ({"xla_cpu_prefer_vector_width": "wide"}, "'wide' is not a valid int32"),
+])
+def test_an_option_value_xla_refuses_is_one_config_error_before_the_run_directory_is_made(tmp_path, options, named):
+    with pytest.raises(config_lib.ConfigError, match=named) as caught:
+        fit(_config(xla_options=options), tmp_path / "run")
+    assert "train.xla_options" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -277,7 +277,7 @@ class Config:
 # plus the GPU determinism option compiler_options sets itself. Anything else is refused: XLA has
 # options that write files where they say (xla_dump_to, ...), and a run directory may come from anyone.
 KNOWN_XLA_OPTIONS = tuple(sorted({
-    "xla_cpu_experimental_ynn_fusion_type", "xla_cpu_enable_fast_min_max", "xla_cpu_use_multi_output_fusion",
+    "xla_cpu_experimental_ynn_fusion_type", "xla_cpu_enable_fast_min_max",
     "xla_cpu_enable_concurrency_optimized_scheduler", "xla_cpu_use_fusion_emitters", "xla_cpu_multi_thread_eigen",
     "xla_cpu_parallel_codegen_split_count", "xla_cpu_prefer_vector_width", "xla_gpu_deterministic_ops",
 }))

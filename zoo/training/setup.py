@@ -134,6 +134,7 @@ def assemble_setup(config: Config, spec: DataSpec, dataset: Dataset | None = Non
     tx = optim.accumulate(tx, config.train.accumulate)
     run = RunSetup(config, dataset, model, tx, step_lib.make_mesh(), total_steps, steps_per_epoch,
               None if dataset is not None else spec)
+    xla_options_of(run)  # XLA refuses options it does not know here, before anything is written
     shapes = run.abstract_state()  # traces init: a model that cannot take this data fails here
     optim.check_patterns(shapes.params, config.freeze, "freeze")
     return run

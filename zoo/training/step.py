@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from zoo import tasks
 from zoo.config import KNOWN_XLA_OPTIONS, check_xla_options  # noqa: F401 - the allowlist, checked here too
+from zoo.errors import ConfigError
 from zoo.models import cnn, resnet
 from zoo.training import augment as augment_lib, optim, state as state_lib
 from zoo.training.state import TrainState
@@ -193,6 +195,8 @@ def compiler_options(deterministic: bool = True, backend: str | None = None, fam
     check_xla_options(options)
     if options is not None:
         chosen = dict(options)
+        if chosen:
+            _check_with_xla(tuple(sorted(chosen.items())))
     else:
         chosen = cpu_family_options(family) if backend == "cpu" else {}
     if deterministic and backend == "gpu":
@@ -209,14 +213,29 @@ INIT_CPU_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def init_compiler_options(backend: str | None = None) -> dict | None:
-    """XLA options for the jitted state initialization: INIT_CPU_OPTIONS on CPU, none elsewhere (a
-    config's train.xla_options are the train, eval and predict functions', not these)."""
-    return dict(INIT_CPU_OPTIONS) if (backend or jax.default_backend()) == "cpu" else None
+    """XLA options for the jitted state initialization: INIT_CPU_OPTIONS on CPU, none elsewhere, nor
+    where XLA_FLAGS sets the level itself (a config's train.xla_options are the train, eval and predict
+    functions', not these)."""
+    if (backend or jax.default_backend()) != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return dict(INIT_CPU_OPTIONS)
 
 
 def jit_init(fn, mesh: Mesh):
     """`fn` (making a train state, or part of one) jitted with the init options, its outputs replicated."""
     return jax.jit(fn, out_shardings=replicated(mesh), compiler_options=init_compiler_options())
+
+
+@functools.cache
+def _check_with_xla(options: tuple) -> None:
+    """Compiles a one-op function with a config's `options`: an option this jaxlib does not know, or a
+    value it cannot parse, is a one-line ConfigError before anything is trained or written."""
+    try:
+        jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options=dict(options))
+    except jax.errors.JaxRuntimeError as error:
+        reason = (str(error).splitlines() or [""])[0].removeprefix("INVALID_ARGUMENT: ").rstrip(". ")[:200]
+        raise ConfigError(f"train.xla_options: this jaxlib ({jax.__version__}) refuses them: {reason}: "
+                          "correct or remove that option") from None
 
 
 def _options_for(model, deterministic: bool, xla_options: dict | None) -> dict | None:
