@@ -195,7 +195,7 @@ def compiler_options(deterministic: bool = True, backend: str | None = None, fam
     check_xla_options(options)
     if options is not None:
         chosen = dict(options)
-        if chosen:
+        if chosen and backend == jax.default_backend():  # XLA on this machine checks its own backend's
             _check_with_xla(tuple(sorted(chosen.items())))
     else:
         chosen = cpu_family_options(family) if backend == "cpu" else {}
