@@ -68,11 +68,37 @@ def _channels_last(ndim: int) -> jax.lax.ConvDimensionNumbers:
 CPU_ONLY_SCOPE = "zoo_cpu_only_materialize"
 
 
+# The branches of the conditionals below, named once: JAX reuses a branch's trace for the same
+# function and shapes, where a new lambda at every call is traced again.
+def _same(x):
+    return x
+
+
+def _first(t, primal):
+    return t
+
+
+def _plus_zero(x):
+    return x + 0
+
+
+def _times_one(t):
+    return t * 1.0
+
+
+def _transposed(r):
+    return r.T
+
+
+def _transposed_plus_zero(r):
+    return r.T + 0
+
+
 def _materialize(x):
     """x, read from a buffer XLA cannot fuse x's producers into (the output of a conditional)."""
     with jax.named_scope(CPU_ONLY_SCOPE):
         keep = jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))  # always true, but unknown at compile time
-        return jax.lax.cond(keep, lambda x: x, lambda x: x + 0, x)
+        return jax.lax.cond(keep, _same, _plus_zero, x)
 
 
 def _materialize_tangent(t, primal):
@@ -81,7 +107,7 @@ def _materialize_tangent(t, primal):
     each of its consumers. The predicate comes from `primal`: a tangent's must stay linear."""
     with jax.named_scope(CPU_ONLY_SCOPE):
         keep = jnp.logical_not(jnp.isnan(primal.reshape(-1)[0]))
-        return jax.lax.cond(keep, lambda t: t, lambda t: t * 1.0, t)
+        return jax.lax.cond(keep, _same, _times_one, t)
 
 
 _MATERIALIZE_COTANGENT = True
@@ -156,13 +182,13 @@ def _conv_jvp(strides, padding, primals, tangents):
     if not _is_zero(d_x):
         terms.append(_plain_conv(d_x, kernel, strides, padding))
     if not _is_zero(d_kernel):
-        x_read = jax.lax.platform_dependent(x, cpu=_materialize, default=lambda x: x)
+        x_read = jax.lax.platform_dependent(x, cpu=_materialize, default=_same)
         terms.append(_plain_conv(x_read, d_kernel, strides, padding))
     if not terms:
         return y, jnp.zeros_like(y)
     d_y = sum(terms[1:], terms[0])
     if _MATERIALIZE_COTANGENT and not _is_zero(d_kernel):
-        d_y = jax.lax.platform_dependent(d_y, y, cpu=_materialize_tangent, default=lambda t, y: t)
+        d_y = jax.lax.platform_dependent(d_y, y, cpu=_materialize_tangent, default=_first)
     return y, d_y
 
 
@@ -235,7 +261,7 @@ def _materialize_transposed(rows):
     """rows.T, read from a buffer (the output of a conditional): see `_matmul_jvp`."""
     with jax.named_scope(CPU_ONLY_SCOPE):
         keep = jnp.logical_not(jnp.isnan(rows.reshape(-1)[0]))  # always true, but unknown at compile time
-        return jax.lax.cond(keep, lambda r: r.T, lambda r: r.T + 0, rows)
+        return jax.lax.cond(keep, _transposed, _transposed_plus_zero, rows)
 
 
 def _kernel_tangent(rows, d_kernel):
@@ -243,7 +269,7 @@ def _kernel_tangent(rows, d_kernel):
     is a plain product on rows^T read from a buffer on CPU (see `_matmul_jvp`)."""
     if not _MATERIALIZE_TRANSPOSED:
         return rows @ d_kernel
-    rows_t = jax.lax.platform_dependent(rows, cpu=_materialize_transposed, default=lambda r: r.T)
+    rows_t = jax.lax.platform_dependent(rows, cpu=_materialize_transposed, default=_transposed)
     return rows_t.T @ d_kernel
 
 
