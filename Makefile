@@ -32,9 +32,10 @@ demo: $(VENV)/.installed-test
 	$(BIN)/zoo compare configs/compare/digits.yaml --workdir $(DEMO_DIR)/compare_digits
 	$(BIN)/zoo eval $(DEMO_DIR)/compare_digits/runs/digits_cnn/seed0
 
-# Everything but the exhaustive registry-wide transform cases (make test-all runs those too).
+# Everything but the exhaustive registry-wide transform cases (make test-all runs those too), in two
+# worker processes (pytest-xdist), each test file in one of them: 10 min 44 s -> 6 min 58 s on 2 cores.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not exhaustive" --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not exhaustive" --durations=15
 
 # Every test, with the optional extras the interop tests compare against (PyTorch, torchvision,
 # timm, jax2onnx + onnxruntime); jax2onnx goes in without its pins (it would downgrade Orbax).
