@@ -33,7 +33,7 @@ demo: $(VENV)/.installed-test
 	$(BIN)/zoo eval $(DEMO_DIR)/compare_digits/runs/digits_cnn/seed0
 
 # Everything but the exhaustive registry-wide transform cases (make test-all runs those too), in two
-# worker processes (pytest-xdist), each test file in one of them: 10 min 44 s -> 6 min 58 s on 2 cores.
+# worker processes (pytest-xdist), each test file in one of them: 10 min 44 s -> 5 min 50 s on 2 cores.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not exhaustive" --durations=15
 
