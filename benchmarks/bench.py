@@ -234,17 +234,26 @@ def batch(workload: Workload, seed: int = 0):
     return x, y
 
 
-def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, precision: str = "float32", mesh=None) -> Runner:
-    """The zoo's own path: the registry's model (at `precision`: its model.precision), the training
-    package's state, optimizer and jitted step (on `mesh`, all devices by default)."""
+def zoo_parts(workload: Workload, precision: str = "float32") -> tuple:
+    """(model, task, optimizer) of the zoo's path for `workload`: the registry's model (at `precision`:
+    its model.precision), its task, Adam at LEARNING_RATE."""
     from zoo import models, tasks
     from zoo.config import OptimizerConfig
-    from zoo.training import optim, state as state_lib, step as step_lib
+    from zoo.training import optim
 
     hparams = {**workload.hparams, **({"precision": precision} if precision != "float32" else {})}
     model = models.build(workload.model, workload.num_classes, vocab_size=workload.num_classes, **hparams)
     task = tasks.LanguageModel(workload.num_classes) if workload.task == "lm" else workload.num_classes
     tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=LEARNING_RATE, schedule="constant"), 1)
+    return model, task, tx
+
+
+def zoo_runner(workload: Workload, x, y, steps_per_call: int = 1, precision: str = "float32", mesh=None) -> Runner:
+    """The zoo's own path (zoo_parts): the training package's state, optimizer and jitted step (on
+    `mesh`, all devices by default)."""
+    from zoo.training import state as state_lib, step as step_lib
+
+    model, task, tx = zoo_parts(workload, precision)
     mesh = mesh or step_lib.make_mesh()
     sample = x[0, :1] if steps_per_call > 1 else x[:1]
     start = time.perf_counter()

@@ -22,9 +22,7 @@ import bench  # noqa: E402  (puts this checkout's zoo first on the path; tunes t
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zoo import models, tasks  # noqa: E402
-from zoo.config import OptimizerConfig  # noqa: E402
-from zoo.training import optim, state as state_lib, step as step_lib  # noqa: E402
+from zoo.training import state as state_lib, step as step_lib  # noqa: E402
 
 
 def _timed(fn):
@@ -36,9 +34,7 @@ def _timed(fn):
 def measure(name: str, rounds: int) -> dict:
     workload = bench.WORKLOADS[name]
     x, y = bench.batch(workload)
-    model = models.build(workload.model, workload.num_classes, vocab_size=workload.num_classes, **workload.hparams)
-    task = tasks.LanguageModel(workload.num_classes) if workload.task == "lm" else workload.num_classes
-    tx = optim.make_optimizer(OptimizerConfig(name="adam", learning_rate=bench.LEARNING_RATE, schedule="constant"), 1)
+    model, task, tx = bench.zoo_parts(workload)
     mesh = step_lib.make_mesh()
     init = jax.jit(lambda x: state_lib.create(model, tx, 0, x), out_shardings=step_lib.replicated(mesh)).lower(x[:1])
     variants = {"default": {}, "zoo": dict(step_lib.INIT_CPU_OPTIONS)}
