@@ -161,6 +161,34 @@ def report(ceilings=(300.0, 295.0), other=0.02, load=(0.3, 1.8)):
             "workloads": [{"workload": "mlp", "flops_per_step": 8e8, "frameworks": columns}]}
 
 
+@pytest.fixture(scope="module")
+def compile_time(bench):
+    """benchmarks/compile_time.py as a module, on the bench module already loaded."""
+    spec = importlib.util.spec_from_file_location("compile_time_script_28", REPO / "benchmarks" / "compile_time.py")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get("bench")
+    sys.modules["bench"] = bench
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if previous is None:
+            sys.modules.pop("bench", None)
+        else:
+            sys.modules["bench"] = previous
+    return module
+
+
+def test_fused_kernels_counts_identical_fusions_once_and_other_shapes_apart(compile_time):
+    """compile_time.py's kernel count (what a step's compile grows with): the same elementwise chain on
+    two arrays of one shape is two fusions but one distinct kernel; on a third shape, a second one."""
+    def chains(a, b, c):
+        return tuple(jnp.tanh(x) * 3.0 + 1.0 for x in (a, b, c))
+
+    same, other = jnp.ones((16, 8)), jnp.ones((4, 8))
+    text = jax.jit(chains).lower(same, same + 1, other).compile().as_text()
+    assert compile_time.fused_kernels(text) == (3, 2)
+
+
 def test_the_committed_record_is_refused_at_once_on_a_loaded_machine(bench, monkeypatch, capsys):
     """Item 1: `--out benchmarks` with a 1-minute load average above 0.75 per core stops before
     measuring, in one line naming the load and the limit, status 2; nothing is written."""
