@@ -94,11 +94,16 @@ def _transposed_plus_zero(r):
     return r.T + 0
 
 
+def _kept(x):
+    """A predicate that is always true (x's first element is not NaN) but unknown at compile time, so
+    XLA keeps the conditional it selects a branch of and its output buffer."""
+    return jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))
+
+
 def _materialize(x):
     """x, read from a buffer XLA cannot fuse x's producers into (the output of a conditional)."""
     with jax.named_scope(CPU_ONLY_SCOPE):
-        keep = jnp.logical_not(jnp.isnan(x.reshape(-1)[0]))  # always true, but unknown at compile time
-        return jax.lax.cond(keep, _same, _plus_zero, x)
+        return jax.lax.cond(_kept(x), _same, _plus_zero, x)
 
 
 def _materialize_tangent(t, primal):
@@ -106,8 +111,7 @@ def _materialize_tangent(t, primal):
     buffer (the transpose of a conditional is a conditional), so XLA cannot fuse its producers into
     each of its consumers. The predicate comes from `primal`: a tangent's must stay linear."""
     with jax.named_scope(CPU_ONLY_SCOPE):
-        keep = jnp.logical_not(jnp.isnan(primal.reshape(-1)[0]))
-        return jax.lax.cond(keep, _same, _times_one, t)
+        return jax.lax.cond(_kept(primal), _same, _times_one, t)
 
 
 _MATERIALIZE_COTANGENT = True
@@ -260,8 +264,7 @@ def _plain_matmul(x, kernel):
 def _materialize_transposed(rows):
     """rows.T, read from a buffer (the output of a conditional): see `_matmul_jvp`."""
     with jax.named_scope(CPU_ONLY_SCOPE):
-        keep = jnp.logical_not(jnp.isnan(rows.reshape(-1)[0]))  # always true, but unknown at compile time
-        return jax.lax.cond(keep, _transposed, _transposed_plus_zero, rows)
+        return jax.lax.cond(_kept(rows), _transposed, _transposed_plus_zero, rows)
 
 
 def _kernel_tangent(rows, d_kernel):
